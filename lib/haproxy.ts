@@ -1,0 +1,324 @@
+// Owns the haproxy child (master-worker, foreground) and its files: the private runtime dir, the config, the pid files.
+// Every config goes stage file → `haproxy -c` → rename → start or SIGHUP, one reload in flight at a time,
+// always ending on the newest config; a config haproxy rejects never replaces the one serving.
+
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access, chmod, lstat, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from './log.ts';
+
+export interface HaproxySettings {
+  binary: string;
+  configPath: string;
+  runtimeDir: string;
+  log: Logger;
+}
+
+export type ApplyOutcome = 'applied' | 'unchanged' | 'rejected' | 'superseded';
+
+export interface ApplyResult {
+  outcome: ApplyOutcome;
+  ms: number;
+}
+
+export interface MasterExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  lastAlerts: string[];
+}
+
+export interface Haproxy {
+  apply(config: string): Promise<ApplyResult>;
+  // Resolves when the master exits for any reason other than stop().
+  unexpectedExit: Promise<MasterExit>;
+  masterPid(): number | undefined;
+  stop(): Promise<void>;
+}
+
+// A SIGHUP that reaches the master within ~15 ms of its last "Loading success" is silently dropped.
+const SETTLE_AFTER_LOAD_MS = 25;
+const LOAD_TIMEOUT_MS = 60_000;
+const STOP_GRACE_MS = 5_000;
+const KILL_AFTER_MS = 2_000;
+
+export class SetupError extends Error {}
+
+// The runtime dir holds the config (by default), the admin socket and the pid files: private to us, or refused.
+export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const info = await lstat(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (!info.isDirectory()) throw new SetupError(`runtime dir ${dir} is not a directory (a link or a file is in the way)`);
+  if (info.uid !== uid) throw new SetupError(`runtime dir ${dir} belongs to uid ${info.uid}, not to this user (uid ${uid}): choose another --runtime-dir`);
+  if ((info.mode & 0o077) !== 0) {
+    await chmod(dir, 0o700);
+    log.warn('runtime dir was open to others; made it private', { dir, mode: (info.mode & 0o777).toString(8) });
+  }
+}
+
+// One ambassador per runtime dir; an haproxy left behind by one that was killed is stopped before we start ours.
+export async function claimRuntimeDir(settings: HaproxySettings): Promise<void> {
+  const { runtimeDir, configPath, log } = settings;
+  const owner = await readPid(`${runtimeDir}/ambassador.pid`);
+  if (owner !== undefined && owner !== process.pid && (await commandLine(owner)).includes('ambassador')) {
+    throw new SetupError(`another ambassador (pid ${owner}) is running with runtime dir ${runtimeDir}`);
+  }
+  const leftover = await readPid(`${runtimeDir}/haproxy.pid`);
+  if (leftover !== undefined && (await commandLine(leftover)).includes(configPath)) {
+    log.warn('stopping an haproxy left behind by an earlier ambassador', { pid: leftover });
+    await terminate(leftover);
+  }
+  await writePrivate(`${runtimeDir}/ambassador.pid`, `${process.pid}\n`);
+  const configDir = dirname(configPath);
+  await access(configDir, constants.W_OK).catch(() => {
+    throw new SetupError(`cannot write the haproxy config: directory ${configDir} is missing or not writable`);
+  });
+}
+
+export async function releaseRuntimeDir(runtimeDir: string): Promise<void> {
+  await unlink(`${runtimeDir}/ambassador.pid`).catch(() => {});
+}
+
+// The haproxy version line, or a SetupError saying why the executable cannot run.
+export async function haproxyVersion(binary: string): Promise<string> {
+  try {
+    const { stdout } = await run(binary, ['-v']);
+    return stdout.split('\n')[0]!.trim();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new SetupError(`haproxy executable not found: ${binary} (install haproxy or pass --haproxy)`);
+    if (code === 'EACCES') throw new SetupError(`haproxy executable is not executable: ${binary}`);
+    throw new SetupError(`haproxy executable ${binary} does not run: ${(err as Error).message}`);
+  }
+}
+
+export function createHaproxy(settings: HaproxySettings): Haproxy {
+  const { binary, configPath, runtimeDir, log } = settings;
+  const stagePath = `${configPath}.new`;
+  let child: ChildProcess | undefined;
+  let stopping = false;
+  let live: string | undefined;
+  let wanted: string | undefined;
+  let rejected: string | undefined;
+  let busy = false;
+  let loadedAt = 0;
+  let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
+  let onLoaded: ((success: boolean) => void) | undefined;
+  const lastAlerts: string[] = [];
+  let reportExit: (exit: MasterExit) => void = () => {};
+  const unexpectedExit = new Promise<MasterExit>((resolve) => (reportExit = resolve));
+
+  const onOutputLine = (line: string) => {
+    const text = line.trim();
+    if (text === '') return;
+    if (/Loading success/.test(text)) onLoaded?.(true);
+    if (/Loading failure/.test(text)) onLoaded?.(false);
+    if (text.startsWith('[ALERT]')) {
+      lastAlerts.push(text);
+      if (lastAlerts.length > 5) lastAlerts.shift();
+    }
+    log[outputLevel(text)](`haproxy: ${text}`);
+  };
+
+  // Resolves true on "Loading success", false on "Loading failure" or when the master exits.
+  const nextLoad = () =>
+    new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        log.error('haproxy: no "Loading success" or "Loading failure" within 60 s');
+        finish(false);
+      }, LOAD_TIMEOUT_MS);
+      const finish = (success: boolean) => {
+        clearTimeout(timer);
+        onLoaded = undefined;
+        if (success) loadedAt = performance.now();
+        resolve(success);
+      };
+      onLoaded = finish;
+    });
+
+  const start = async (): Promise<boolean> => {
+    const loaded = nextLoad();
+    // Its own process group: a Ctrl-C on the terminal reaches ambassador, which then stops haproxy in order.
+    const proc = spawn(binary, ['-W', '-db', '-f', configPath], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    child = proc;
+    proc.on('error', (err) => log.error(`haproxy: ${err.message}`));
+    createInterface({ input: proc.stdout! }).on('line', onOutputLine);
+    createInterface({ input: proc.stderr! }).on('line', onOutputLine);
+    proc.on('exit', (code, signal) => {
+      child = undefined;
+      onLoaded?.(false);
+      void unlink(`${runtimeDir}/haproxy.pid`).catch(() => {});
+      // Its last lines may still be in the pipe: let them arrive before reporting.
+      if (!stopping) setTimeout(() => reportExit({ code, signal, lastAlerts: [...lastAlerts] }), 50);
+    });
+    if (proc.pid !== undefined) await writePrivate(`${runtimeDir}/haproxy.pid`, `${proc.pid}\n`);
+    log.info('haproxy: started', { pid: proc.pid, config: configPath });
+    return loaded;
+  };
+
+  const reload = async (): Promise<boolean> => {
+    const wait = SETTLE_AFTER_LOAD_MS - (performance.now() - loadedAt);
+    if (wait > 0) await sleep(wait);
+    const loaded = nextLoad();
+    child?.kill('SIGHUP');
+    return loaded;
+  };
+
+  // Stage, check, swap, load: one config, start to finish.
+  const applyOne = async (config: string): Promise<ApplyOutcome> => {
+    try {
+      await unlink(stagePath).catch(() => {});
+      await writePrivate(stagePath, config);
+      const problem = await check(binary, stagePath);
+      if (problem !== undefined) {
+        log.error('haproxy: rejected the new config; the last good one keeps serving', { reason: problem });
+        return 'rejected';
+      }
+      await rename(stagePath, configPath);
+      const loaded = child ? await reload() : await start();
+      if (loaded) return 'applied';
+      if (child && live !== undefined) {
+        // The master kept the old worker: put the file back in step with what is live.
+        await unlink(stagePath).catch(() => {});
+        await writePrivate(stagePath, live);
+        await rename(stagePath, configPath);
+        log.error('haproxy: failed to load the new config; the last good one keeps serving', { reason: lastAlerts.at(-1) });
+      }
+      return 'rejected';
+    } catch (err) {
+      log.error('haproxy: could not apply the new config', { reason: (err as Error).message });
+      return 'rejected';
+    }
+  };
+
+  const drain = async () => {
+    busy = true;
+    try {
+      while (wanted !== undefined && wanted !== live && wanted !== rejected && !stopping) {
+        const next = wanted;
+        const batch = waiters.splice(0);
+        const began = performance.now();
+        const outcome = await applyOne(next);
+        if (outcome === 'applied') live = next;
+        else rejected = next;
+        const ms = Math.round(performance.now() - began);
+        for (const waiter of batch) waiter.resolve({ outcome: waiter.config === next ? outcome : 'superseded', ms });
+      }
+      for (const waiter of waiters.splice(0)) {
+        waiter.resolve({ outcome: waiter.config === live ? 'unchanged' : waiter.config === rejected ? 'rejected' : 'superseded', ms: 0 });
+      }
+    } finally {
+      busy = false;
+    }
+  };
+
+  return {
+    apply: (config) =>
+      new Promise<ApplyResult>((resolve) => {
+        waiters.push({ config, resolve });
+        wanted = config;
+        if (!busy) void drain();
+      }),
+    unexpectedExit,
+    masterPid: () => child?.pid,
+    stop: async () => {
+      stopping = true;
+      const proc = child;
+      if (!proc || proc.pid === undefined) return;
+      const exited = new Promise((resolve) => proc.once('exit', resolve));
+      // SIGUSR1: workers stop accepting and finish their sessions; SIGTERM, then SIGKILL, if they take too long.
+      proc.kill('SIGUSR1');
+      if (await within(exited, STOP_GRACE_MS)) return;
+      log.warn('haproxy: still has sessions open; closing them', { after_ms: STOP_GRACE_MS });
+      proc.kill('SIGTERM');
+      if (await within(exited, KILL_AFTER_MS)) return;
+      proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+// haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
+const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
+
+function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
+  if (line.startsWith('[NOTICE]') || ROUTINE.test(line)) return 'debug';
+  if (line.startsWith('[WARNING]')) return 'warn';
+  if (line.startsWith('[ALERT]')) return 'error';
+  return 'info';
+}
+
+// haproxy's verdict on a config file: undefined when valid, else its error lines.
+async function check(binary: string, path: string): Promise<string | undefined> {
+  try {
+    await run(binary, ['-c', '-f', path]);
+    return undefined;
+  } catch (err) {
+    const output = String((err as { stderr?: string }).stderr ?? '') || (err as Error).message;
+    const alerts = output.split('\n').filter((line) => line.includes('[ALERT]'));
+    return (alerts.length > 0 ? alerts : output.split('\n')).map((line) => line.trim()).filter(Boolean).slice(0, 5).join(' | ');
+  }
+}
+
+function run(binary: string, args: string[]): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(binary, args, { maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      if (err) reject(Object.assign(err, { stdout, stderr }));
+      else resolve({ stdout, stderr });
+    });
+  });
+}
+
+// Creates the file anew (never writing through a link someone placed there), readable by us alone.
+async function writePrivate(path: string, text: string): Promise<void> {
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  await writeFile(path, text, { flag: 'wx', mode: 0o600 });
+}
+
+async function readPid(path: string): Promise<number | undefined> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  const pid = Number(text.trim());
+  return Number.isInteger(pid) && pid > 1 && isAlive(pid) ? pid : undefined;
+}
+
+async function commandLine(pid: number): Promise<string> {
+  return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+// Stops a process that is not our child (we cannot wait for it): SIGTERM, then SIGKILL after a while.
+async function terminate(pid: number): Promise<void> {
+  const signal = (name: NodeJS.Signals) => {
+    try {
+      process.kill(pid, name);
+    } catch {}
+  };
+  signal('SIGTERM');
+  for (let waited = 0; waited < STOP_GRACE_MS; waited += 50) {
+    if (!isAlive(pid) || (await isZombie(pid))) return;
+    await sleep(50);
+  }
+  signal('SIGKILL');
+}
+
+async function isZombie(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return / Z /.test(stat.slice(stat.lastIndexOf(')')));
+}
+
+async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  return Promise.race([promise.then(() => true), sleep(ms).then(() => false)]);
+}

@@ -1,0 +1,272 @@
+// Command line and AMBASSADOR_* environment → one validated, frozen Options, or a usage error.
+// Pure: it reads only the argv and env it is given, and touches no file (paths are checked where they are used).
+
+import mri from 'mri';
+import { isIP } from 'node:net';
+import { isHostName, parsePort } from './address.ts';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './log.ts';
+
+export interface Options {
+  etcd: readonly string[];
+  etcdPrefix: string;
+  port: number;
+  bind: string;
+  backendPort: number;
+  masterOnly: boolean;
+  public: boolean;
+  haproxy: string;
+  haproxyConfig: string;
+  runtimeDir: string;
+  hardStopAfter: string;
+  dryRun: boolean;
+  etcdCa: string | undefined;
+  etcdCert: string | undefined;
+  etcdKey: string | undefined;
+  etcdUser: string | undefined;
+  etcdPassword: string | undefined;
+  etcdPasswordFile: string | undefined;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+}
+
+export type ParsedCommandLine =
+  | { kind: 'run'; options: Options; warnings: string[] }
+  | { kind: 'help' }
+  | { kind: 'version' }
+  | { kind: 'usage-error'; message: string };
+
+interface Flag {
+  name: string;
+  boolean?: true;
+  value?: string;
+  default?: string;
+  help: string;
+}
+
+// The one table of flags: parsing, environment names and --help all come from it.
+const FLAGS: readonly Flag[] = [
+  { name: 'etcd', value: 'ENDPOINTS', default: '127.0.0.1:2379', help: 'etcd endpoints, comma-separated: host, host:port or http(s)://host:port (port 2379 if none)' },
+  { name: 'etcd-prefix', value: 'PREFIX', help: "the service's key prefix, e.g. /services/mysql (required)" },
+  { name: 'port', value: 'PORT', help: 'port haproxy listens on (required)' },
+  { name: 'bind', value: 'ADDRESS', default: '0.0.0.0', help: 'address haproxy listens on (an IPv4 or IPv6 literal)' },
+  { name: 'backend-port', value: 'PORT', help: 'port on the instances when they have no port key (default: --port)' },
+  { name: 'master-only', boolean: true, help: 'route only to the instance named by <prefix>/master' },
+  { name: 'public', boolean: true, help: 'use instances/<name>/public_ip instead of private_ip' },
+  { name: 'haproxy', value: 'PATH', default: 'haproxy', help: 'haproxy executable' },
+  { name: 'haproxy-config', value: 'FILE', help: 'where the rendered config is written (default: <runtime-dir>/haproxy.cfg)' },
+  { name: 'runtime-dir', value: 'DIR', help: 'private directory for the config, admin socket and pid files (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, + /ambassador-[<bind>-]<port>)' },
+  { name: 'hard-stop-after', value: 'TIME', default: '5m', help: 'how long a replaced haproxy worker may keep its connections after a reload (e.g. 30s, 5m, 1h)' },
+  { name: 'dry-run', boolean: true, help: 'print the config for the current etcd state and the problems found, then exit' },
+  { name: 'etcd-ca', value: 'FILE', help: 'CA certificate to verify etcd (implies https)' },
+  { name: 'etcd-cert', value: 'FILE', help: 'client certificate for etcd (with --etcd-key)' },
+  { name: 'etcd-key', value: 'FILE', help: 'client private key for etcd (with --etcd-cert)' },
+  { name: 'etcd-user', value: 'USER', help: 'etcd user name (with a password)' },
+  { name: 'etcd-password', value: 'PASSWORD', help: 'etcd password; prefer --etcd-password-file or the environment, since flags show in ps' },
+  { name: 'etcd-password-file', value: 'FILE', help: 'file holding the etcd password' },
+  { name: 'log-format', value: 'text|json', default: 'text', help: 'log line format on stderr' },
+  { name: 'log-level', value: 'LEVEL', default: 'info', help: 'least important level logged: debug, info, warn or error' },
+  { name: 'help', boolean: true, help: 'show this help and exit' },
+  { name: 'version', boolean: true, help: 'show the version and exit' },
+];
+
+export function envName(flag: string): string {
+  return 'AMBASSADOR_' + flag.toUpperCase().replaceAll('-', '_');
+}
+
+export function usage(): string {
+  const rows = FLAGS.map((flag) => {
+    const left = `  --${flag.name}${flag.value ? `=${flag.value}` : ''}`;
+    const dflt = flag.default ? ` (default: ${flag.default})` : '';
+    return `${left.padEnd(32)} ${flag.help}${dflt}`;
+  });
+  return [
+    'Usage: ambassador --etcd-prefix=PREFIX --port=PORT [flags]',
+    '',
+    'Proxies PORT to the instances of the service registered under PREFIX in etcd,',
+    'through an haproxy that follows every change.',
+    '',
+    'Flags (each also read from AMBASSADOR_<FLAG>, e.g. AMBASSADOR_ETCD_PREFIX; the flag wins):',
+    ...rows,
+    '',
+    'Keys read under PREFIX:',
+    '  master                       name of the master instance (with --master-only)',
+    '  instances/<name>/private_ip  address of an instance (public_ip with --public)',
+    '  instances/<name>/port        port of an instance (optional)',
+    '',
+    'Exit codes: 0 stopped cleanly, 1 failed (haproxy or etcd), 2 usage error.',
+  ].join('\n');
+}
+
+class UsageError extends Error {}
+
+export function parseCommandLine(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): ParsedCommandLine {
+  try {
+    return parse(argv, env);
+  } catch (err) {
+    if (err instanceof UsageError) return { kind: 'usage-error', message: err.message };
+    throw err;
+  }
+}
+
+function parse(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): ParsedCommandLine {
+  const args = withoutOwnPath(argv);
+  const parsed = mri([...args], {
+    boolean: FLAGS.filter((f) => f.boolean).map((f) => f.name),
+    string: FLAGS.filter((f) => !f.boolean).map((f) => f.name),
+    alias: Object.fromEntries([...FLAGS.map((f) => [f.name, f.name === 'help' ? ['h'] : []])]),
+    unknown: (flag: string) => {
+      throw new UsageError(unknownFlagMessage(flag));
+    },
+  }) as Record<string, unknown> & { _: unknown[] };
+  if (parsed._.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(String(parsed._[0]))} (flags take the form --name=value)`);
+  if (parsed.help === true) return { kind: 'help' };
+  if (parsed.version === true) return { kind: 'version' };
+
+  const given = new Set(args.filter((a) => a.startsWith('-')).map((a) => a.replace(/^-+(no-)?/, '').split('=')[0]));
+  const warnings: string[] = [];
+  const raw = (name: string): string | undefined => {
+    const flag = FLAGS.find((f) => f.name === name)!;
+    if (given.has(name)) {
+      const value = parsed[name];
+      if (Array.isArray(value)) throw new UsageError(`--${name} is given more than once`);
+      if (flag.boolean) return value === false ? 'false' : 'true';
+      if (typeof value !== 'string' || value === '') throw new UsageError(`--${name} needs a value: --${name}=${flag.value}`);
+      return value;
+    }
+    const fromEnv = env[envName(name)];
+    if (fromEnv !== undefined && fromEnv !== '') return fromEnv;
+    return flag.default;
+  };
+  const source = (name: string) => (given.has(name) ? `--${name}` : env[envName(name)] ? `${envName(name)}` : `--${name}`);
+  const bool = (name: string): boolean => {
+    const value = raw(name);
+    if (value === undefined) return false;
+    if (/^(1|true|yes|on)$/i.test(value)) return true;
+    if (/^(0|false|no|off)$/i.test(value)) return false;
+    throw new UsageError(`${source(name)}=${JSON.stringify(value)} is not a boolean (use true or false)`);
+  };
+  const text = (name: string): string | undefined => {
+    const value = raw(name);
+    if (value !== undefined && /[\u0000-\u001f\u007f]/.test(value)) {
+      throw new UsageError(`${source(name)} holds a control character (newline, tab, ...)`);
+    }
+    return value;
+  };
+  const required = (name: string): string => {
+    const value = text(name);
+    if (value === undefined) throw new UsageError(`--${name} is required (or ${envName(name)})`);
+    return value;
+  };
+  const port = (name: string, value: string): number => {
+    const number = parsePort(value);
+    if (number === undefined) throw new UsageError(`${source(name)}=${JSON.stringify(value)} is not a port (1-65535)`);
+    return number;
+  };
+
+  const etcdPrefix = required('etcd-prefix').replace(/\/+$/, '');
+  if (etcdPrefix === '') throw new UsageError(`${source('etcd-prefix')} must name a prefix below the root, e.g. /services/mysql`);
+  const listenPort = port('port', required('port'));
+  const backendPortText = text('backend-port');
+  const bind = required('bind');
+  if (isIP(bind) === 0) throw new UsageError(`${source('bind')}=${JSON.stringify(bind)} is not an IPv4 or IPv6 address`);
+  const hardStopAfter = required('hard-stop-after');
+  if (!/^\d{1,9}(ms|s|m|h|d)?$/.test(hardStopAfter)) {
+    throw new UsageError(`${source('hard-stop-after')}=${JSON.stringify(hardStopAfter)} is not a duration (e.g. 30s, 5m, 1h)`);
+  }
+  const logFormat = required('log-format');
+  if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
+    throw new UsageError(`${source('log-format')}=${JSON.stringify(logFormat)} is not one of ${LOG_FORMATS.join(', ')}`);
+  }
+  const logLevel = required('log-level');
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new UsageError(`${source('log-level')}=${JSON.stringify(logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+
+  const etcdCa = text('etcd-ca');
+  const etcdCert = text('etcd-cert');
+  const etcdKey = text('etcd-key');
+  if ((etcdCert === undefined) !== (etcdKey === undefined)) throw new UsageError('--etcd-cert and --etcd-key go together: give both or neither');
+  const etcdUser = text('etcd-user');
+  const etcdPassword = raw('etcd-password');
+  const etcdPasswordFile = text('etcd-password-file');
+  if (etcdPassword !== undefined && etcdPasswordFile !== undefined) throw new UsageError('give --etcd-password or --etcd-password-file, not both');
+  if ((etcdPassword !== undefined || etcdPasswordFile !== undefined) && etcdUser === undefined) throw new UsageError('an etcd password needs --etcd-user');
+  if (etcdUser !== undefined && etcdPassword === undefined && etcdPasswordFile === undefined) {
+    throw new UsageError(`--etcd-user needs a password: --etcd-password-file, ${envName('etcd-password')} or --etcd-password`);
+  }
+  if (given.has('etcd-password')) warnings.push('--etcd-password is visible to every user in ps; use --etcd-password-file or AMBASSADOR_ETCD_PASSWORD');
+  const tls = etcdCa !== undefined || etcdCert !== undefined;
+  const runtimeDir = text('runtime-dir') ?? defaultRuntimeDir(env, bind, listenPort);
+
+  const options: Options = {
+    etcd: parseEndpoints(required('etcd'), tls, source('etcd')),
+    etcdPrefix,
+    port: listenPort,
+    bind,
+    backendPort: backendPortText === undefined ? listenPort : port('backend-port', backendPortText),
+    masterOnly: bool('master-only'),
+    public: bool('public'),
+    haproxy: required('haproxy'),
+    haproxyConfig: text('haproxy-config') ?? `${runtimeDir}/haproxy.cfg`,
+    runtimeDir,
+    hardStopAfter,
+    dryRun: bool('dry-run'),
+    etcdCa,
+    etcdCert,
+    etcdKey,
+    etcdUser,
+    etcdPassword,
+    etcdPasswordFile,
+    logFormat: logFormat as LogFormat,
+    logLevel: logLevel as LogLevel,
+  };
+  return { kind: 'run', options: Object.freeze(options), warnings };
+}
+
+// One dir per listener, so two ambassadors on one host never share a file. systemd's RuntimeDirectory= comes first.
+function defaultRuntimeDir(env: Readonly<Record<string, string | undefined>>, bind: string, port: number): string {
+  const base = env.RUNTIME_DIRECTORY?.split(':')[0] || env.XDG_RUNTIME_DIR || env.TMPDIR || '/tmp';
+  return `${base.replace(/\/+$/, '')}/ambassador-${bind === '0.0.0.0' ? '' : `${bind}-`}${port}`;
+}
+
+// `docker run image /bin/ambassador --flags` passes the executable's own path as the first argument.
+function withoutOwnPath(argv: readonly string[]): readonly string[] {
+  return argv.length > 0 && /(^|\/)ambassador$/.test(argv[0]!) ? argv.slice(1) : argv;
+}
+
+// Each endpoint becomes a URL with a scheme and a port; a bare host means port 2379.
+function parseEndpoints(list: string, tls: boolean, source: string): string[] {
+  const endpoints = list.split(',').map((e) => e.trim()).filter((e) => e !== '');
+  if (endpoints.length === 0) throw new UsageError(`${source} names no endpoint`);
+  return endpoints.map((endpoint) => {
+    const match = /^(?:(https?):\/\/)?(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+)(?::(\d{1,5}))?\/?$/.exec(endpoint);
+    const host = match?.[2];
+    const hostOk = host !== undefined && (host.startsWith('[') ? isIP(host.slice(1, -1)) === 6 : isIP(host) === 4 || isHostName(host));
+    const port = parsePort(match?.[3] ?? '2379');
+    if (!match || !hostOk || port === undefined) {
+      throw new UsageError(`${source}: ${JSON.stringify(endpoint)} is not an etcd endpoint (host, host:port or http(s)://host:port)`);
+    }
+    const scheme = match[1] ?? (tls ? 'https' : 'http');
+    return `${scheme}://${host}:${port}`;
+  });
+}
+
+function unknownFlagMessage(flag: string): string {
+  const name = flag.replace(/^-+/, '').replace(/^no-/, '');
+  const nearest = FLAGS.map((f) => ({ name: f.name, distance: editDistance(name, f.name) }))
+    .sort((a, b) => a.distance - b.distance)[0]!;
+  const hint = nearest.distance <= Math.max(2, Math.floor(name.length / 4)) ? ` (did you mean --${nearest.name}?)` : ' (see --help)';
+  return `unknown flag ${flag}${hint}`;
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}

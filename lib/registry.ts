@@ -1,0 +1,111 @@
+// The registry layout: etcd keys under the prefix → the service's instances and master → the servers to route to.
+// Pure: every value is validated here, and nothing that fails validation is passed on; problems are returned as data.
+
+import { createHash } from 'node:crypto';
+import { checkAddress, parsePort } from './address.ts';
+
+export interface RegistrySettings {
+  prefix: string;
+  public: boolean;
+  backendPort: number;
+}
+
+// A routable instance; `server` is its haproxy server name.
+export interface Instance {
+  name: string;
+  server: string;
+  address: string;
+  port: number;
+}
+
+export interface Problem {
+  key: string;
+  value?: string;
+  reason: string;
+}
+
+export interface Service {
+  instances: Instance[];
+  master: string | undefined;
+  problems: Problem[];
+}
+
+export interface Selection {
+  servers: Instance[];
+  master: string | undefined;
+  problems: Problem[];
+}
+
+type Field = 'private_ip' | 'public_ip' | 'port';
+const INSTANCE_KEY = /^instances\/([^/]+)\/(private_ip|public_ip|port)$/;
+
+export function readService(mirror: ReadonlyMap<string, string>, settings: RegistrySettings): Service {
+  const base = settings.prefix + '/';
+  const fields = new Map<string, Partial<Record<Field, string>>>();
+  let master: string | undefined;
+  for (const [key, value] of mirror) {
+    if (!key.startsWith(base)) continue;
+    const relative = key.slice(base.length);
+    if (relative === 'master') {
+      master = value.trim();
+      continue;
+    }
+    const match = INSTANCE_KEY.exec(relative);
+    if (!match) continue;
+    const [, name, field] = match as unknown as [string, string, Field];
+    const entry = fields.get(name) ?? {};
+    entry[field] = value;
+    fields.set(name, entry);
+  }
+
+  const addressField: Field = settings.public ? 'public_ip' : 'private_ip';
+  const instances: Instance[] = [];
+  const problems: Problem[] = [];
+  const keyOf = (name: string, field: Field) => `${base}instances/${name}/${field}`;
+  for (const [name, entry] of fields) {
+    const rawAddress = entry[addressField];
+    if (rawAddress === undefined) continue; // partly written: not routed yet, and not an error
+    const address = checkAddress(rawAddress.trim());
+    let routable = address.ok;
+    if (!address.ok) problems.push({ key: keyOf(name, addressField), value: rawAddress, reason: address.reason });
+    let port = settings.backendPort;
+    if (entry.port !== undefined) {
+      const parsed = parsePort(entry.port.trim());
+      if (parsed === undefined) {
+        problems.push({ key: keyOf(name, 'port'), value: entry.port, reason: 'not a port (1-65535)' });
+        routable = false;
+      } else {
+        port = parsed;
+      }
+    }
+    if (routable && address.ok) instances.push({ name, server: serverName(name), address: address.address, port });
+  }
+
+  instances.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+  const unique = instances.filter((instance, i) => {
+    const clash = i > 0 && instances[i - 1]!.server === instance.server;
+    if (clash) problems.push({ key: `${base}instances/${instance.name}`, reason: `server name ${instance.server} is taken by another instance` });
+    return !clash;
+  });
+  problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  return { instances: unique, master, problems };
+}
+
+// All routable instances, or with masterOnly just the master; a master that is missing or not routable routes nobody.
+export function selectServers(service: Service, settings: RegistrySettings & { masterOnly: boolean }): Selection {
+  if (!settings.masterOnly) return { servers: service.instances, master: service.master, problems: service.problems };
+  const key = `${settings.prefix}/master`;
+  const problems = [...service.problems];
+  const master = service.instances.find((instance) => instance.name === service.master);
+  if (service.master === undefined) problems.push({ key, reason: 'no master is set: no instance is routed' });
+  else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
+  return { servers: master ? [master] : [], master: service.master, problems };
+}
+
+// haproxy server names allow [A-Za-z0-9_.:-]. A plain name is used as is; any other gets a readable part
+// plus a hash of the whole name after a ':', which plain names never contain, so no two names can meet.
+export function serverName(instance: string): string {
+  if (/^[A-Za-z0-9_.-]{1,64}$/.test(instance)) return instance;
+  const readable = instance.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 32);
+  return `${readable}:${createHash('sha256').update(instance).digest('hex').slice(0, 16)}`;
+}

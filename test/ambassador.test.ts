@@ -1,0 +1,241 @@
+// End to end, from source: a real etcd, a real haproxy started by ambassador, real TCP backends on loopback.
+
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { isAlive } from './helpers/processes.ts';
+import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
+import { createWorld, type World } from './helpers/world.ts';
+
+const test = suite<{ world: World }>('ambassador');
+
+test.before(async (context) => {
+  context.world = await createWorld();
+});
+test.after.each(async ({ world }) => world.afterEach());
+test.after(async ({ world }) => world?.close());
+
+test('routes to the master', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  assert.equal(await answers(ambassador.port, 5), Array(5).fill('node-2'));
+});
+
+test('fails over when master changes, cutting sessions to the old master', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.routesTo(ambassador.port, 'node-3');
+  await ambassador.waitForLog(/applied revision \d+: master 2 -> 3/);
+  assert.equal(await answers(ambassador.port, 5), Array(5).fill('node-3'));
+});
+
+test('spreads over every instance and follows additions and removals', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+  const seen = async (expected: string[]) =>
+    eventually(async () => [...new Set(await answers(ambassador.port, 12))].sort(), (names) => names.join() === expected.join(), 10_000, `answers from ${expected}`);
+  await seen(['node-1', 'node-2', 'node-3']);
+  await world.etcd.del(`${prefix}/instances/2/private_ip`);
+  await seen(['node-1', 'node-3']);
+  await world.etcd.put(`${prefix}/instances/2/private_ip`, '127.0.0.12');
+  await seen(['node-1', 'node-2', 'node-3']);
+});
+
+test('uses public_ip with --public', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.etcd.put(`${prefix}/instances/a/private_ip`, '127.0.0.11');
+  await world.etcd.put(`${prefix}/instances/a/public_ip`, '127.0.0.13');
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--public']);
+  await world.routesTo(ambassador.port, 'node-3');
+});
+
+test('ignores a partly written instance until its address arrives', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.etcd.put(`${prefix}/instances/1/private_ip`, '127.0.0.11');
+  await world.etcd.put(`${prefix}/instances/2/port`, String(world.backendPort));
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+  await world.routesTo(ambassador.port, 'node-1');
+  assert.equal([...new Set(await answers(ambassador.port, 6))], ['node-1']);
+  assert.not.match(readFileSync(ambassador.configPath, 'utf8'), /server 2 /);
+  assert.not.ok(ambassador.logs.some((line) => line.includes('instances/2')), 'a partial instance is not a problem');
+});
+
+test('serves nobody when the master is missing or unknown, and says so once', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  await world.etcd.del(`${prefix}/master`);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await ambassador.waitForLog(/applied revision/);
+  assert.is(await whoAnswers(ambassador.port), '');
+  await ambassador.waitForLog(/rejected \/t\d+\/services\/mysql\/master: no master is set/);
+  await world.etcd.put(`${prefix}/master`, '9');
+  await ambassador.waitForLog(/names no routable instance/);
+  await world.etcd.put(`${prefix}/instances/3/port`, String(world.backendPort)); // another change, same problem
+  await sleep(300);
+  assert.is(await whoAnswers(ambassador.port), '');
+  assert.is(ambassador.logs.filter((line) => line.includes('names no routable instance')).length, 1, 'logged once');
+  await world.etcd.put(`${prefix}/master`, '1');
+  await world.routesTo(ambassador.port, 'node-1');
+});
+
+for (const [field, value] of [
+  ['private_ip', '127.0.0.12\n    server evil 127.0.0.13:PORT\n#'],
+  ['port', 'PORT\n    server evil 127.0.0.13:PORT\n#'],
+  ['private_ip', '127.0.0.12 backup'],
+] as const) {
+  test(`keeps an injection through ${field} = ${JSON.stringify(value)} out of the config and the routing`, async ({ world }) => {
+    const prefix = world.prefix();
+    await world.writeSeed(prefix, '1');
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+    await eventually(async () => new Set(await answers(ambassador.port, 9)).size, (n) => n === 3, 10_000, 'all three backends');
+    await world.etcd.del(`${prefix}/instances/3/private_ip`);
+    await world.etcd.put(`${prefix}/instances/2/${field}`, value.replaceAll('PORT', String(world.backendPort)));
+    await ambassador.waitForLog(new RegExp(`rejected ${prefix}/instances/2/${field}=`));
+    await eventually(async () => [...new Set(await answers(ambassador.port, 6))], (names) => names.join() === 'node-1', 10_000, 'only node-1');
+    const config = readFileSync(ambassador.configPath, 'utf8');
+    assert.not.match(config, 'evil');
+    assert.not.match(config, '127.0.0.13');
+    assert.not.match(config, '127.0.0.12');
+    assert.equal([...new Set(await answers(ambassador.port, 12))], ['node-1']);
+  });
+}
+
+test('converges after etcd is killed and restarted, having kept serving meanwhile', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.kill();
+  await ambassador.waitForLog(/etcd: .*keeping the last state/);
+  assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state keeps serving');
+  await world.etcd.start();
+  await world.etcd.put(`${prefix}/master`, '1');
+  await world.routesTo(ambassador.port, 'node-1', 15_000);
+});
+
+test('resyncs after a compaction past its revision while it was away', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  ambassador.child.kill('SIGSTOP');
+  try {
+    await world.etcd.kill();
+    await world.etcd.start();
+    for (let i = 0; i < 50; i++) await world.etcd.put(`${prefix}/instances/9/port`, String(1000 + i));
+    await world.etcd.put(`${prefix}/master`, '3');
+    const { header } = await world.etcd.client.get(`${prefix}/master`).exec();
+    await world.etcd.client.kv.compact({ revision: header.revision, physical: true });
+    await world.etcd.client.maintenance.defragment();
+  } finally {
+    ambassador.child.kill('SIGCONT');
+  }
+  await world.routesTo(ambassador.port, 'node-3', 15_000);
+});
+
+test('ends on the final state after a burst of 300 writes', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 299; i++) writes.push(world.etcd.put(`${prefix}/master`, String((i % 3) + 1)));
+  await Promise.all(writes);
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.routesTo(ambassador.port, 'node-3');
+  await sleep(500);
+  assert.equal(await answers(ambassador.port, 5), Array(5).fill('node-3'), 'still the final state');
+  assert.match(readFileSync(ambassador.configPath, 'utf8'), /\n    server 3 127\.0\.0\.13:\d+\n$/);
+});
+
+test('keeps the last good config serving when haproxy rejects a new one', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const picky = resolve(import.meta.dirname, 'fixtures/picky-haproxy');
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--haproxy=${picky}`]);
+  await world.routesTo(ambassador.port, 'node-2');
+  const before = readFileSync(ambassador.configPath, 'utf8');
+  await world.etcd.put(`${prefix}/instances/6/private_ip`, '127.0.0.66');
+  await world.etcd.put(`${prefix}/master`, '6');
+  await ambassador.waitForLog(/haproxy: rejected the new config; the last good one keeps serving.*127\.0\.0\.66 refused/);
+  assert.is(await whoAnswers(ambassador.port), 'node-2');
+  assert.is(readFileSync(ambassador.configPath, 'utf8'), before);
+  await world.etcd.put(`${prefix}/master`, '1');
+  await world.routesTo(ambassador.port, 'node-1');
+});
+
+test('stops on SIGTERM with exit 0, leaving no haproxy behind', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  const haproxy = ambassador.haproxyPid()!;
+  assert.ok(isAlive(haproxy));
+  const session = await openSession(ambassador.port);
+  assert.is(session.greeting, 'node-2');
+  assert.is(await ambassador.stop('SIGTERM'), 0);
+  assert.not.ok(isAlive(haproxy), 'haproxy is gone');
+  assert.is(await whoAnswers(ambassador.port), '');
+  session.close();
+});
+
+test('exits 1 when the haproxy master dies', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  process.kill(ambassador.haproxyPid()!, 'SIGKILL');
+  assert.is(await ambassador.exited, 1);
+  await ambassador.waitForLog(/stopping: haproxy master was killed by SIGKILL/);
+});
+
+test('a restarted ambassador takes over from an haproxy its killed predecessor left', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(first.port, 'node-2');
+  const orphan = first.haproxyPid()!;
+  await first.kill();
+  assert.ok(isAlive(orphan), 'SIGKILL leaves haproxy running');
+  const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port });
+  await second.waitForLog(/stopping an haproxy left behind/);
+  await world.routesTo(first.port, 'node-2');
+  assert.not.ok(isAlive(orphan), 'the old haproxy is gone');
+  assert.is.not(second.haproxyPid(), orphan);
+});
+
+test('refuses a second ambassador on the same runtime dir', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(first.port, 'node-2');
+  const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port });
+  assert.is(await second.exited, 1);
+  await second.waitForLog(/another ambassador \(pid \d+\) is running/);
+  assert.is(await whoAnswers(first.port), 'node-2');
+});
+
+test('waits for etcd when it is down at start, then serves', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  await world.etcd.kill();
+  let ambassador;
+  try {
+    ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await ambassador.waitForLog(/etcd: unreachable .*nothing is served until the first snapshot/);
+    assert.is(await whoAnswers(ambassador.port), '');
+  } finally {
+    await world.etcd.start();
+  }
+  await world.routesTo(ambassador.port, 'node-2', 15_000);
+});
+
+test.run();

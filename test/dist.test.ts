@@ -1,0 +1,65 @@
+// The built executable itself, as users run it: dist/ambassador with no Node on PATH.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { DIST_BINARY, ambassadorCommand } from './helpers/ambassador.ts';
+import { isAlive } from './helpers/processes.ts';
+import { answers, whoAnswers } from './helpers/net.ts';
+import { createWorld, type World } from './helpers/world.ts';
+import packageJson from '../package.json' with { type: 'json' };
+
+const test = suite<{ world: World }>('dist/ambassador');
+
+test.before(async (context) => {
+  ambassadorCommand('dist'); // fails here, not later, when the build is missing
+  context.world = await createWorld();
+});
+test.after.each(async ({ world }) => world.afterEach());
+test.after(async ({ world }) => world?.close());
+
+test('prints its help with an empty environment', () => {
+  const help = execFileSync('env', ['-i', DIST_BINARY, '--help'], { encoding: 'utf8' });
+  assert.match(help, 'Usage: ambassador --etcd-prefix=PREFIX --port=PORT');
+});
+
+test('prints the package version and the commit', () => {
+  const version = execFileSync('env', ['-i', DIST_BINARY, '--version'], { encoding: 'utf8' });
+  assert.match(version, new RegExp(`^ambassador ${packageJson.version.replaceAll('.', '\\.')} \\((\\w+(-dirty)?|unknown)\\)\\n$`));
+});
+
+test('exits 2 on a usage error with a one-line reason and a hint', () => {
+  const result = spawnSync(DIST_BINARY, ['--etcd=10.0.0.5', '--etcd-prefix=/services/mysql', '--master-ony', '--port=5432'], { encoding: 'utf8' });
+  assert.is(result.status, 2);
+  assert.is(result.stderr.split('\n')[0], 'ambassador: unknown flag --master-ony (did you mean --master-only?)');
+  const missing = spawnSync(DIST_BINARY, ['--etcd-prefix=/services/mysql'], { encoding: 'utf8', env: {} });
+  assert.is(missing.status, 2);
+  assert.match(missing.stderr, '--port is required');
+  const range = spawnSync(DIST_BINARY, ['--etcd-prefix=/s', '--port=70000'], { encoding: 'utf8', env: {} });
+  assert.is(range.status, 2);
+  assert.match(range.stderr, '--port="70000" is not a port');
+});
+
+test('routes to the master, fails over, and stops cleanly', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { binary: 'dist' });
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.put(`${prefix}/master`, '1');
+  await world.routesTo(ambassador.port, 'node-1');
+  assert.equal(await answers(ambassador.port, 4), Array(4).fill('node-1'));
+  const haproxy = ambassador.haproxyPid()!;
+  assert.is(await ambassador.stop(), 0);
+  assert.not.ok(isAlive(haproxy));
+  assert.is(await whoAnswers(ambassador.port), '');
+});
+
+test('balances over all instances from the environment alone', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([], { binary: 'dist', env: { AMBASSADOR_ETCD_PREFIX: prefix } });
+  await world.routesTo(ambassador.port, 'node-3');
+  assert.equal([...new Set(await answers(ambassador.port, 9))].sort(), ['node-1', 'node-2', 'node-3']);
+});
+
+test.run();

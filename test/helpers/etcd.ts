@@ -1,0 +1,88 @@
+// A throwaway etcd on free loopback ports in a temp dir, with a client for the test's own writes.
+// It fails (never skips) when etcd is not installed.
+
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { noop } from 'cockatiel';
+import { Etcd3 } from 'etcd3';
+import { freePort } from './net.ts';
+import { startProcess, stopPid, signal } from './processes.ts';
+
+export interface TestEtcd {
+  endpoint: string;
+  client: Etcd3;
+  put(key: string, value: string): Promise<void>;
+  del(key: string): Promise<void>;
+  // SIGKILL, as a crash would.
+  kill(): Promise<void>;
+  // Starts it again on the same ports and data.
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function requireCommand(command: string, installHint: string): void {
+  try {
+    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
+  } catch {
+    throw new Error(`${command} is not installed (needed by the integration tests): ${installHint}`);
+  }
+}
+
+export async function startEtcd(): Promise<TestEtcd> {
+  requireCommand('etcd', 'apt-get install -y etcd-server etcd-client');
+  const dir = mkdtempSync(join(tmpdir(), 'ambassador-etcd-'));
+  const clientPort = await freePort();
+  const peerPort = await freePort();
+  const endpoint = `127.0.0.1:${clientPort}`;
+  // No circuit breaker: the tests restart etcd and write right after.
+  const client = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop } });
+  let child: ChildProcess | undefined;
+
+  const start = async () => {
+    const peer = `http://127.0.0.1:${peerPort}`;
+    child = startProcess('etcd', [
+      '--name', 't', '--data-dir', join(dir, 'data'),
+      '--listen-client-urls', `http://${endpoint}`, '--advertise-client-urls', `http://${endpoint}`,
+      '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `t=${peer}`,
+      '--log-level', 'error',
+    ]);
+    child.stdout?.resume();
+    child.stderr?.resume();
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      try {
+        await client.get('health-probe').string();
+        return;
+      } catch (err) {
+        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`etcd did not come up on ${endpoint}: ${(err as Error).message}`);
+        await sleep(100);
+      }
+    }
+  };
+
+  const kill = async () => {
+    const pid = child?.pid;
+    if (pid === undefined || child?.exitCode !== null) return;
+    const exited = new Promise((resolve) => child!.once('exit', resolve));
+    signal(pid, 'SIGKILL');
+    await exited;
+  };
+
+  await start();
+  return {
+    endpoint,
+    client,
+    put: async (key, value) => void (await client.put(key).value(value)),
+    del: async (key) => void (await client.delete().key(key)),
+    kill,
+    start,
+    stop: async () => {
+      client.close();
+      if (child?.pid !== undefined) await stopPid(child.pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,62 @@
+// The world an integration suite runs in: one real etcd, three named backends on 127.0.0.11-13,
+// a fresh key prefix per test, and every ambassador a test starts stopped after it.
+
+import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
+import { startEtcd, type TestEtcd } from './etcd.ts';
+import { freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
+import { stopAll } from './processes.ts';
+
+export interface World {
+  etcd: TestEtcd;
+  backends: Backend[];
+  backendPort: number;
+  // A prefix no other test has used, e.g. /t7/services/mysql.
+  prefix(): string;
+  // Writes the seed layout (instances 1..3 on the backends, master 2) under the prefix.
+  writeSeed(prefix: string, master?: string): Promise<void>;
+  start(flags: string[], options?: StartOptions & { port?: number }): Promise<RunningAmbassador & { port: number }>;
+  // Waits until a new connection through `port` is answered by `name` ('' for refused).
+  routesTo(port: number, name: string, timeoutMs?: number): Promise<void>;
+  afterEach(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function createWorld(): Promise<World> {
+  const etcd = await startEtcd();
+  const backendPort = await freePort('127.0.0.11');
+  const backends = await Promise.all([1, 2, 3].map((i) => startBackend(`node-${i}`, `127.0.0.1${i}`, backendPort)));
+  const running: RunningAmbassador[] = [];
+  let prefixes = 0;
+
+  return {
+    etcd,
+    backends,
+    backendPort,
+    prefix: () => `/t${++prefixes}/services/mysql`,
+    writeSeed: async (prefix, master = '2') => {
+      for (const i of [1, 2, 3]) await etcd.put(`${prefix}/instances/${i}/private_ip`, `127.0.0.1${i}`);
+      await etcd.put(`${prefix}/master`, master);
+    },
+    start: async (flags, options = {}) => {
+      const port = options.port ?? (await freePort());
+      const ambassador = await startAmbassador(
+        [`--etcd=${etcd.endpoint}`, `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${backendPort}`, ...flags],
+        options,
+      );
+      running.push(ambassador);
+      return Object.assign(ambassador, { port });
+    },
+    routesTo: async (port, name, timeoutMs = 10_000) => {
+      await eventually(() => whoAnswers(port), (answer) => answer === name, timeoutMs, `port ${port} to be answered by ${JSON.stringify(name)}`);
+    },
+    afterEach: async () => {
+      await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
+    },
+    close: async () => {
+      await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
+      await Promise.all(backends.map((backend) => backend.close()));
+      await etcd.stop();
+      await stopAll();
+    },
+  };
+}

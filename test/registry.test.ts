@@ -1,0 +1,137 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readService, selectServers, serverName } from '../lib/registry.ts';
+
+const P = '/services/mysql';
+const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false };
+const masterOnly = { ...settings, masterOnly: true };
+
+function mirror(entries: Record<string, string>): Map<string, string> {
+  return new Map(Object.entries(entries).map(([key, value]) => [`${P}/${key}`, value]));
+}
+
+const seed = mirror({
+  master: '2',
+  'instances/1/private_ip': '10.0.19.22',
+  'instances/2/private_ip': '10.0.21.81',
+});
+
+test('reads the seed layout', () => {
+  const service = readService(seed, settings);
+  assert.equal(service.instances, [
+    { name: '1', server: '1', address: '10.0.19.22', port: 5432 },
+    { name: '2', server: '2', address: '10.0.21.81', port: 5432 },
+  ]);
+  assert.is(service.master, '2');
+  assert.equal(service.problems, []);
+});
+
+test('routes every instance, or only the master with masterOnly', () => {
+  const service = readService(seed, settings);
+  assert.equal(selectServers(service, settings).servers.map((s) => s.name), ['1', '2']);
+  assert.equal(selectServers(service, masterOnly).servers.map((s) => s.name), ['2']);
+});
+
+test('uses public_ip with public, and an instance port over the backend port', () => {
+  const entries = mirror({ 'instances/a/private_ip': '10.0.0.1', 'instances/a/public_ip': '203.0.113.7', 'instances/a/port': '3306' });
+  const [instance] = readService(entries, { ...settings, public: true }).instances;
+  assert.equal(instance, { name: 'a', server: 'a', address: '203.0.113.7', port: 3306 });
+});
+
+test('ignores a partly written instance without calling it a problem', () => {
+  const service = readService(mirror({ 'instances/1/port': '5433', 'instances/2/private_ip': '10.0.0.2' }), settings);
+  assert.equal(service.instances.map((i) => i.name), ['2']);
+  assert.equal(service.problems, []);
+});
+
+test('ignores keys outside the layout and outside the prefix', () => {
+  const entries = mirror({ 'instances/1/private_ip': '10.0.0.1', 'instances/1/weight': '3', 'instances/a/b/private_ip': '10.0.0.9', other: 'x' });
+  entries.set('/services/mysql2/instances/9/private_ip', '10.0.0.9');
+  const service = readService(entries, settings);
+  assert.equal(service.instances.map((i) => i.address), ['10.0.0.1']);
+  assert.equal(service.problems, []);
+});
+
+test('trims surrounding whitespace from values', () => {
+  const service = readService(mirror({ master: ' 1\n', 'instances/1/private_ip': ' 10.0.0.1\n', 'instances/1/port': '\t5433 ' }), settings);
+  assert.equal(service.instances[0], { name: '1', server: '1', address: '10.0.0.1', port: 5433 });
+  assert.is(service.master, '1');
+});
+
+test('accepts IPv4, IPv6 with or without brackets, and DNS names', () => {
+  const service = readService(
+    mirror({ 'instances/a/private_ip': '::1', 'instances/b/private_ip': '[fd00::2]', 'instances/c/private_ip': 'db-3.internal.example', 'instances/d/private_ip': '10.1.2.3' }),
+    settings,
+  );
+  assert.equal(service.instances.map((i) => i.address), ['::1', 'fd00::2', 'db-3.internal.example', '10.1.2.3']);
+  assert.equal(service.problems, []);
+});
+
+const badAddresses: [string, string][] = [
+  ['127.0.0.2\n    server evil 127.0.0.9\n#', 'newline and a second server line'],
+  ['127.0.0.2 check', 'a second token'],
+  ['127.0.0.2#', 'a #'],
+  ['10.0.0.1:5432', 'a port in the address'],
+  ['256.1.1.1', 'an octet out of range'],
+  ['010.0.0.1', 'a leading zero'],
+  ['1.2.3', 'a short IPv4'],
+  ['fe80::1%eth0', 'an IPv6 zone'],
+  ['[::1', 'an unclosed bracket'],
+  ['db\u2024example', 'a unicode look-alike of a dot'],
+  ['ex"ample', 'a quote'],
+  ['a\\b', 'a backslash'],
+  ['host\u0000', 'a NUL'],
+  ['', 'nothing'],
+  ['x'.repeat(1 << 20), 'a megabyte'],
+  ['-leading.example', 'a label starting with -'],
+];
+
+for (const [value, what] of badAddresses) {
+  test(`refuses an address with ${what}, routing nobody to it`, () => {
+    const service = readService(mirror({ 'instances/1/private_ip': value, 'instances/2/private_ip': '10.0.0.2' }), settings);
+    assert.equal(service.instances.map((i) => i.name), ['2']);
+    assert.is(service.problems.length, 1);
+    assert.is(service.problems[0]!.key, `${P}/instances/1/private_ip`);
+    assert.is(service.problems[0]!.value, value);
+  });
+}
+
+for (const port of ['0', '65536', '80 check', '5432\n    server evil 127.0.0.9:1', '-1', '1.5', '0x50', '']) {
+  test(`refuses the port ${JSON.stringify(port)}`, () => {
+    const service = readService(mirror({ 'instances/1/private_ip': '10.0.0.1', 'instances/1/port': port }), settings);
+    assert.equal(service.instances, []);
+    assert.equal(service.problems, [{ key: `${P}/instances/1/port`, value: port, reason: 'not a port (1-65535)' }]);
+  });
+}
+
+test('reports both problems of an instance with a bad address and a bad port', () => {
+  const service = readService(mirror({ 'instances/1/private_ip': 'bad value', 'instances/1/port': 'x' }), settings);
+  assert.equal(service.problems.map((p) => p.key), [`${P}/instances/1/port`, `${P}/instances/1/private_ip`]);
+});
+
+test('routes nobody when the master is missing, unknown, unroutable or a key path', () => {
+  const instances = { 'instances/1/private_ip': '10.0.0.1', 'instances/2/private_ip': 'not valid' };
+  for (const master of [undefined, '3', '2', 'instances/1', '']) {
+    const entries = mirror(master === undefined ? instances : { ...instances, master });
+    const selection = selectServers(readService(entries, masterOnly), masterOnly);
+    assert.equal(selection.servers, [], `master ${master}`);
+    assert.ok(selection.problems.some((p) => p.key === `${P}/master`), `master ${master} is reported`);
+  }
+});
+
+test('maps instance names to safe, stable and distinct server names', () => {
+  assert.is(serverName('db-1.example'), 'db-1.example');
+  const odd = ['a b', 'a_b', 'a/b', 'ä', 'x'.repeat(1000), 'x'.repeat(1001), 'a\nserver evil', 'a:b'];
+  const names = odd.map(serverName);
+  for (const name of names) assert.match(name, /^[A-Za-z0-9_.:-]{1,64}$/);
+  assert.is(new Set(names).size, odd.length);
+  assert.equal(odd.map(serverName), names);
+  assert.is.not(serverName('a b'), 'a_b');
+});
+
+test('sorts instances by server name, so the same registry gives the same order', () => {
+  const forward = readService(mirror({ 'instances/b/private_ip': '10.0.0.2', 'instances/a/private_ip': '10.0.0.1' }), settings);
+  assert.equal(forward.instances.map((i) => i.name), ['a', 'b']);
+});
+
+test.run();

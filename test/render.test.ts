@@ -1,0 +1,34 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { renderConfig, type RenderSettings } from '../lib/render.ts';
+
+const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
+const servers = [
+  { name: '1', server: '1', address: '10.0.19.22', port: 5432 },
+  { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433 },
+];
+
+test('writes one server line per server, IPv6 in brackets', () => {
+  const config = renderConfig(settings, servers);
+  const lines = config.split('\n').filter((line) => line.trim().startsWith('server '));
+  assert.equal(lines, ['    server 1 10.0.19.22:5432', '    server db_2:0123456789abcdef [fd00::2]:5433']);
+});
+
+test('listens on the bind address and port, IPv6 in brackets', () => {
+  assert.ok(renderConfig(settings, []).includes('\n    bind 0.0.0.0:5432\n'));
+  assert.ok(renderConfig({ ...settings, bind: '::1' }, []).includes('\n    bind [::1]:5432\n'));
+});
+
+test('has an admin socket, bounded old workers and health checks', () => {
+  const config = renderConfig(settings, servers);
+  assert.ok(config.includes('stats socket /run/a/admin.sock mode 600 level admin'));
+  assert.ok(config.includes('hard-stop-after 5m'));
+  assert.match(config, /default-server check inter \S+ fall \d rise \d on-marked-down shutdown-sessions/);
+});
+
+test('is deterministic: the same input gives the same bytes', () => {
+  assert.is(renderConfig(settings, servers), renderConfig({ ...settings }, servers.map((s) => ({ ...s }))));
+  assert.is.not(renderConfig(settings, servers), renderConfig(settings, servers.slice(0, 1)));
+});
+
+test.run();
