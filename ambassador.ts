@@ -4,7 +4,7 @@
 // plus signals and exit codes (0 stopped cleanly, 1 failed, 2 usage error).
 
 import packageJson from './package.json' with { type: 'json' };
-import { createHaproxy, claimRuntimeDir, haproxyVersion, prepareRuntimeDir, releaseRuntimeDir, SetupError } from './lib/haproxy.ts';
+import { createHaproxy, claimRuntimeDir, findSetpriv, haproxyVersion, prepareRuntimeDir, releaseRuntimeDir, SetupError } from './lib/haproxy.ts';
 import { createLogger, quote, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
@@ -69,7 +69,9 @@ if (options.dryRun) {
 }
 
 log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, listen: `${options.bind}:${options.port}`, master_only: options.masterOnly });
-const haproxySettings = { binary: options.haproxy, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, log };
+const setpriv = await findSetpriv(process.env);
+if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
+const haproxySettings = { binary: options.haproxy, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, log, setpriv };
 try {
   await prepareRuntimeDir(options.runtimeDir, log);
   log.info(`using ${await haproxyVersion(options.haproxy)}`, { runtime_dir: options.runtimeDir });

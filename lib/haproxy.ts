@@ -15,6 +15,8 @@ export interface HaproxySettings {
   configPath: string;
   runtimeDir: string;
   log: Logger;
+  // setpriv's path, to have the kernel stop haproxy if ambassador dies (see tieToParent).
+  setpriv?: string | undefined;
 }
 
 export type ApplyOutcome = 'applied' | 'unchanged' | 'rejected' | 'superseded';
@@ -95,8 +97,19 @@ export async function haproxyVersion(binary: string): Promise<string> {
   }
 }
 
+// An haproxy that outlived ambassador would go on routing to a master etcd may since have replaced.
+// util-linux's setpriv (essential on Debian) asks the kernel to SIGTERM haproxy when its parent dies,
+// even by SIGKILL; without it, the next ambassador stops the one left behind (claimRuntimeDir).
+export async function findSetpriv(env: Readonly<Record<string, string | undefined>>): Promise<string | undefined> {
+  for (const dir of (env.PATH ?? '').split(':').filter(Boolean)) {
+    const path = `${dir}/setpriv`;
+    if (await access(path, constants.X_OK).then(() => true, () => false)) return path;
+  }
+  return undefined;
+}
+
 export function createHaproxy(settings: HaproxySettings): Haproxy {
-  const { binary, configPath, runtimeDir, log } = settings;
+  const { binary, configPath, runtimeDir, log, setpriv } = settings;
   const stagePath = `${configPath}.new`;
   let child: ChildProcess | undefined;
   let stopping = false;
@@ -142,7 +155,9 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const start = async (): Promise<boolean> => {
     const loaded = nextLoad();
     // Its own process group: a Ctrl-C on the terminal reaches ambassador, which then stops haproxy in order.
-    const proc = spawn(binary, ['-W', '-db', '-f', configPath], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const args = ['-W', '-db', '-f', configPath];
+    const [command, commandArgs] = setpriv ? [setpriv, ['--pdeathsig', 'SIGTERM', binary, ...args]] : [binary, args];
+    const proc = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child = proc;
     proc.on('error', (err) => log.error(`haproxy: ${err.message}`));
     createInterface({ input: proc.stdout! }).on('line', onOutputLine);

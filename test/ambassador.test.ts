@@ -1,7 +1,9 @@
 // End to end, from source: a real etcd, a real haproxy started by ambassador, real TCP backends on loopback.
 
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -197,19 +199,41 @@ test('exits 1 when the haproxy master dies', async ({ world }) => {
   await ambassador.waitForLog(/stopping: haproxy master was killed by SIGKILL/);
 });
 
-test('a restarted ambassador takes over from an haproxy its killed predecessor left', async ({ world }) => {
+test('takes its haproxy down with it when killed, and serves again once restarted', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
   await world.routesTo(first.port, 'node-2');
-  const orphan = first.haproxyPid()!;
+  const haproxy = first.haproxyPid()!;
   await first.kill();
-  assert.ok(isAlive(orphan), 'SIGKILL leaves haproxy running');
+  await eventually(() => isAlive(haproxy), (alive) => !alive, 5000, 'haproxy to stop after ambassador was killed');
   const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port });
-  await second.waitForLog(/stopping an haproxy left behind/);
-  await world.routesTo(first.port, 'node-2');
-  assert.not.ok(isAlive(orphan), 'the old haproxy is gone');
-  assert.is.not(second.haproxyPid(), orphan);
+  await world.routesTo(second.port, 'node-2');
+});
+
+test('without setpriv, a restarted ambassador stops the haproxy its killed predecessor left', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  // A PATH with haproxy on it and nothing else, setpriv included.
+  const bin = mkdtempSync(join(tmpdir(), 'ambassador-path-'));
+  symlinkSync(execFileSync('sh', ['-c', 'command -v haproxy'], { encoding: 'utf8' }).trim(), join(bin, 'haproxy'));
+  const env = { PATH: bin };
+  try {
+    const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { env });
+    await first.waitForLog(/setpriv \(util-linux\) not found/);
+    await world.routesTo(first.port, 'node-2');
+    const orphan = first.haproxyPid()!;
+    await first.kill();
+    await sleep(200);
+    assert.ok(isAlive(orphan), 'SIGKILL leaves haproxy running');
+    const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port, env });
+    await second.waitForLog(/stopping an haproxy left behind/);
+    await world.routesTo(first.port, 'node-2');
+    assert.not.ok(isAlive(orphan), 'the old haproxy is gone');
+    assert.is.not(second.haproxyPid(), orphan);
+  } finally {
+    rmSync(bin, { recursive: true, force: true });
+  }
 });
 
 test('refuses a second ambassador on the same runtime dir', async ({ world }) => {
