@@ -56,7 +56,7 @@ const select = (mirror: ReadonlyMap<string, string>): Selection => selectServers
 
 if (options.dryRun) {
   try {
-    const { mirror, revision } = await readSnapshot(etcd, 10_000);
+    const { mirror, revision } = await readSnapshot(etcd, 5_000);
     const selection = select(mirror);
     process.stdout.write(renderConfig(renderSettings, selection.servers));
     for (const problem of selection.problems) log.warn(problemText(problem));

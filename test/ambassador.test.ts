@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { startAmbassador } from './helpers/ambassador.ts';
 import { isAlive } from './helpers/processes.ts';
 import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
 import { createWorld, type World } from './helpers/world.ts';
@@ -260,6 +261,25 @@ test('waits for etcd when it is down at start, then serves', async ({ world }) =
     await world.etcd.start();
   }
   await world.routesTo(ambassador.port, 'node-2', 15_000);
+});
+
+test('prints the config and its problems with --dry-run, and exits 1 when etcd is unreachable', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  await world.etcd.put(`${prefix}/instances/4/private_ip`, '10.0.0.4 oops');
+  const dry = await world.start([`--etcd-prefix=${prefix}`, '--dry-run']);
+  assert.is(await dry.exited, 0);
+  const output = dry.logs.join('\n');
+  assert.match(output, /\n    server 1 127\.0\.0\.11:\d+\n    server 2 127\.0\.0\.12:\d+\n    server 3 127\.0\.0\.13:\d+/);
+  assert.match(output, `rejected ${prefix}/instances/4/private_ip="10.0.0.4 oops"`);
+  assert.not.ok(dry.haproxyPid(), 'no haproxy started');
+  const unreachable = await startAmbassador([`--etcd-prefix=${prefix}`, '--dry-run', '--etcd=127.0.0.1:9', '--port=9']);
+  try {
+    assert.is(await unreachable.exited, 1);
+    assert.match(unreachable.logs.join('\n'), 'etcd unreachable');
+  } finally {
+    await unreachable.cleanup();
+  }
 });
 
 test.run();
