@@ -7,6 +7,7 @@ import packageJson from './package.json' with { type: 'json' };
 import { createHaproxy, claimRuntimeDir, findSetpriv, haproxyVersion, prepareRuntimeDir, releaseRuntimeDir, SetupError } from './lib/haproxy.ts';
 import { createLogger, quote, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
+import { serverTable } from './lib/plan.ts';
 import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
@@ -71,7 +72,16 @@ if (options.dryRun) {
 log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, listen: `${options.bind}:${options.port}`, master_only: options.masterOnly });
 const setpriv = await findSetpriv(process.env);
 if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
-const haproxySettings = { binary: options.haproxy, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, log, setpriv };
+const haproxySettings = {
+  binary: options.haproxy,
+  configPath: options.haproxyConfig,
+  runtimeDir: options.runtimeDir,
+  adminSocket: renderSettings.adminSocket,
+  apply: options.apply,
+  fence: options.masterOnly,
+  log,
+  setpriv,
+};
 try {
   await prepareRuntimeDir(options.runtimeDir, log);
   log.info(`using ${await haproxyVersion(options.haproxy)}`, { runtime_dir: options.runtimeDir });
@@ -89,7 +99,7 @@ process.on('exit', () => {
 });
 
 const reportProblems = problemReporter(log);
-let appliedSummary: string | undefined;
+let applied: Selection | undefined;
 let updateQueued = false;
 
 // Runs once per burst of etcd events (they arrive within one tick), always on the newest state.
@@ -98,13 +108,11 @@ const update = () => {
   const { mirror, revision } = watch.state();
   const selection = select(mirror);
   reportProblems(selection.problems);
-  const summary = summarize(selection);
-  void haproxy.apply(renderConfig(renderSettings, selection.servers)).then(({ outcome, ms }) => {
+  const wanted = { config: renderConfig(renderSettings, selection.servers), servers: serverTable(selection.servers) };
+  void haproxy.apply(wanted).then(({ outcome, path, ms }) => {
     if (outcome !== 'applied') return;
-    const what = registrySettings.masterOnly ? 'master' : 'servers';
-    const change = appliedSummary === undefined ? `${what} ${summary}` : `${what} ${appliedSummary} -> ${summary}`;
-    log.info(`applied revision ${revision}: ${change}`, { servers: selection.servers.length, ms });
-    appliedSummary = summary;
+    log.info(`applied revision ${revision}: ${describeChange(applied, selection)} (${path}, ${ms} ms)`, { servers: selection.servers.length });
+    applied = selection;
   });
 };
 const watch = watchPrefix(etcd, log, () => {
@@ -141,10 +149,25 @@ void haproxy.unexpectedExit.then(({ code, signal, lastAlerts }) => {
   void shutdown(1, `haproxy master ${how}${why}`);
 });
 
-function summarize(selection: Selection): string {
-  if (registrySettings.masterOnly) return selection.servers[0]?.name ?? 'none';
-  const names = selection.servers.map((server) => server.name);
-  return `[${names.slice(0, 10).join(',')}${names.length > 10 ? `,… ${names.length} in all` : ''}]`;
+// What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2".
+function describeChange(before: Selection | undefined, after: Selection): string {
+  const master = (selection: Selection | undefined) => selection?.servers.find((server) => server.enabled)?.name ?? 'none';
+  const shownMaster = registrySettings.masterOnly ? `master ${before ? `${master(before)} -> ` : ''}${master(after)}` : '';
+  if (!before) return [`${after.servers.length} server(s)`, shownMaster].filter(Boolean).join(', ');
+  const address = (selection: Selection) => new Map(selection.servers.map((server) => [server.name, `${server.address}:${server.port}`]));
+  const old = address(before);
+  const now = address(after);
+  const list = (names: string[]) => names.slice(0, 5).join(',') + (names.length > 5 ? `,… (${names.length})` : '');
+  const added = [...now.keys()].filter((name) => !old.has(name));
+  const removed = [...old.keys()].filter((name) => !now.has(name));
+  const moved = [...now].filter(([name, at]) => old.has(name) && old.get(name) !== at).map(([name]) => name);
+  const parts = [
+    master(before) !== master(after) ? shownMaster : '',
+    added.length ? `added ${list(added)}` : '',
+    removed.length ? `removed ${list(removed)}` : '',
+    moved.length ? `moved ${list(moved)}` : '',
+  ].filter(Boolean);
+  return parts.join(', ') || 'servers unchanged';
 }
 
 function problemText(problem: Problem): string {

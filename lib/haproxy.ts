@@ -1,19 +1,30 @@
 // Owns the haproxy child (master-worker, foreground) and its files: the private runtime dir, the config, the pid files.
-// Every config goes stage file → `haproxy -c` → rename → start or SIGHUP, one reload in flight at a time,
-// always ending on the newest config; a config haproxy rejects never replaces the one serving.
+// Each change is carried out as lib/plan.ts decides: runtime API commands over the admin socket, then the config
+// file rewritten to match; or stage file → `haproxy -c` → rename → SIGHUP. One change in flight at a time,
+// always ending on the newest; a config haproxy rejects never replaces the one serving.
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, chmod, lstat, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from './log.ts';
+import { planChange, type ServerTable } from './plan.ts';
+import { PROXY_NAME } from './render.ts';
+
+export type ApplyMode = 'runtime' | 'reload';
 
 export interface HaproxySettings {
   binary: string;
   configPath: string;
   runtimeDir: string;
+  adminSocket: string;
+  // runtime: the runtime API where it can express the change; reload: always a reload.
+  apply: ApplyMode;
+  // Master-only: fence a server that stops being the master (see lib/plan.ts).
+  fence: boolean;
   log: Logger;
   // setpriv's path, to have the kernel stop haproxy if ambassador dies (see tieToParent).
   setpriv?: string | undefined;
@@ -21,9 +32,19 @@ export interface HaproxySettings {
 
 export type ApplyOutcome = 'applied' | 'unchanged' | 'rejected' | 'superseded';
 
+// How an applied change reached haproxy.
+export type ApplyPath = 'start' | 'runtime' | 'reload';
+
 export interface ApplyResult {
   outcome: ApplyOutcome;
+  path?: ApplyPath;
   ms: number;
+}
+
+// What haproxy should run: the config text, and the servers it describes.
+export interface Wanted {
+  config: string;
+  servers: ServerTable;
 }
 
 export interface MasterExit {
@@ -33,7 +54,7 @@ export interface MasterExit {
 }
 
 export interface Haproxy {
-  apply(config: string): Promise<ApplyResult>;
+  apply(wanted: Wanted): Promise<ApplyResult>;
   // Resolves when the master exits for any reason other than stop().
   unexpectedExit: Promise<MasterExit>;
   masterPid(): number | undefined;
@@ -45,6 +66,8 @@ const SETTLE_AFTER_LOAD_MS = 25;
 const LOAD_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
+const COMMAND_TIMEOUT_MS = 2_000;
+const DRAIN_SWEEP_MS = 1_000;
 
 export class SetupError extends Error {}
 
@@ -109,14 +132,17 @@ export async function findSetpriv(env: Readonly<Record<string, string | undefine
 }
 
 export function createHaproxy(settings: HaproxySettings): Haproxy {
-  const { binary, configPath, runtimeDir, log, setpriv } = settings;
+  const { binary, configPath, runtimeDir, adminSocket, log, setpriv } = settings;
   const stagePath = `${configPath}.new`;
   let child: ChildProcess | undefined;
   let stopping = false;
-  let live: string | undefined;
-  let wanted: string | undefined;
+  let liveConfig: string | undefined;
+  let liveServers: ServerTable = new Map();
+  let wanted: Wanted | undefined;
   let rejected: string | undefined;
   let busy = false;
+  let sweepDue = false;
+  let sweepTimer: NodeJS.Timeout | undefined;
   let loadedAt = 0;
   let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
   let onLoaded: ((success: boolean) => void) | undefined;
@@ -182,65 +208,139 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     return loaded;
   };
 
-  // Stage, check, swap, load: one config, start to finish.
-  const applyOne = async (config: string): Promise<ApplyOutcome> => {
+  // Stage, check, swap, load: the path for a first start and for every reload.
+  const checkAndLoad = async (next: Wanted): Promise<boolean> => {
+    await writePrivate(stagePath, next.config);
+    const problem = await check(binary, stagePath);
+    if (problem !== undefined) {
+      log.error('haproxy: rejected the new config; the last good one keeps serving', { reason: problem });
+      return false;
+    }
+    await rename(stagePath, configPath);
+    if (child ? await reload() : await start()) return true;
+    if (child && liveConfig !== undefined) {
+      // The master kept the old worker: put the file back in step with what is live.
+      await writeConfig(liveConfig);
+      log.error('haproxy: failed to load the new config; the last good one keeps serving', { reason: lastAlerts.at(-1) });
+    }
+    return false;
+  };
+
+  const writeConfig = async (config: string) => {
+    await writePrivate(stagePath, config);
+    await rename(stagePath, configPath);
+  };
+
+  // The runtime path: commands in order, then the file rewritten to describe what is now live.
+  const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
+    const plan = planChange(liveServers, next.servers, { fence: settings.fence });
+    if (plan.kind === 'reload') {
+      log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
+      return false;
+    }
+    if (plan.kind === 'runtime') {
+      for (const command of plan.commands) {
+        const failure = await runtimeCommand(adminSocket, command);
+        if (failure !== undefined) {
+          log.warn(`haproxy: runtime command failed, reloading instead: ${command}`, { answer: failure });
+          return false;
+        }
+        log.debug(`haproxy: ${command}`);
+      }
+      liveServers = plan.next;
+    }
+    await writeConfig(next.config);
+    return true;
+  };
+
+  const applyOne = async (next: Wanted): Promise<ApplyPath | undefined> => {
     try {
       await unlink(stagePath).catch(() => {});
-      await writePrivate(stagePath, config);
-      const problem = await check(binary, stagePath);
-      if (problem !== undefined) {
-        log.error('haproxy: rejected the new config; the last good one keeps serving', { reason: problem });
-        return 'rejected';
-      }
-      await rename(stagePath, configPath);
-      const loaded = child ? await reload() : await start();
-      if (loaded) return 'applied';
-      if (child && live !== undefined) {
-        // The master kept the old worker: put the file back in step with what is live.
-        await unlink(stagePath).catch(() => {});
-        await writePrivate(stagePath, live);
-        await rename(stagePath, configPath);
-        log.error('haproxy: failed to load the new config; the last good one keeps serving', { reason: lastAlerts.at(-1) });
-      }
-      return 'rejected';
+      if (child && settings.apply === 'runtime' && (await applyAtRuntime(next))) return 'runtime';
+      const path = child ? 'reload' : 'start';
+      if (!(await checkAndLoad(next))) return undefined;
+      liveServers = next.servers;
+      return path;
     } catch (err) {
       log.error('haproxy: could not apply the new config', { reason: (err as Error).message });
-      return 'rejected';
+      return undefined;
     }
+  };
+
+  // Deletes draining servers that have no session left; one that still has some is looked at again later.
+  const sweepDrained = async () => {
+    const draining = [...liveServers].filter(([, server]) => server.state === 'drain').map(([name]) => name);
+    if (draining.length === 0 || !child) return;
+    const sessions = await serverSessions(adminSocket).catch(() => new Map<string, number>());
+    const table = new Map(liveServers);
+    for (const name of draining) {
+      if ((sessions.get(name) ?? 1) > 0) continue;
+      const id = `${PROXY_NAME}/${name}`;
+      const failure = (await runtimeCommand(adminSocket, `set server ${id} state maint`)) ?? (await runtimeCommand(adminSocket, `del server ${id}`));
+      if (failure === undefined) {
+        table.delete(name);
+        log.debug(`haproxy: deleted drained server ${name}`);
+      }
+    }
+    liveServers = table;
+  };
+
+  const scheduleSweep = () => {
+    const draining = [...liveServers.values()].some((server) => server.state === 'drain');
+    if (!draining || sweepTimer || stopping) return;
+    sweepTimer = setTimeout(() => {
+      sweepTimer = undefined;
+      sweepDue = true;
+      if (!busy) void drain();
+    }, DRAIN_SWEEP_MS);
+    sweepTimer.unref();
   };
 
   const drain = async () => {
     busy = true;
     try {
-      while (wanted !== undefined && wanted !== live && wanted !== rejected && !stopping) {
-        const next = wanted;
-        const batch = waiters.splice(0);
-        const began = performance.now();
-        const outcome = await applyOne(next);
-        if (outcome === 'applied') live = next;
-        else rejected = next;
-        const ms = Math.round(performance.now() - began);
-        for (const waiter of batch) waiter.resolve({ outcome: waiter.config === next ? outcome : 'superseded', ms });
+      while (!stopping) {
+        if (wanted !== undefined && wanted.config !== liveConfig && wanted.config !== rejected) {
+          const next = wanted;
+          const batch = waiters.splice(0);
+          const began = performance.now();
+          const path = await applyOne(next);
+          if (path) liveConfig = next.config;
+          else rejected = next.config;
+          const ms = Math.round(performance.now() - began);
+          for (const waiter of batch) {
+            const outcome = waiter.config !== next.config ? 'superseded' : path ? 'applied' : 'rejected';
+            waiter.resolve(path && outcome === 'applied' ? { outcome, path, ms } : { outcome, ms });
+          }
+        } else if (sweepDue) {
+          sweepDue = false;
+          await sweepDrained();
+        } else {
+          break;
+        }
       }
       for (const waiter of waiters.splice(0)) {
-        waiter.resolve({ outcome: waiter.config === live ? 'unchanged' : waiter.config === rejected ? 'rejected' : 'superseded', ms: 0 });
+        const outcome = waiter.config === liveConfig ? 'unchanged' : waiter.config === rejected ? 'rejected' : 'superseded';
+        waiter.resolve({ outcome, ms: 0 });
       }
     } finally {
       busy = false;
+      scheduleSweep();
     }
   };
 
   return {
-    apply: (config) =>
+    apply: (next) =>
       new Promise<ApplyResult>((resolve) => {
-        waiters.push({ config, resolve });
-        wanted = config;
+        waiters.push({ config: next.config, resolve });
+        wanted = next;
         if (!busy) void drain();
       }),
     unexpectedExit,
     masterPid: () => child?.pid,
     stop: async () => {
       stopping = true;
+      clearTimeout(sweepTimer);
       const proc = child;
       if (!proc || proc.pid === undefined) return;
       const exited = new Promise((resolve) => proc.once('exit', resolve));
@@ -259,11 +359,45 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 // haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
 const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
 
+// Lines marked "CLI :" report what our own runtime commands did; ambassador logs those changes itself.
 function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
-  if (line.startsWith('[NOTICE]') || ROUTINE.test(line)) return 'debug';
+  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || /\) : CLI : /.test(line)) return 'debug';
   if (line.startsWith('[WARNING]')) return 'warn';
   if (line.startsWith('[ALERT]')) return 'error';
   return 'info';
+}
+
+// One command over the admin socket; undefined when haproxy says it was done, else its answer.
+const DONE = /^(|New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|.*port changed from .*)$/s;
+
+function runtimeCommand(socket: string, command: string): Promise<string | undefined> {
+  return adminRequest(socket, command).then(
+    (answer) => (DONE.test(answer.trim()) ? undefined : answer.trim() || 'no answer'),
+    (err: Error) => err.message,
+  );
+}
+
+function adminRequest(socket: string, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const connection = connect(socket);
+    let answer = '';
+    connection.setTimeout(COMMAND_TIMEOUT_MS, () => connection.destroy(new Error(`no answer within ${COMMAND_TIMEOUT_MS} ms`)));
+    connection.on('data', (data) => (answer += data.toString()));
+    connection.on('end', () => resolve(answer));
+    connection.on('error', reject);
+    connection.end(command + '\n');
+  });
+}
+
+// Current sessions per server of our proxy, from `show stat`.
+async function serverSessions(socket: string): Promise<Map<string, number>> {
+  const csv = await adminRequest(socket, 'show stat -1 4 -1');
+  const sessions = new Map<string, number>();
+  for (const line of csv.split('\n')) {
+    const [proxy, server, , , current] = line.split(',');
+    if (proxy === PROXY_NAME && server !== undefined && current !== undefined) sessions.set(server, Number(current));
+  }
+  return sessions;
 }
 
 // haproxy's verdict on a config file: undefined when valid, else its error lines.

@@ -18,6 +18,7 @@ export interface Options {
   haproxyConfig: string;
   runtimeDir: string;
   hardStopAfter: string;
+  apply: 'runtime' | 'reload';
   dryRun: boolean;
   etcdCa: string | undefined;
   etcdCert: string | undefined;
@@ -56,6 +57,7 @@ const FLAGS: readonly Flag[] = [
   { name: 'haproxy-config', value: 'FILE', help: 'where the rendered config is written (default: <runtime-dir>/haproxy.cfg)' },
   { name: 'runtime-dir', value: 'DIR', help: 'private directory for the config, admin socket and pid files (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, + /ambassador-[<bind>-]<port>)' },
   { name: 'hard-stop-after', value: 'TIME', default: '5m', help: 'how long a replaced haproxy worker may keep its connections after a reload (e.g. 30s, 5m, 1h)' },
+  { name: 'apply', value: 'runtime|reload', default: 'runtime', help: "how changes reach haproxy: runtime (its runtime API, a reload only for what that cannot do) or reload (always)" },
   { name: 'dry-run', boolean: true, help: 'print the config for the current etcd state and the problems found, then exit' },
   { name: 'etcd-ca', value: 'FILE', help: 'CA certificate to verify etcd (implies https)' },
   { name: 'etcd-cert', value: 'FILE', help: 'client certificate for etcd (with --etcd-key)' },
@@ -173,6 +175,8 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   if (!/^\d{1,9}(ms|s|m|h|d)?$/.test(hardStopAfter)) {
     throw new UsageError(`${source('hard-stop-after')}=${JSON.stringify(hardStopAfter)} is not a duration (e.g. 30s, 5m, 1h)`);
   }
+  const apply = required('apply');
+  if (apply !== 'runtime' && apply !== 'reload') throw new UsageError(`${source('apply')}=${JSON.stringify(apply)} is not one of runtime, reload`);
   const logFormat = required('log-format');
   if (!(LOG_FORMATS as readonly string[]).includes(logFormat)) {
     throw new UsageError(`${source('log-format')}=${JSON.stringify(logFormat)} is not one of ${LOG_FORMATS.join(', ')}`);
@@ -210,6 +214,7 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
     haproxyConfig: text('haproxy-config') ?? `${runtimeDir}/haproxy.cfg`,
     runtimeDir,
     hardStopAfter,
+    apply,
     dryRun: bool('dry-run'),
     etcdCa,
     etcdCert,

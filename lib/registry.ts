@@ -30,8 +30,13 @@ export interface Service {
   problems: Problem[];
 }
 
+// An instance as haproxy gets it: with --master-only every instance is there, only the master enabled.
+export interface Server extends Instance {
+  enabled: boolean;
+}
+
 export interface Selection {
-  servers: Instance[];
+  servers: Server[];
   master: string | undefined;
   problems: Problem[];
 }
@@ -91,15 +96,19 @@ export function readService(mirror: ReadonlyMap<string, string>, settings: Regis
   return { instances: unique, master, problems };
 }
 
-// All routable instances, or with masterOnly just the master; a master that is missing or not routable routes nobody.
+// All routable instances enabled, or with masterOnly only the master; a master that is missing or not routable
+// enables nobody.
 export function selectServers(service: Service, settings: RegistrySettings & { masterOnly: boolean }): Selection {
-  if (!settings.masterOnly) return { servers: service.instances, master: service.master, problems: service.problems };
+  if (!settings.masterOnly) {
+    return { servers: service.instances.map((instance) => ({ ...instance, enabled: true })), master: service.master, problems: service.problems };
+  }
   const key = `${settings.prefix}/master`;
   const problems = [...service.problems];
   const master = service.instances.find((instance) => instance.name === service.master);
   if (service.master === undefined) problems.push({ key, reason: 'no master is set: no instance is routed' });
   else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
-  return { servers: master ? [master] : [], master: service.master, problems };
+  const servers = service.instances.map((instance) => ({ ...instance, enabled: instance === master }));
+  return { servers, master: service.master, problems };
 }
 
 // haproxy server names allow [A-Za-z0-9_.:-]. A plain name is used as is; any other gets a readable part

@@ -2,7 +2,7 @@
 // Pure and deterministic: the same input gives the same bytes, so an unchanged config is seen by comparing text.
 // Every value it writes was validated by registry.ts or options.ts; it never formats raw etcd data.
 
-import type { Instance } from './registry.ts';
+import type { Server } from './registry.ts';
 
 export interface RenderSettings {
   prefix: string;
@@ -16,10 +16,14 @@ export interface RenderSettings {
 export const PROXY_NAME = 'service';
 
 // Health checks: a dead instance is marked down within ~4 s and its sessions are cut, so clients reconnect
-// elsewhere instead of hanging on it. A name that does not resolve leaves its server down instead of failing the config.
-const SERVER_DEFAULTS = 'check inter 2s fall 2 rise 2 on-marked-down shutdown-sessions init-addr libc,none';
+// elsewhere instead of hanging on it; the same cut fences a master put in maintenance. Servers added at run
+// time ignore default-server, so lib/plan.ts spells these out on each one.
+export const SERVER_CHECKS = 'check inter 2s fall 2 rise 2 on-marked-down shutdown-sessions';
+// A DNS name that does not resolve leaves its server down instead of failing the whole config.
+const SERVER_DEFAULTS = `${SERVER_CHECKS} init-addr libc,none`;
 
-export function renderConfig(settings: RenderSettings, servers: readonly Instance[]): string {
+// Servers not enabled (master-only standbys) are written `disabled`, so a failover is a state change at run time.
+export function renderConfig(settings: RenderSettings, servers: readonly Server[]): string {
   const lines = [
     `# haproxy config for etcd prefix ${settings.prefix}, written by ambassador on every change: edits are lost.`,
     'global',
@@ -44,11 +48,11 @@ export function renderConfig(settings: RenderSettings, servers: readonly Instanc
     // Long-lived database sessions spread better by count than by turn.
     '    balance leastconn',
     `    default-server ${SERVER_DEFAULTS}`,
-    ...servers.map((server) => `    server ${server.server} ${hostPort(server.address, server.port)}`),
+    ...servers.map((server) => `    server ${server.server} ${hostPort(server.address, server.port)}${server.enabled ? '' : ' disabled'}`),
   ];
   return lines.join('\n') + '\n';
 }
 
-function hostPort(address: string, port: number): string {
+export function hostPort(address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }

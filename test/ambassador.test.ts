@@ -163,7 +163,7 @@ test('keeps the last good config serving when haproxy rejects a new one', async 
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   const picky = resolve(import.meta.dirname, 'fixtures/picky-haproxy');
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--haproxy=${picky}`]);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--haproxy=${picky}`, '--apply=reload']);
   await world.routesTo(ambassador.port, 'node-2');
   const before = readFileSync(ambassador.configPath, 'utf8');
   await world.etcd.put(`${prefix}/instances/6/private_ip`, '127.0.0.66');
@@ -171,6 +171,7 @@ test('keeps the last good config serving when haproxy rejects a new one', async 
   await ambassador.waitForLog(/haproxy: rejected the new config; the last good one keeps serving.*127\.0\.0\.66 refused/);
   assert.is(await whoAnswers(ambassador.port), 'node-2');
   assert.is(readFileSync(ambassador.configPath, 'utf8'), before);
+  await world.etcd.del(`${prefix}/instances/6/private_ip`);
   await world.etcd.put(`${prefix}/master`, '1');
   await world.routesTo(ambassador.port, 'node-1');
 });

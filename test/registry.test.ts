@@ -26,10 +26,11 @@ test('reads the seed layout', () => {
   assert.equal(service.problems, []);
 });
 
-test('routes every instance, or only the master with masterOnly', () => {
+test('enables every instance, or only the master with masterOnly', () => {
   const service = readService(seed, settings);
-  assert.equal(selectServers(service, settings).servers.map((s) => s.name), ['1', '2']);
-  assert.equal(selectServers(service, masterOnly).servers.map((s) => s.name), ['2']);
+  const enabled = (s: { enabled: boolean; name: string }) => `${s.name}:${s.enabled}`;
+  assert.equal(selectServers(service, settings).servers.map(enabled), ['1:true', '2:true']);
+  assert.equal(selectServers(service, masterOnly).servers.map(enabled), ['1:false', '2:true']);
 });
 
 test('uses public_ip with public, and an instance port over the backend port', () => {
@@ -114,7 +115,7 @@ test('routes nobody when the master is missing, unknown, unroutable or a key pat
   for (const master of [undefined, '3', '2', 'instances/1', '']) {
     const entries = mirror(master === undefined ? instances : { ...instances, master });
     const selection = selectServers(readService(entries, masterOnly), masterOnly);
-    assert.equal(selection.servers, [], `master ${master}`);
+    assert.equal(selection.servers.filter((s) => s.enabled), [], `master ${master}`);
     assert.ok(selection.problems.some((p) => p.key === `${P}/master`), `master ${master} is reported`);
   }
 });

@@ -4,14 +4,19 @@ import { renderConfig, type RenderSettings } from '../lib/render.ts';
 
 const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
 const servers = [
-  { name: '1', server: '1', address: '10.0.19.22', port: 5432 },
-  { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433 },
+  { name: '1', server: '1', address: '10.0.19.22', port: 5432, enabled: true },
+  { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433, enabled: true },
 ];
 
 test('writes one server line per server, IPv6 in brackets', () => {
   const config = renderConfig(settings, servers);
   const lines = config.split('\n').filter((line) => line.trim().startsWith('server '));
   assert.equal(lines, ['    server 1 10.0.19.22:5432', '    server db_2:0123456789abcdef [fd00::2]:5433']);
+});
+
+test('writes servers that are not enabled as disabled', () => {
+  const config = renderConfig(settings, [servers[0]!, { ...servers[1]!, enabled: false }]);
+  assert.match(config, '\n    server 1 10.0.19.22:5432\n    server db_2:0123456789abcdef [fd00::2]:5433 disabled\n');
 });
 
 test('listens on the bind address and port, IPv6 in brackets', () => {
