@@ -1,0 +1,302 @@
+// npm run bench: dist/ambassador against a real etcd and haproxy on loopback, each workload run twice,
+// with the runtime API (--apply=runtime) and with reloads only (--apply=reload). Prints a table and writes
+// it as JSON to bench/results/latest.json. Every loop is bounded; everything started is stopped.
+
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
+import { startEtcd } from '../test/helpers/etcd.ts';
+import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
+import { stopAll } from '../test/helpers/processes.ts';
+
+type Mode = 'runtime' | 'reload';
+const MODES: Mode[] = ['runtime', 'reload'];
+const root = resolve(import.meta.dirname, '..');
+
+interface Row {
+  metric: string;
+  target: string;
+  values: Partial<Record<Mode, number>>;
+  unit: string;
+}
+const rows: Row[] = [];
+const record = (metric: string, mode: Mode, value: number, unit: string, target = '') => {
+  let row = rows.find((r) => r.metric === metric);
+  if (!row) rows.push((row = { metric, target, values: {}, unit }));
+  row.values[mode] = value;
+};
+
+const percentile = (values: number[], p: number) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+};
+
+const etcd = await startEtcd();
+const backendPort = await freePort('127.0.0.11');
+const backends = await Promise.all([1, 2, 3].map((i) => startBackend(`node-${i}`, `127.0.0.1${i}`, backendPort)));
+let prefixes = 0;
+const running: RunningAmbassador[] = [];
+
+async function start(mode: Mode, flags: string[]): Promise<RunningAmbassador & { port: number; started: number }> {
+  const port = await freePort();
+  const started = performance.now();
+  const ambassador = await startAmbassador(
+    [`--etcd=${etcd.endpoint}`, `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${backendPort}`, `--apply=${mode}`, '--log-level=debug', ...flags],
+    { binary: 'dist' },
+  );
+  running.push(ambassador);
+  return Object.assign(ambassador, { port, started });
+}
+
+async function stopRunning() {
+  await Promise.all(running.splice(0).map((a) => a.cleanup()));
+}
+
+function admin(runtimeDir: string, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(join(runtimeDir, 'admin.sock'));
+    let answer = '';
+    socket.on('data', (data) => (answer += data));
+    socket.on('end', () => resolve(answer));
+    socket.on('error', reject);
+    socket.end(command + '\n');
+  });
+}
+
+// The servers haproxy routes to now: "name address:port", drained and disabled ones left out.
+async function routed(runtimeDir: string): Promise<string[]> {
+  const state = await admin(runtimeDir, 'show servers state service');
+  return state
+    .split('\n')
+    .filter((line) => /^\d+ service /.test(line))
+    .map((line) => line.split(' '))
+    .filter((f) => (Number(f[6]) & 0x3b) === 0)
+    .map((f) => `${f[3]} ${f[4]}:${f[18]}`)
+    .sort();
+}
+
+async function expected(prefix: string): Promise<string[]> {
+  const keys = await etcd.client.getAll().prefix(`${prefix}/instances/`).strings();
+  return Object.entries(keys)
+    .map(([key, address]) => `${key.split('/').at(-2)} ${address}:${backendPort}`)
+    .sort();
+}
+
+const reloads = (a: RunningAmbassador) => a.logs.filter((line) => line.includes('(reload, ')).length;
+const runtimeCommands = (a: RunningAmbassador) =>
+  a.logs.filter((line) => /haproxy: (set server|add server|del server|enable health|shutdown sessions) /.test(line)).length;
+const workers = (pid: number) => readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).length;
+const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+
+async function writeSeed(prefix: string) {
+  for (const i of [1, 2, 3]) await etcd.put(`${prefix}/instances/${i}/private_ip`, `127.0.0.1${i}`);
+  await etcd.put(`${prefix}/master`, '2');
+}
+
+async function waitFor(probe: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    if (await probe()) return true;
+    await sleep(2);
+  }
+  return false;
+}
+
+// Failover: put master → the first new connection that reaches the new master; and how long a session
+// to the old master lives after the put.
+async function failover(mode: Mode, count = 50) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  await writeSeed(prefix);
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--master-only']);
+  await waitFor(async () => (await whoAnswers(ambassador.port)) === 'node-2', 10_000);
+  const latencies: number[] = [];
+  const cuts: number[] = [];
+  let master = '2';
+  for (let i = 0; i < count; i++) {
+    const next = master === '2' ? '3' : '2';
+    const session: Session = await openSession(ambassador.port);
+    let cutAt = Infinity;
+    void session.closed.then(() => (cutAt = performance.now()));
+    const put = performance.now();
+    await etcd.put(`${prefix}/master`, next);
+    let answer = '';
+    while (answer !== `node-${next}` && performance.now() - put < 10_000) answer = await whoAnswers(ambassador.port);
+    latencies.push(performance.now() - put);
+    await waitFor(async () => session.isClosed(), 1000);
+    cuts.push(cutAt - put);
+    session.close();
+    master = next;
+    await sleep(20);
+  }
+  record('failover: put → new master answers, p50', mode, percentile(latencies, 50), 'ms');
+  record('failover: put → new master answers, p99', mode, percentile(latencies, 99), 'ms', '≤ 25');
+  record('failover: put → new master answers, max', mode, Math.max(...latencies), 'ms');
+  record('failover: put → old master sessions cut, p99', mode, percentile(cuts, 99), 'ms', '≤ 50');
+  record('failover: old master sessions not cut within 1 s', mode, cuts.filter((c) => c === Infinity).length, `of ${count}`, '0');
+  record('failover: reloads', mode, reloads(ambassador), `for ${count}`, '0');
+  await stopRunning();
+}
+
+// Burst: 1,000 membership writes as fast as etcd takes them → the final state live.
+async function burst(mode: Mode, writes = 1000) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  for (let i = 0; i < 20; i++) await etcd.put(`${prefix}/instances/i${i}/private_ip`, `127.0.0.1${1 + (i % 3)}`);
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`]);
+  await ambassador.waitForLog(/applied revision/);
+  const reloadsBefore = reloads(ambassador);
+  const commandsBefore = runtimeCommands(ambassador);
+  let next = 0;
+  const writer = async () => {
+    while (next < writes) {
+      const i = next++;
+      const key = `${prefix}/instances/i${(i * 7) % 50}/private_ip`;
+      if (i % 5 === 4) await etcd.del(key);
+      else await etcd.put(key, `127.0.0.1${1 + (i % 3)}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 32 }, writer));
+  const lastWrite = performance.now();
+  const want = (await expected(prefix)).join();
+  const live = await waitFor(async () => (await routed(ambassador.runtimeDir)).join() === want, 10_000);
+  const liveAfter = performance.now() - lastWrite;
+  await sleep(1000);
+  const finalLive = await routed(ambassador.runtimeDir);
+  const wantList = want.split(',');
+  const stale = finalLive.filter((s) => !wantList.includes(s)).length + wantList.filter((s) => !finalLive.includes(s)).length;
+  record(`burst of ${writes}: last write → final state live`, mode, live ? liveAfter : Infinity, 'ms', '≤ 200');
+  record(`burst of ${writes}: reloads`, mode, reloads(ambassador) - reloadsBefore, '', '0');
+  record(`burst of ${writes}: runtime commands`, mode, runtimeCommands(ambassador) - commandsBefore, '');
+  record(`burst of ${writes}: stale servers at the end`, mode, stale, '', '0');
+  await stopRunning();
+}
+
+// Changes on instances d..h while a, b and c stay: the service is never empty.
+async function churn(prefix: string, changes: number, gapMs: number) {
+  const names = ['d', 'e', 'f', 'g', 'h'];
+  for (let i = 0; i < changes; i++) {
+    const key = `${prefix}/instances/${names[i % names.length]}/private_ip`;
+    if (i % 4 === 3) await etcd.del(key);
+    else await etcd.put(key, `127.0.0.1${1 + (i % 3)}`);
+    await sleep(gapMs);
+  }
+}
+
+async function writeStable(prefix: string) {
+  for (const [name, i] of [['a', 1], ['b', 2], ['c', 3]] as const) await etcd.put(`${prefix}/instances/${name}/private_ip`, `127.0.0.1${i}`);
+}
+
+// Zero loss: new connections as fast as a client process makes them while 100 changes are applied.
+async function zeroLoss(mode: Mode) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  await writeStable(prefix);
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`]);
+  await ambassador.waitForLog(/applied revision/);
+  const load = spawn(process.execPath, [join(root, 'bench/load.ts'), String(ambassador.port), '20000', '24'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let output = '';
+  load.stdout.on('data', (data) => (output += data));
+  const done = new Promise((resolve) => load.on('exit', resolve));
+  await sleep(300);
+  await churn(prefix, 100, 25);
+  await sleep(300);
+  load.stdin.end();
+  await done;
+  const { ok, failed, seconds } = JSON.parse(output) as { ok: number; failed: number; seconds: number };
+  record('zero loss: new connections per second', mode, ok / seconds, '/s', '≥ 2000');
+  record('zero loss: failed connections during 100 changes', mode, failed, '', '0');
+  await stopRunning();
+}
+
+// Long-lived sessions: 50 held open across 100 membership changes.
+async function longLived(mode: Mode) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  await writeStable(prefix);
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`]);
+  await ambassador.waitForLog(/applied revision/);
+  const sessions = await Promise.all(Array.from({ length: 50 }, () => openSession(ambassador.port)));
+  await churn(prefix, 100, 30);
+  await sleep(1000);
+  record('long-lived: haproxy processes after 100 changes', mode, 1 + workers(ambassador.haproxyPid()!), '', '2');
+  record('long-lived: sessions cut (of 50)', mode, sessions.filter((s) => s.isClosed()).length, '', '0');
+  for (const session of sessions) session.close();
+  await stopRunning();
+}
+
+// Scale: 10,000 instances.
+const SCALE = 10_000;
+const scalePrefix = `/bench-scale/services/mysql`;
+async function writeScale() {
+  let next = 0;
+  const writer = async () => {
+    while (next < SCALE) {
+      const i = next++;
+      await etcd.put(`${scalePrefix}/instances/i${i}/private_ip`, `127.1.${i >> 8}.${i & 255}`);
+    }
+  };
+  await Promise.all(Array.from({ length: 64 }, writer));
+}
+
+async function scale(mode: Mode) {
+  const ambassador = await start(mode, [`--etcd-prefix=${scalePrefix}`]);
+  await ambassador.waitForLog(/applied revision/, 60_000);
+  record(`scale ${SCALE}: start → all served`, mode, performance.now() - ambassador.started, 'ms', '≤ 2000');
+  const haproxy = ambassador.haproxyPid()!;
+  const worker = Number(readFileSync(`/proc/${haproxy}/task/${haproxy}/children`, 'utf8').trim().split(/\s+/)[0]);
+  record(`scale ${SCALE}: ambassador RSS`, mode, rssMb(ambassador.child.pid!), 'MB');
+  record(`scale ${SCALE}: haproxy RSS (master + worker)`, mode, rssMb(haproxy) + rssMb(worker), 'MB');
+  const from = ambassador.logs.length;
+  const put = performance.now();
+  await etcd.put(`${scalePrefix}/instances/i5000/private_ip`, '127.2.0.1');
+  await ambassador.waitForLog(/applied revision \d+: moved i5000/, 60_000, from);
+  record(`scale ${SCALE}: one change, put → applied`, mode, performance.now() - put, 'ms');
+  await etcd.put(`${scalePrefix}/instances/i5000/private_ip`, `127.1.${5000 >> 8}.${5000 & 255}`);
+  await stopRunning();
+}
+
+function table(): string {
+  const header = ['metric', 'target', 'runtime API', 'reload only', 'reload / runtime'];
+  const format = (value: number | undefined) =>
+    value === undefined ? '-' : value === Infinity ? 'never' : Number.isInteger(value) || value >= 100 ? value.toFixed(0) : value.toFixed(1);
+  const lines = rows.map((row) => {
+    const { runtime, reload } = row.values;
+    const comparable = runtime !== undefined && reload !== undefined && runtime > 0 && Number.isFinite(runtime) && Number.isFinite(reload);
+    const ratio = comparable ? `${(reload / runtime).toFixed(1)}×` : '-';
+    const cell = (value: number | undefined) => (value === Infinity ? 'never' : `${format(value)} ${row.unit}`.trim());
+    return [row.metric, row.target ? `${row.target} ${row.unit}`.trim() : '', cell(runtime), cell(reload), ratio];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ') + ' |';
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...lines.map(line)].join('\n');
+}
+
+try {
+  for (const mode of MODES) {
+    process.stderr.write(`bench: ${mode}: failover\n`);
+    await failover(mode);
+    process.stderr.write(`bench: ${mode}: burst\n`);
+    await burst(mode);
+    process.stderr.write(`bench: ${mode}: zero loss\n`);
+    await zeroLoss(mode);
+    process.stderr.write(`bench: ${mode}: long-lived sessions\n`);
+    await longLived(mode);
+  }
+  process.stderr.write(`bench: writing ${SCALE} instances\n`);
+  await writeScale();
+  for (const mode of MODES) {
+    process.stderr.write(`bench: ${mode}: scale\n`);
+    await scale(mode);
+  }
+  const text = table();
+  console.log(text);
+  const dir = join(root, 'bench/results');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), rows }, null, 2) + '\n');
+  console.log(`\nwritten to bench/results/latest.json`);
+} finally {
+  await stopRunning();
+  await Promise.all(backends.map((b) => b.close()));
+  await etcd.stop();
+  await stopAll();
+}
