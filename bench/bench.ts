@@ -105,6 +105,20 @@ async function waitFor(probe: () => Promise<boolean>, timeoutMs: number): Promis
   return false;
 }
 
+// Startup: process start → the first connection answered by the master (a small registry, etcd up).
+async function startup(mode: Mode, runs = 5) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  await writeSeed(prefix);
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--master-only']);
+    await waitFor(async () => (await whoAnswers(ambassador.port, '127.0.0.1', 200)) === 'node-2', 10_000);
+    times.push(performance.now() - ambassador.started);
+    await stopRunning();
+  }
+  record('startup: process start → first connection served, median', mode, percentile(times, 50), 'ms');
+}
+
 // Failover: put master → the first new connection that reaches the new master; and how long a session
 // to the old master lives after the put.
 async function failover(mode: Mode, count = 50) {
@@ -273,6 +287,8 @@ function table(): string {
 
 try {
   for (const mode of MODES) {
+    process.stderr.write(`bench: ${mode}: startup\n`);
+    await startup(mode);
     process.stderr.write(`bench: ${mode}: failover\n`);
     await failover(mode);
     process.stderr.write(`bench: ${mode}: burst\n`);

@@ -64,6 +64,7 @@ export interface Haproxy {
 // A SIGHUP that reaches the master within ~15 ms of its last "Loading success" is silently dropped.
 const SETTLE_AFTER_LOAD_MS = 25;
 const LOAD_TIMEOUT_MS = 60_000;
+const RESEND_HUP_MS = 5_000;
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
 const COMMAND_TIMEOUT_MS = 2_000;
@@ -204,8 +205,17 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     const wait = SETTLE_AFTER_LOAD_MS - (performance.now() - loadedAt);
     if (wait > 0) await sleep(wait);
     const loaded = nextLoad();
+    // A SIGHUP can still be lost; one sent while haproxy is loading is dropped, so sending it again is safe.
+    const again = setInterval(() => {
+      log.warn(`haproxy: no answer to SIGHUP within ${RESEND_HUP_MS / 1000} s; sending it again`);
+      child?.kill('SIGHUP');
+    }, RESEND_HUP_MS);
     child?.kill('SIGHUP');
-    return loaded;
+    try {
+      return await loaded;
+    } finally {
+      clearInterval(again);
+    }
   };
 
   // Stage, check, swap, load: the path for a first start and for every reload.

@@ -31,6 +31,9 @@ export interface StartOptions {
   binary?: 'source' | 'dist';
   runtimeDir?: string;
   env?: Record<string, string>;
+  // Runs <root>/bin/ambassador inside the root filesystem `root` as `user`: chroot, in a mount namespace
+  // of its own with /proc mounted. The process keeps its pid, so signals reach ambassador itself.
+  chroot?: { root: string; user: string };
 }
 
 export function ambassadorCommand(binary: 'source' | 'dist'): [string, string[]] {
@@ -43,11 +46,22 @@ export function ambassadorCommand(binary: 'source' | 'dist'): [string, string[]]
 
 export async function startAmbassador(args: string[], options: StartOptions = {}): Promise<RunningAmbassador> {
   requireCommand('haproxy', 'apt-get install -y haproxy');
+  const { chroot } = options;
   const ownDir = options.runtimeDir === undefined;
-  const runtimeDir = options.runtimeDir ?? join(mkdtempSync(join(tmpdir(), 'ambassador-test-')), 'run');
-  const [command, prefixArgs] = ambassadorCommand(options.binary ?? 'source');
-  const fullArgs = [...prefixArgs, `--runtime-dir=${runtimeDir}`, ...args];
-  const child = startProcess(command, fullArgs, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env } });
+  const runtimeDir = options.runtimeDir ?? (chroot ? `/tmp/ambassador-test-${process.pid}-${Date.now()}` : join(mkdtempSync(join(tmpdir(), 'ambassador-test-')), 'run'));
+  // Paths as this process sees them.
+  const hostPath = (path: string) => (chroot ? join(chroot.root, path) : path);
+  const fullArgs = [`--runtime-dir=${runtimeDir}`, ...args];
+  let command: string;
+  let commandArgs: string[];
+  if (chroot) {
+    const script = 'root=$0; user=$1; shift; mount -t proc proc "$root/proc" && exec chroot --userspec="$user" "$root" /bin/ambassador "$@"';
+    [command, commandArgs] = ['unshare', ['--mount', 'sh', '-c', script, chroot.root, `${chroot.user}:${chroot.user}`, ...fullArgs]];
+  } else {
+    const [binary, prefixArgs] = ambassadorCommand(options.binary ?? 'source');
+    [command, commandArgs] = [binary, [...prefixArgs, ...fullArgs]];
+  }
+  const child = startProcess(command, commandArgs, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env } });
   const logs: string[] = [];
   const listeners = new Set<() => void>();
   let partial = '';
@@ -63,11 +77,11 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
   child.stdout!.on('data', onData);
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const configArg = args.find((a) => a.startsWith('--haproxy-config='));
-  const configPath = configArg ? configArg.slice('--haproxy-config='.length) : join(runtimeDir, 'haproxy.cfg');
+  const configPath = hostPath(configArg ? configArg.slice('--haproxy-config='.length) : join(runtimeDir, 'haproxy.cfg'));
 
   const haproxyPid = () => {
     try {
-      const pid = Number(readFileSync(join(runtimeDir, 'haproxy.pid'), 'utf8').trim());
+      const pid = Number(readFileSync(join(hostPath(runtimeDir), 'haproxy.pid'), 'utf8').trim());
       return pid > 1 ? pid : undefined;
     } catch {
       return undefined;
@@ -78,7 +92,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
 
   const running: RunningAmbassador = {
     child,
-    runtimeDir,
+    runtimeDir: hostPath(runtimeDir),
     configPath,
     logs,
     exited,
@@ -120,7 +134,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
       const pid = haproxyPid();
       if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) await stopPid(child.pid, 10_000);
       if (pid !== undefined && isAlive(pid)) await stopPid(pid);
-      if (ownDir) rmSync(resolve(runtimeDir, '..'), { recursive: true, force: true });
+      if (ownDir) rmSync(chroot ? hostPath(runtimeDir) : resolve(runtimeDir, '..'), { recursive: true, force: true });
     },
   };
   return running;

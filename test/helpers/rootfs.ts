@@ -1,0 +1,24 @@
+// A minimal Debian bookworm root filesystem with nothing but haproxy on top of the essential packages:
+// what the official haproxy image has. Built once with debootstrap into .cache/rootfs (ignored by git).
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { requireCommand } from './etcd.ts';
+
+const cache = resolve(import.meta.dirname, '../../.cache/rootfs');
+const MIRROR = process.env.AMBASSADOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
+
+export function bookwormWithHaproxy(): string {
+  const root = join(cache, 'bookworm-haproxy');
+  if (existsSync(join(root, '.complete'))) return root;
+  if (process.getuid?.() !== 0) throw new Error('building and entering a root filesystem needs root (debootstrap, chroot, mount)');
+  requireCommand('debootstrap', 'apt-get install -y debootstrap');
+  const building = `${root}.partial`;
+  rmSync(building, { recursive: true, force: true });
+  execFileSync('debootstrap', ['--variant=minbase', '--include=haproxy', 'bookworm', building, MIRROR], { stdio: ['ignore', 'ignore', 'inherit'] });
+  writeFileSync(join(building, '.complete'), `${new Date().toISOString()} ${MIRROR}\n`);
+  rmSync(root, { recursive: true, force: true });
+  renameSync(building, root);
+  return root;
+}

@@ -1,0 +1,47 @@
+// dist/ambassador in the world of the container image: a minimal bookworm root with only haproxy,
+// run as the haproxy user, against an etcd on the host's loopback. Proves it needs nothing else.
+
+import { copyFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { DIST_BINARY } from './helpers/ambassador.ts';
+import { answers, whoAnswers } from './helpers/net.ts';
+import { isAlive } from './helpers/processes.ts';
+import { bookwormWithHaproxy } from './helpers/rootfs.ts';
+import { createWorld, type World } from './helpers/world.ts';
+
+const test = suite<{ world: World; root: string }>('dist/ambassador in a minimal bookworm root');
+
+test.before(async (context) => {
+  context.root = bookwormWithHaproxy();
+  if (!existsSync(DIST_BINARY)) throw new Error(`${DIST_BINARY} is missing: run npm run build first`);
+  copyFileSync(DIST_BINARY, join(context.root, 'bin/ambassador'));
+  context.world = await createWorld();
+});
+test.after.each(async ({ world }) => world.afterEach());
+test.after(async ({ world }) => world?.close());
+
+test('has nothing but the essential packages and haproxy: no Node', ({ root }) => {
+  for (const path of ['usr/bin/node', 'usr/bin/nodejs', 'usr/local/bin/node']) assert.not.ok(existsSync(join(root, path)), path);
+  assert.ok(existsSync(join(root, 'usr/sbin/haproxy')));
+});
+
+test('starts, routes to the master, follows a failover and stops on SIGTERM, as the haproxy user', async ({ world, root }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' };
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { chroot: { root, user: 'haproxy' }, env });
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.routesTo(ambassador.port, 'node-3');
+  assert.equal(await answers(ambassador.port, 3), Array(3).fill('node-3'));
+  await ambassador.waitForLog(/master 2 -> 3 \(runtime/);
+  assert.not.ok(ambassador.logs.some((line) => line.includes('setpriv (util-linux) not found')), 'setpriv is there');
+  const haproxy = ambassador.haproxyPid()!;
+  assert.is(await ambassador.stop(), 0);
+  assert.not.ok(isAlive(haproxy));
+  assert.is(await whoAnswers(ambassador.port), '');
+});
+
+test.run();
