@@ -442,40 +442,41 @@ async function writePrivate(path: string, text: string): Promise<void> {
 async function readPid(path: string): Promise<number | undefined> {
   const text = await readFile(path, 'utf8').catch(() => '');
   const pid = Number(text.trim());
-  return Number.isInteger(pid) && pid > 1 && isAlive(pid) ? pid : undefined;
+  return Number.isInteger(pid) && pid > 1 && (await running(pid)) !== undefined ? pid : undefined;
 }
 
 async function commandLine(pid: number): Promise<string> {
   return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+// A running (not zombie) process's start time, which tells it from a later process given the same pid.
+async function running(pid: number): Promise<string | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return stat !== '' && fields[0] !== 'Z' ? fields[19] : undefined;
 }
 
 // Stops a process that is not our child (we cannot wait for it): SIGTERM, then SIGKILL after a while.
+// Every signal and check is for that very process, never for one that took its pid since.
 async function terminate(pid: number): Promise<void> {
-  const signal = (name: NodeJS.Signals) => {
-    try {
-      process.kill(pid, name);
-    } catch {}
+  const started = await running(pid);
+  if (started === undefined) return;
+  const alive = async () => (await running(pid)) === started;
+  const signal = async (name: NodeJS.Signals) => {
+    if (await alive()) process.kill(pid, name);
   };
-  signal('SIGTERM');
-  for (let waited = 0; waited < STOP_GRACE_MS; waited += 50) {
-    if (!isAlive(pid) || (await isZombie(pid))) return;
-    await sleep(50);
-  }
-  signal('SIGKILL');
-}
-
-async function isZombie(pid: number): Promise<boolean> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  return / Z /.test(stat.slice(stat.lastIndexOf(')')));
+  const gone = async (ms: number) => {
+    for (let waited = 0; waited < ms; waited += 50) {
+      if (!(await alive())) return true;
+      await sleep(50);
+    }
+    return false;
+  };
+  await signal('SIGTERM');
+  if (await gone(STOP_GRACE_MS)) return;
+  await signal('SIGKILL');
+  // Two haproxys on one port would both take connections: ours starts only once the old one is gone.
+  if (!(await gone(KILL_AFTER_MS))) throw new SetupError(`haproxy ${pid}, left behind by an earlier ambassador, does not die`);
 }
 
 async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {

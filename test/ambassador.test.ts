@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
-import { isAlive } from './helpers/processes.ts';
+import { processOf } from './helpers/processes.ts';
 import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
 import { createWorld, type World } from './helpers/world.ts';
 
@@ -18,7 +18,7 @@ test.before(async (context) => {
   context.world = await createWorld();
 });
 test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close());
+test.after(async ({ world }) => world?.close().catch(() => {}));
 
 test('routes to the master', async ({ world }) => {
   const prefix = world.prefix();
@@ -181,12 +181,12 @@ test('stops on SIGTERM with exit 0, leaving no haproxy behind', async ({ world }
   await world.writeSeed(prefix);
   const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
   await world.routesTo(ambassador.port, 'node-2');
-  const haproxy = ambassador.haproxyPid()!;
-  assert.ok(isAlive(haproxy));
+  const haproxy = processOf(ambassador.haproxyPid()!);
+  assert.ok(haproxy());
   const session = await openSession(ambassador.port);
   assert.is(session.greeting, 'node-2');
   assert.is(await ambassador.stop('SIGTERM'), 0);
-  assert.not.ok(isAlive(haproxy), 'haproxy is gone');
+  assert.not.ok(haproxy(), 'haproxy is gone');
   assert.is(await whoAnswers(ambassador.port), '');
   session.close();
 });
@@ -206,9 +206,9 @@ test('takes its haproxy down with it when killed, and serves again once restarte
   await world.writeSeed(prefix);
   const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
   await world.routesTo(first.port, 'node-2');
-  const haproxy = first.haproxyPid()!;
+  const haproxy = processOf(first.haproxyPid()!);
   await first.kill();
-  await eventually(() => isAlive(haproxy), (alive) => !alive, 5000, 'haproxy to stop after ambassador was killed');
+  await eventually(haproxy, (alive) => !alive, 5000, 'haproxy to stop after ambassador was killed');
   const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port });
   await world.routesTo(second.port, 'node-2');
 });
@@ -224,15 +224,17 @@ test('without setpriv, a restarted ambassador stops the haproxy its killed prede
     const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { env });
     await first.waitForLog(/setpriv \(util-linux\) not found/);
     await world.routesTo(first.port, 'node-2');
-    const orphan = first.haproxyPid()!;
+    const orphanPid = first.haproxyPid()!;
+    const orphan = processOf(orphanPid);
     await first.kill();
     await sleep(200);
-    assert.ok(isAlive(orphan), 'SIGKILL leaves haproxy running');
+    assert.ok(orphan(), 'SIGKILL leaves haproxy running');
     const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port, env });
     await second.waitForLog(/stopping an haproxy left behind/);
+    await second.waitForLog(/haproxy: started/);
+    assert.not.ok(orphan(), 'the old haproxy is gone before the new one starts');
     await world.routesTo(first.port, 'node-2');
-    assert.not.ok(isAlive(orphan), 'the old haproxy is gone');
-    assert.is.not(second.haproxyPid(), orphan);
+    assert.is.not(second.haproxyPid(), orphanPid);
   } finally {
     rmSync(bin, { recursive: true, force: true });
   }
@@ -281,6 +283,10 @@ test('prints the config and its problems with --dry-run, and exits 1 when etcd i
   } finally {
     await unreachable.cleanup();
   }
+});
+
+test('leaves no process it started running', async ({ world }) => {
+  await world.close();
 });
 
 test.run();

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY, ambassadorCommand } from './helpers/ambassador.ts';
-import { isAlive } from './helpers/processes.ts';
+import { processOf } from './helpers/processes.ts';
 import { answers, whoAnswers } from './helpers/net.ts';
 import { createWorld, type World } from './helpers/world.ts';
 import packageJson from '../package.json' with { type: 'json' };
@@ -20,7 +20,7 @@ test.before(async (context) => {
   context.world = await createWorld();
 });
 test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close());
+test.after(async ({ world }) => world?.close().catch(() => {}));
 
 test('prints its help with an empty environment', () => {
   const help = execFileSync('env', ['-i', DIST_BINARY, '--help'], { encoding: 'utf8' });
@@ -63,9 +63,9 @@ test('routes to the master, fails over, and stops cleanly', async ({ world }) =>
   await world.etcd.put(`${prefix}/master`, '1');
   await world.routesTo(ambassador.port, 'node-1');
   assert.equal(await answers(ambassador.port, 4), Array(4).fill('node-1'));
-  const haproxy = ambassador.haproxyPid()!;
+  const haproxy = processOf(ambassador.haproxyPid()!);
   assert.is(await ambassador.stop(), 0);
-  assert.not.ok(isAlive(haproxy));
+  assert.not.ok(haproxy());
   assert.is(await whoAnswers(ambassador.port), '');
 });
 
@@ -75,6 +75,10 @@ test('balances over all instances from the environment alone', async ({ world })
   const ambassador = await world.start([], { binary: 'dist', env: { AMBASSADOR_ETCD_PREFIX: prefix } });
   await world.routesTo(ambassador.port, 'node-3');
   assert.equal([...new Set(await answers(ambassador.port, 9))].sort(), ['node-1', 'node-2', 'node-3']);
+});
+
+test('leaves no process it started running', async ({ world }) => {
+  await world.close();
 });
 
 test.run();

@@ -15,7 +15,7 @@ test.before(async (context) => {
   context.world = await createWorld();
 });
 test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close());
+test.after(async ({ world }) => world?.close().catch(() => {}));
 
 function admin(runtimeDir: string, command: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -150,6 +150,10 @@ test('with --apply=reload every change is a validated reload', async ({ world })
   await ambassador.waitForLog(/master 2 -> 1 \(reload, \d+ ms\)/);
   await world.routesTo(ambassador.port, 'node-1');
   assert.is(await whoAnswers(ambassador.port), 'node-1');
+});
+
+test('leaves no process it started running', async ({ world }) => {
+  await world.close();
 });
 
 test.run();

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requireCommand } from './etcd.ts';
-import { isAlive, startProcess, stopPid, track } from './processes.ts';
+import { startProcess, stopIfTracked, stopPid, track } from './processes.ts';
 
 const root = resolve(import.meta.dirname, '../..');
 export const DIST_BINARY = join(root, 'dist/ambassador');
@@ -88,7 +88,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
     }
   };
   // Every haproxy it starts is ours to stop, even if ambassador dies before it can.
-  const watchHaproxy = setInterval(() => track(haproxyPid()), 100);
+  const watchHaproxy = setInterval(() => track(haproxyPid(), 'haproxy'), 100);
 
   const running: RunningAmbassador = {
     child,
@@ -118,14 +118,14 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
       }),
     haproxyPid,
     stop: async (signalName = 'SIGTERM') => {
-      track(haproxyPid());
+      track(haproxyPid(), 'haproxy');
       child.kill(signalName);
       const code = await Promise.race([exited, sleep(20_000, 'timeout' as const, { ref: false })]);
       if (code === 'timeout') throw new Error(`ambassador did not exit within 20 s of ${signalName}`);
       return code;
     },
     kill: async () => {
-      track(haproxyPid());
+      track(haproxyPid(), 'haproxy');
       child.kill('SIGKILL');
       await exited;
     },
@@ -133,7 +133,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
       clearInterval(watchHaproxy);
       const pid = haproxyPid();
       if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) await stopPid(child.pid, 10_000);
-      if (pid !== undefined && isAlive(pid)) await stopPid(pid);
+      if (pid !== undefined) await stopIfTracked(pid);
       if (ownDir) rmSync(chroot ? hostPath(runtimeDir) : resolve(runtimeDir, '..'), { recursive: true, force: true });
     },
   };

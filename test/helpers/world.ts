@@ -18,6 +18,7 @@ export interface World {
   // Waits until a new connection through `port` is answered by `name` ('' for refused).
   routesTo(port: number, name: string, timeoutMs?: number): Promise<void>;
   afterEach(): Promise<void>;
+  // Stops everything; fails if any process a test started is left running. Safe to call twice.
   close(): Promise<void>;
 }
 
@@ -27,6 +28,7 @@ export async function createWorld(): Promise<World> {
   const backends = await Promise.all([1, 2, 3].map((i) => startBackend(`node-${i}`, `127.0.0.1${i}`, backendPort)));
   const running: RunningAmbassador[] = [];
   let prefixes = 0;
+  let closing: Promise<void> | undefined;
 
   return {
     etcd,
@@ -52,11 +54,12 @@ export async function createWorld(): Promise<World> {
     afterEach: async () => {
       await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
     },
-    close: async () => {
-      await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
-      await Promise.all(backends.map((backend) => backend.close()));
-      await etcd.stop();
-      await stopAll();
-    },
+    close: () =>
+      (closing ??= (async () => {
+        await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
+        await Promise.all(backends.map((backend) => backend.close()));
+        await etcd.stop();
+        await stopAll();
+      })()),
   };
 }
