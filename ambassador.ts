@@ -4,12 +4,25 @@
 // plus signals and exit codes (0 stopped cleanly, 1 failed, 2 usage error).
 
 import packageJson from './package.json' with { type: 'json' };
-import { createHaproxy, claimRuntimeDir, findSetpriv, haproxyVersion, prepareRuntimeDir, releaseRuntimeDir, SetupError } from './lib/haproxy.ts';
+import { readFile } from 'node:fs/promises';
+import { createTwoFilesPatch } from 'diff';
+import {
+  applyOnce,
+  claimRuntimeDir,
+  createHaproxy,
+  findSetpriv,
+  haproxyVersion,
+  prepareRuntimeDir,
+  refuseIfOwned,
+  releaseRuntimeDir,
+  SetupError,
+} from './lib/haproxy.ts';
 import { createLogger, quote, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { serverTable } from './lib/plan.ts';
 import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
+import { createStatus, type StatusSnapshot } from './lib/status.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
 
 // Set by the build (build/build.ts); absent when run from source.
@@ -55,18 +68,27 @@ const renderSettings: RenderSettings = {
 
 const select = (mirror: ReadonlyMap<string, string>): Selection => selectServers(readService(mirror, registrySettings), registrySettings);
 
-if (options.dryRun) {
+// --dry-run and --once: one consistent read of etcd, then the config it gives.
+const readOnce = async () => {
   try {
     const { mirror, revision } = await readSnapshot(etcd, 5_000);
     const selection = select(mirror);
-    process.stdout.write(renderConfig(renderSettings, selection.servers));
     for (const problem of selection.problems) log.warn(problemText(problem));
-    log.info(`dry run: revision ${revision}, ${selection.servers.length} server(s), ${selection.problems.length} problem(s)`);
-    process.exit(0);
+    return { revision, selection, config: renderConfig(renderSettings, selection.servers) };
   } catch (err) {
-    log.error(`dry run: etcd unreachable: ${(err as Error).message}`, { endpoints: options.etcd.join(',') });
+    log.error(`etcd unreachable: ${(err as Error).message}`, { endpoints: options.etcd.join(',') });
     process.exit(1);
   }
+};
+
+if (options.dryRun) {
+  const { revision, selection, config } = await readOnce();
+  const current = await readFile(options.haproxyConfig, 'utf8').catch(() => undefined);
+  if (current === undefined) process.stdout.write(config);
+  else if (current !== config) process.stdout.write(createTwoFilesPatch(options.haproxyConfig, `${options.haproxyConfig} (revision ${revision})`, current, config));
+  const compared = current === undefined ? '' : current === config ? `; ${options.haproxyConfig} is already this config` : `; diff against ${options.haproxyConfig}`;
+  log.info(`dry run: revision ${revision}, ${selection.servers.length} server(s), ${selection.problems.length} problem(s)${compared}`);
+  process.exit(0);
 }
 
 log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, listen: `${options.bind}:${options.port}`, master_only: options.masterOnly });
@@ -85,6 +107,13 @@ const haproxySettings = {
 try {
   await prepareRuntimeDir(options.runtimeDir, log);
   log.info(`using ${await haproxyVersion(options.haproxy)}`, { runtime_dir: options.runtimeDir });
+  if (options.once) {
+    await refuseIfOwned(options.runtimeDir);
+    const { revision, selection, config } = await readOnce();
+    const done = await applyOnce(haproxySettings, config);
+    log.info(`once: revision ${revision} applied, haproxy ${done}`, { servers: selection.servers.length, config: options.haproxyConfig });
+    process.exit(0);
+  }
   await claimRuntimeDir(haproxySettings);
 } catch (err) {
   log.error(err instanceof SetupError ? err.message : `cannot set up ${options.runtimeDir}: ${(err as Error).message}`);
@@ -98,28 +127,56 @@ process.on('exit', () => {
   if (pid !== undefined) process.kill(pid, 'SIGTERM');
 });
 
+const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs) : undefined;
 const reportProblems = problemReporter(log);
+let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], master: undefined, problems: [] } };
 let applied: Selection | undefined;
-let updateQueued = false;
+let lastChange: StatusSnapshot['lastChange'];
+let changeSeenAt: number | undefined;
 
 // Runs once per burst of etcd events (they arrive within one tick), always on the newest state.
 const update = () => {
-  updateQueued = false;
+  const seenAt = changeSeenAt ?? performance.now();
+  changeSeenAt = undefined;
   const { mirror, revision } = watch.state();
   const selection = select(mirror);
-  reportProblems(selection.problems);
+  newest = { revision, selection };
+  const newProblems = reportProblems(selection.problems);
+  status?.problemsFound(newProblems);
   const wanted = { config: renderConfig(renderSettings, selection.servers), servers: serverTable(selection.servers) };
   void haproxy.apply(wanted).then(({ outcome, path, ms }) => {
-    if (outcome !== 'applied') return;
-    log.info(`applied revision ${revision}: ${describeChange(applied, selection)} (${path}, ${ms} ms)`, { servers: selection.servers.length });
+    if (outcome !== 'applied' || path === undefined) return;
+    const description = describeChange(applied, selection);
+    log.info(`applied revision ${revision}: ${description} (${path}, ${ms} ms)`, { servers: selection.servers.length });
     applied = selection;
+    lastChange = { revision, at: new Date().toISOString(), path, description };
+    status?.changeApplied(path, (performance.now() - seenAt) / 1000);
   });
 };
 const watch = watchPrefix(etcd, log, () => {
-  if (updateQueued) return;
-  updateQueued = true;
+  if (changeSeenAt !== undefined) return;
+  changeSeenAt = performance.now();
   setImmediate(update);
 });
+
+
+function statusSnapshot(): StatusSnapshot {
+  const { selection, revision } = newest;
+  const rejected = new Set(selection.problems.map((p) => /\/instances\/([^/]+)\//.exec(p.key)?.[1]).filter((name) => name !== undefined));
+  return {
+    version,
+    prefix: options.etcdPrefix,
+    masterOnly: options.masterOnly,
+    revision,
+    etcd: watch.stats(),
+    haproxy: haproxy.stats(),
+    servers: selection.servers,
+    instancesRejected: rejected.size,
+    master: selection.master,
+    problems: selection.problems,
+    lastChange,
+  };
+}
 
 let stopping = false;
 const shutdown = async (code: number, reason: string) => {
@@ -131,6 +188,7 @@ const shutdown = async (code: number, reason: string) => {
     process.exit(code || 1);
   }, 15_000).unref();
   await Promise.race([watch.stop(), new Promise((resolve) => setTimeout(resolve, 2000))]);
+  await status?.close();
   await haproxy.stop();
   await releaseRuntimeDir(options.runtimeDir);
   log.info('stopped', { exit_code: code });
@@ -148,6 +206,14 @@ void haproxy.unexpectedExit.then(({ code, signal, lastAlerts }) => {
   const why = lastAlerts.length > 0 ? `: ${lastAlerts.join(' | ')}` : '';
   void shutdown(1, `haproxy master ${how}${why}`);
 });
+
+if (options.status && status) {
+  const { host, port } = options.status;
+  await status.listen(host, port).then(
+    () => log.info(`status: serving /healthz, /metrics and /state on http://${host.includes(':') ? `[${host}]` : host}:${port}`),
+    (err: Error) => shutdown(1, `status: cannot listen on ${host}:${port}: ${err.message}`),
+  );
+}
 
 // What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2".
 function describeChange(before: Selection | undefined, after: Selection): string {
@@ -175,13 +241,15 @@ function problemText(problem: Problem): string {
   return `rejected ${problem.key}${value}: ${problem.reason}`;
 }
 
-// Each problem is logged when it appears and when it is gone, never once per change.
-function problemReporter(log: Logger): (problems: readonly Problem[]) => void {
+// Each problem is logged when it appears and when it is gone, never once per change. Returns how many are new.
+function problemReporter(log: Logger): (problems: readonly Problem[]) => number {
   let known = new Map<string, Problem>();
   return (problems) => {
     const current = new Map(problems.map((problem) => [problemText(problem), problem]));
-    for (const [text] of current) if (!known.has(text)) log.warn(text);
+    const appeared = [...current.keys()].filter((text) => !known.has(text));
+    for (const text of appeared) log.warn(text);
     for (const [text, problem] of known) if (!current.has(text)) log.info(`resolved: ${problem.key} (${problem.reason})`);
     known = current;
+    return appeared.length;
   };
 }

@@ -4,7 +4,7 @@
 // always ending on the newest; a config haproxy rejects never replaces the one serving.
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { constants } from 'node:fs';
+import { constants, readFileSync } from 'node:fs';
 import { access, chmod, lstat, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { connect } from 'node:net';
@@ -53,8 +53,23 @@ export interface MasterExit {
   lastAlerts: string[];
 }
 
+// How haproxy is doing, for health and metrics.
+export interface HaproxyStats {
+  masterPid: number | undefined;
+  // Worker processes under the master: 1 normally, more while old ones finish their sessions.
+  workers: number;
+  // The newest wanted config is live (false while one is being applied, or after haproxy refused it).
+  current: boolean;
+  refusedNewest: boolean;
+  runtimeChanges: number;
+  reloads: number;
+  refused: number;
+  runtimeFallbacks: number;
+}
+
 export interface Haproxy {
   apply(wanted: Wanted): Promise<ApplyResult>;
+  stats(): HaproxyStats;
   // Resolves when the master exits for any reason other than stop().
   unexpectedExit: Promise<MasterExit>;
   masterPid(): number | undefined;
@@ -88,10 +103,7 @@ export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void>
 // One ambassador per runtime dir; an haproxy left behind by one that was killed is stopped before we start ours.
 export async function claimRuntimeDir(settings: HaproxySettings): Promise<void> {
   const { runtimeDir, configPath, log } = settings;
-  const owner = await readPid(`${runtimeDir}/ambassador.pid`);
-  if (owner !== undefined && owner !== process.pid && (await commandLine(owner)).includes('ambassador')) {
-    throw new SetupError(`another ambassador (pid ${owner}) is running with runtime dir ${runtimeDir}`);
-  }
+  await refuseIfOwned(runtimeDir);
   const leftover = await readPid(`${runtimeDir}/haproxy.pid`);
   if (leftover !== undefined && (await commandLine(leftover)).includes(configPath)) {
     log.warn('stopping an haproxy left behind by an earlier ambassador', { pid: leftover });
@@ -102,6 +114,13 @@ export async function claimRuntimeDir(settings: HaproxySettings): Promise<void> 
   await access(configDir, constants.W_OK).catch(() => {
     throw new SetupError(`cannot write the haproxy config: directory ${configDir} is missing or not writable`);
   });
+}
+
+export async function refuseIfOwned(runtimeDir: string): Promise<void> {
+  const owner = await readPid(`${runtimeDir}/ambassador.pid`);
+  if (owner !== undefined && owner !== process.pid && (await commandLine(owner)).includes('ambassador')) {
+    throw new SetupError(`another ambassador (pid ${owner}) is running with runtime dir ${runtimeDir}`);
+  }
 }
 
 export async function releaseRuntimeDir(runtimeDir: string): Promise<void> {
@@ -132,6 +151,41 @@ export async function findSetpriv(env: Readonly<Record<string, string | undefine
   return undefined;
 }
 
+// --once: the config checked and written, then the haproxy of this runtime dir reloaded, or one started
+// in the background (master-worker daemon) that outlives us. Resolves with what was done.
+export async function applyOnce(settings: HaproxySettings, config: string): Promise<'reloaded' | 'started'> {
+  const { binary, configPath, runtimeDir } = settings;
+  const stagePath = `${configPath}.new`;
+  await writePrivate(stagePath, config);
+  const problem = await check(binary, stagePath);
+  if (problem !== undefined) throw new SetupError(`haproxy rejected the config: ${problem}`);
+  await rename(stagePath, configPath);
+  const pidFile = `${runtimeDir}/haproxy.pid`;
+  const running = await readPid(pidFile);
+  if (running !== undefined && (await commandLine(running)).includes(configPath)) {
+    const before = childrenOf(running);
+    const reloaded = () => childrenOf(running).some((pid) => !before.includes(pid));
+    for (let attempt = 0; attempt < 5 && !reloaded(); attempt++) {
+      process.kill(running, 'SIGHUP');
+      for (let waited = 0; waited < 2000 && !reloaded(); waited += 25) await sleep(25);
+    }
+    if (!reloaded()) throw new SetupError(`haproxy ${running} did not reload`);
+    return 'reloaded';
+  }
+  await unlink(pidFile).catch(() => {});
+  // The launcher exits once the daemon is up; the daemon may keep the stderr pipe, so wait for the exit only.
+  const launcher = spawn(binary, ['-W', '-D', '-p', pidFile, '-f', configPath], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  let stderr = '';
+  launcher.stderr!.on('data', (data) => (stderr += data));
+  const code = await new Promise<number | null>((resolve, reject) => launcher.on('exit', resolve).on('error', reject));
+  launcher.stderr!.destroy();
+  if (code !== 0) {
+    const alerts = stderr.split('\n').filter((line) => line.includes('[ALERT]'));
+    throw new SetupError(`haproxy did not start (exit ${code}): ${alerts.join(' | ') || stderr.trim()}`);
+  }
+  return 'started';
+}
+
 export function createHaproxy(settings: HaproxySettings): Haproxy {
   const { binary, configPath, runtimeDir, adminSocket, log, setpriv } = settings;
   const stagePath = `${configPath}.new`;
@@ -146,6 +200,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let sweepTimer: NodeJS.Timeout | undefined;
   let loadedAt = 0;
   let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
+  const counts = { runtimeChanges: 0, reloads: 0, refused: 0, runtimeFallbacks: 0 };
   let onLoaded: ((success: boolean) => void) | undefined;
   const lastAlerts: string[] = [];
   let reportExit: (exit: MasterExit) => void = () => {};
@@ -253,6 +308,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         const failure = await runtimeCommand(adminSocket, command);
         if (failure !== undefined) {
           log.warn(`haproxy: runtime command failed, reloading instead: ${command}`, { answer: failure });
+          counts.runtimeFallbacks++;
           return false;
         }
         log.debug(`haproxy: ${command}`);
@@ -317,6 +373,9 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
           const path = await applyOne(next);
           if (path) liveConfig = next.config;
           else rejected = next.config;
+          if (path === 'runtime') counts.runtimeChanges++;
+          if (path === 'reload') counts.reloads++;
+          if (!path) counts.refused++;
           const ms = Math.round(performance.now() - began);
           for (const waiter of batch) {
             const outcome = waiter.config !== next.config ? 'superseded' : path ? 'applied' : 'rejected';
@@ -348,6 +407,13 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       }),
     unexpectedExit,
     masterPid: () => child?.pid,
+    stats: () => ({
+      masterPid: child?.pid,
+      workers: child?.pid === undefined ? 0 : childrenOf(child.pid).length,
+      current: !busy && wanted !== undefined && wanted.config === liveConfig,
+      refusedNewest: wanted !== undefined && wanted.config === rejected,
+      ...counts,
+    }),
     stop: async () => {
       stopping = true;
       clearTimeout(sweepTimer);
@@ -369,10 +435,14 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 // haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
 const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
 
-// Lines marked "CLI :" report what our own runtime commands did; ambassador logs those changes itself.
+// What our own runtime commands did (maintenance in and out); ambassador logs those changes itself.
+const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|leaving forced drain/;
+// Also true for the instant a failover fences the old master before enabling the new one.
+const NO_SERVER = /has no server available/;
+
 function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
-  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || /\) : CLI : /.test(line)) return 'debug';
-  if (line.startsWith('[WARNING]')) return 'warn';
+  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || OURS.test(line)) return 'debug';
+  if (line.startsWith('[WARNING]') || NO_SERVER.test(line)) return 'warn';
   if (line.startsWith('[ALERT]')) return 'error';
   return 'info';
 }
@@ -437,6 +507,14 @@ async function writePrivate(path: string, text: string): Promise<void> {
     if (err.code !== 'ENOENT') throw err;
   });
   await writeFile(path, text, { flag: 'wx', mode: 0o600 });
+}
+
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 async function readPid(path: string): Promise<number | undefined> {

@@ -20,6 +20,9 @@ export interface Options {
   hardStopAfter: string;
   apply: 'runtime' | 'reload';
   dryRun: boolean;
+  once: boolean;
+  status: { host: string; port: number } | undefined;
+  maxStaleMs: number;
   etcdCa: string | undefined;
   etcdCert: string | undefined;
   etcdKey: string | undefined;
@@ -58,7 +61,10 @@ const FLAGS: readonly Flag[] = [
   { name: 'runtime-dir', value: 'DIR', help: 'private directory for the config, admin socket and pid files (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, + /ambassador-[<bind>-]<port>)' },
   { name: 'hard-stop-after', value: 'TIME', default: '5m', help: 'how long a replaced haproxy worker may keep its connections after a reload (e.g. 30s, 5m, 1h)' },
   { name: 'apply', value: 'runtime|reload', default: 'runtime', help: "how changes reach haproxy: runtime (its runtime API, a reload only for what that cannot do) or reload (always)" },
-  { name: 'dry-run', boolean: true, help: 'print the config for the current etcd state and the problems found, then exit' },
+  { name: 'dry-run', boolean: true, help: 'print the config for the current etcd state (a diff if the config file exists) and the problems found, then exit' },
+  { name: 'once', boolean: true, help: 'apply the current etcd state once (check, write, start or reload haproxy), then exit, leaving haproxy running' },
+  { name: 'status', value: 'ADDR:PORT', help: 'serve /healthz, /metrics and /state over HTTP there, e.g. 127.0.0.1:9110 (off by default)' },
+  { name: 'max-stale', value: 'TIME', default: '60s', help: 'how long the etcd watch may be down before /healthz says 503' },
   { name: 'etcd-ca', value: 'FILE', help: 'CA certificate to verify etcd (implies https)' },
   { name: 'etcd-cert', value: 'FILE', help: 'client certificate for etcd (with --etcd-key)' },
   { name: 'etcd-key', value: 'FILE', help: 'client private key for etcd (with --etcd-cert)' },
@@ -123,6 +129,7 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   if (parsed._.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(String(parsed._[0]))} (flags take the form --name=value)`);
   if (parsed.help === true) return { kind: 'help' };
   if (parsed.version === true) return { kind: 'version' };
+  if (parsed['dry-run'] === true && parsed.once === true) throw new UsageError('--dry-run and --once exclude each other: pick one');
 
   const given = new Set(args.filter((a) => a.startsWith('-')).map((a) => a.replace(/^-+(no-)?/, '').split('=')[0]));
   const warnings: string[] = [];
@@ -172,9 +179,18 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   const bind = required('bind');
   if (isIP(bind) === 0) throw new UsageError(`${source('bind')}=${JSON.stringify(bind)} is not an IPv4 or IPv6 address`);
   const hardStopAfter = required('hard-stop-after');
-  if (!/^\d{1,9}(ms|s|m|h|d)?$/.test(hardStopAfter)) {
+  if (durationMs(hardStopAfter) === undefined) {
     throw new UsageError(`${source('hard-stop-after')}=${JSON.stringify(hardStopAfter)} is not a duration (e.g. 30s, 5m, 1h)`);
   }
+  const statusText = text('status');
+  const statusMatch = statusText === undefined ? null : /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(statusText);
+  const statusHost = statusMatch?.[1] ?? statusMatch?.[2];
+  const statusPort = parsePort(statusMatch?.[3] ?? '');
+  if (statusText !== undefined && (statusHost === undefined || isIP(statusHost) === 0 || statusPort === undefined)) {
+    throw new UsageError(`${source('status')}=${JSON.stringify(statusText)} is not ADDR:PORT (e.g. 127.0.0.1:9110 or [::1]:9110)`);
+  }
+  const maxStale = durationMs(required('max-stale'));
+  if (maxStale === undefined || maxStale <= 0) throw new UsageError(`${source('max-stale')}=${JSON.stringify(raw('max-stale'))} is not a duration (e.g. 30s, 2m)`);
   const apply = required('apply');
   if (apply !== 'runtime' && apply !== 'reload') throw new UsageError(`${source('apply')}=${JSON.stringify(apply)} is not one of runtime, reload`);
   const logFormat = required('log-format');
@@ -216,6 +232,9 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
     hardStopAfter,
     apply,
     dryRun: bool('dry-run'),
+    once: bool('once'),
+    status: statusHost !== undefined && statusPort !== undefined ? { host: statusHost, port: statusPort } : undefined,
+    maxStaleMs: maxStale,
     etcdCa,
     etcdCert,
     etcdKey,
@@ -226,6 +245,14 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
     logLevel: logLevel as LogLevel,
   };
   return { kind: 'run', options: Object.freeze(options), warnings };
+}
+
+// haproxy's time format: a number with an optional unit (milliseconds by default).
+function durationMs(text: string): number | undefined {
+  const match = /^(\d{1,9})(ms|s|m|h|d)?$/.exec(text);
+  if (!match) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] ?? 'ms']!;
+  return Number(match[1]) * unit;
 }
 
 // One dir per listener, so two ambassadors on one host never share a file. systemd's RuntimeDirectory= comes first.

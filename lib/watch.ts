@@ -24,10 +24,22 @@ export interface RegistryState {
   revision: bigint;
 }
 
+// How the watch is doing, for health and metrics.
+export interface WatchStats {
+  connected: boolean;
+  // When the mirror stopped being known current (epoch ms); undefined while the watch is live.
+  staleSince: number | undefined;
+  lastEventAt: number | undefined;
+  events: number;
+  snapshots: number;
+  // Watches lost after working (disconnect, compaction, auth...).
+  watchesLost: number;
+}
+
 export interface PrefixWatch {
   // The newest state: a live view, to be read when notified, not kept.
   state(): RegistryState;
-  connected(): boolean;
+  stats(): WatchStats;
   // Drops the watch and takes a fresh snapshot, as after any trouble.
   resync(): void;
   stop(): Promise<void>;
@@ -97,8 +109,13 @@ async function snapshot(client: Etcd3, prefix: string): Promise<{ mirror: Map<st
 export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () => void): PrefixWatch {
   let mirror = new Map<string, string>();
   let revision = 0n;
-  let live = false;
   let stopped = false;
+  const stats: WatchStats = { connected: false, staleSince: Date.now(), lastEventAt: undefined, events: 0, snapshots: 0, watchesLost: 0 };
+  const setLive = (live: boolean) => {
+    if (live) stats.staleSince = undefined;
+    else stats.staleSince ??= Date.now();
+    stats.connected = live;
+  };
   let wakeUp: (reason: string) => void = () => {};
 
   // Applies one watch response; events at or below the revision held were in the snapshot already.
@@ -112,8 +129,12 @@ export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () =>
       else mirror.delete(key);
       revision = modRevision;
       changed = true;
+      stats.events++;
     }
-    if (changed) onChange();
+    if (changed) {
+      stats.lastEventAt = Date.now();
+      onChange();
+    }
   };
 
   // Follows the watch until it breaks; resolves with the reason. The watcher is cancelled on the way out, since
@@ -147,7 +168,8 @@ export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () =>
         if (stopped) break;
         mirror = fresh.mirror;
         revision = fresh.revision;
-        live = true;
+        stats.snapshots++;
+        setLive(true);
         if (outageSince !== undefined) {
           log.info('etcd: reachable again, resynced', { after_s: ((Date.now() - outageSince) / 1000).toFixed(1), revision, keys: mirror.size });
         } else {
@@ -157,17 +179,18 @@ export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () =>
         failures = 0;
         onChange();
         const reason = await follow(client);
-        live = false;
         if (stopped) break;
         if (reason === 'resync requested') {
           log.info('etcd: resync requested', { revision });
           continue;
         }
+        setLive(false);
+        stats.watchesLost++;
         log.warn(`etcd: ${reason}; keeping the last state and resyncing`, { revision });
         outageSince = Date.now();
         lastOutageLog = Date.now();
       } catch (err) {
-        live = false;
+        setLive(false);
         if (stopped) break;
         failures++;
         const now = Date.now();
@@ -193,7 +216,7 @@ export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () =>
   const running = run();
   return {
     state: () => ({ mirror, revision }),
-    connected: () => live,
+    stats: () => ({ ...stats }),
     resync: () => wakeUp('resync requested'),
     stop: async () => {
       stopped = true;

@@ -1,6 +1,9 @@
 // The world an integration suite runs in: one real etcd, three named backends on 127.0.0.11-13,
 // a fresh key prefix per test, and every ambassador a test starts stopped after it.
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
@@ -8,6 +11,8 @@ import { stopAll } from './processes.ts';
 
 export interface World {
   etcd: TestEtcd;
+  // A temp dir for the suite's files, removed at close.
+  tempDir: string;
   backends: Backend[];
   backendPort: number;
   // A prefix no other test has used, e.g. /t7/services/mysql.
@@ -27,11 +32,13 @@ export async function createWorld(): Promise<World> {
   const backendPort = await freePort('127.0.0.11');
   const backends = await Promise.all([1, 2, 3].map((i) => startBackend(`node-${i}`, `127.0.0.1${i}`, backendPort)));
   const running: RunningAmbassador[] = [];
+  const tempDir = mkdtempSync(join(tmpdir(), 'ambassador-world-'));
   let prefixes = 0;
   let closing: Promise<void> | undefined;
 
   return {
     etcd,
+    tempDir,
     backends,
     backendPort,
     prefix: () => `/t${++prefixes}/services/mysql`,
@@ -59,6 +66,7 @@ export async function createWorld(): Promise<World> {
         await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
         await Promise.all(backends.map((backend) => backend.close()));
         await etcd.stop();
+        rmSync(tempDir, { recursive: true, force: true });
         await stopAll();
       })()),
   };

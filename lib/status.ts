@@ -1,0 +1,189 @@
+// The operator's window, on --status=ADDR:PORT: GET /healthz (200 or 503 with the reason), GET /metrics
+// (Prometheus text, by prom-client) and GET /state (JSON of what is live). It reads a snapshot that
+// ambassador.ts assembles on each request, and changes nothing.
+
+import { createServer, type Server } from 'node:http';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { ApplyPath, HaproxyStats } from './haproxy.ts';
+import type { Problem, Server as HaproxyServer } from './registry.ts';
+import type { WatchStats } from './watch.ts';
+
+export interface StatusSnapshot {
+  version: string;
+  prefix: string;
+  masterOnly: boolean;
+  revision: bigint;
+  etcd: WatchStats;
+  haproxy: HaproxyStats;
+  // The servers of the newest etcd state (what haproxy runs when haproxy.current).
+  servers: readonly HaproxyServer[];
+  instancesRejected: number;
+  master: string | undefined;
+  problems: readonly Problem[];
+  lastChange: { revision: bigint; at: string; path: ApplyPath; description: string } | undefined;
+}
+
+export interface Status {
+  // Counts what happened, as ambassador.ts sees it.
+  changeApplied(path: ApplyPath, convergenceSeconds: number): void;
+  problemsFound(count: number): void;
+  listen(host: string, port: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface HealthVerdict {
+  healthy: boolean;
+  reason: string;
+}
+
+// Healthy when haproxy runs the newest state and etcd is live, or stale for less than maxStaleMs.
+export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.now()): HealthVerdict {
+  const { etcd, haproxy } = snapshot;
+  if (haproxy.masterPid === undefined) {
+    return { healthy: false, reason: etcd.snapshots === 0 ? 'waiting for the first etcd snapshot; haproxy not started' : 'haproxy is not running' };
+  }
+  if (haproxy.refusedNewest) return { healthy: false, reason: 'haproxy refused the config for the newest etcd state; an older one is serving' };
+  const staleMs = etcd.staleSince === undefined ? 0 : now - etcd.staleSince;
+  if (staleMs >= maxStaleMs) return { healthy: false, reason: `etcd watch down for ${(staleMs / 1000).toFixed(0)} s; serving revision ${snapshot.revision}` };
+  const stale = staleMs > 0 ? `, etcd watch down for ${(staleMs / 1000).toFixed(0)} s` : '';
+  const pending = haproxy.current ? '' : ', a change is being applied';
+  return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}` };
+}
+
+export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): Status {
+  const registry = new Registry();
+  // process_resident_memory_bytes, CPU, open fds, event loop lag: ambassador's own.
+  collectDefaultMetrics({ register: registry });
+  // Counters that mirror a count kept elsewhere are set at scrape time.
+  const mirrored = (name: string, help: string, read: (s: StatusSnapshot) => number) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read(source()));
+      },
+    });
+  const gauge = (name: string, help: string, read: (s: StatusSnapshot) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(read(source()));
+      },
+    });
+
+  mirrored('ambassador_etcd_events_total', 'etcd changes (key puts and deletes) seen under the prefix', (s) => s.etcd.events);
+  mirrored('ambassador_etcd_snapshots_total', 'full reads of the prefix: the first, and one after each reconnect or resync', (s) => s.etcd.snapshots);
+  mirrored('ambassador_etcd_watches_lost_total', 'etcd watches lost after working (disconnect, compaction, auth, partition)', (s) => s.etcd.watchesLost);
+  gauge('ambassador_etcd_connected', '1 while the etcd watch is live', (s) => (s.etcd.connected ? 1 : 0));
+  gauge('ambassador_etcd_revision', 'etcd revision of the newest state', (s) => Number(s.revision));
+  gauge('ambassador_seconds_since_etcd_event', 'seconds since the last change seen under the prefix (-1 if none yet)', (s) =>
+    s.etcd.lastEventAt === undefined ? -1 : (Date.now() - s.etcd.lastEventAt) / 1000,
+  );
+  gauge('ambassador_seconds_since_sync', 'seconds the state has not been known current (0 while the etcd watch is live)', (s) =>
+    s.etcd.staleSince === undefined ? 0 : (Date.now() - s.etcd.staleSince) / 1000,
+  );
+  mirrored('ambassador_haproxy_refused_total', 'configs haproxy refused (check or load failed); the previous one kept serving', (s) => s.haproxy.refused);
+  mirrored('ambassador_runtime_fallbacks_total', 'changes where a runtime command failed and a reload was done instead', (s) => s.haproxy.runtimeFallbacks);
+  gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
+  gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
+  gauge('ambassador_healthy', '1 when /healthz answers 200', (s) => (health(s, maxStaleMs).healthy ? 1 : 0));
+  gauge('ambassador_instances_known', 'instances with an address key', (s) => s.servers.length + s.instancesRejected);
+  gauge('ambassador_instances_routed', 'instances haproxy sends connections to', (s) => s.servers.filter((server) => server.enabled).length);
+  gauge('ambassador_instances_rejected', 'instances not routed because a value failed validation', (s) => s.instancesRejected);
+  gauge('ambassador_problems', 'problems in the registry now (bad values, missing or unknown master)', (s) => s.problems.length);
+  new Gauge({
+    name: 'ambassador_master',
+    help: '1 for the instance named as master (with --master-only), labelled by its name',
+    labelNames: ['instance'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const { master, masterOnly } = source();
+      if (masterOnly && master !== undefined) this.set({ instance: master }, 1);
+    },
+  });
+  const applied = new Counter({ name: 'ambassador_changes_applied_total', help: 'changes applied to haproxy, by path', labelNames: ['path'], registers: [registry] });
+  for (const path of ['start', 'runtime', 'reload']) applied.inc({ path }, 0);
+  const convergence = new Histogram({
+    name: 'ambassador_convergence_seconds',
+    help: 'from an etcd change seen to haproxy running it',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry],
+  });
+  const validationFailures = new Counter({ name: 'ambassador_validation_failures_total', help: 'problems found in the registry (each counted once, when it appears)', registers: [registry] });
+
+  let server: Server | undefined;
+  const respond = async (path: string): Promise<[number, string, string]> => {
+    const snapshot = source();
+    if (path === '/healthz') {
+      const verdict = health(snapshot, maxStaleMs);
+      return [verdict.healthy ? 200 : 503, 'text/plain; charset=utf-8', verdict.reason + '\n'];
+    }
+    if (path === '/metrics') return [200, registry.contentType, await registry.metrics()];
+    if (path === '/state') return [200, 'application/json', JSON.stringify(stateJson(snapshot, maxStaleMs), null, 2) + '\n'];
+    return [404, 'text/plain; charset=utf-8', 'not found: try /healthz, /metrics or /state\n'];
+  };
+
+  return {
+    changeApplied: (path, seconds) => {
+      applied.inc({ path });
+      convergence.observe(seconds);
+    },
+    problemsFound: (count) => validationFailures.inc(count),
+    listen: (host, port) =>
+      new Promise((resolve, reject) => {
+        server = createServer((request, response) => {
+          if (request.method !== 'GET' && request.method !== 'HEAD') {
+            response.writeHead(405, { allow: 'GET, HEAD' }).end();
+            return;
+          }
+          respond(new URL(request.url ?? '/', 'http://status').pathname).then(
+            ([code, type, body]) => response.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' }).end(request.method === 'HEAD' ? undefined : body),
+            (err: Error) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
+          );
+        });
+        server.once('error', reject);
+        server.listen(port, host, () => resolve());
+      }),
+    close: () => new Promise((resolve) => (server ? server.close(() => resolve()) : resolve())),
+  };
+}
+
+function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
+  const verdict = health(snapshot, maxStaleMs);
+  return {
+    version: snapshot.version,
+    prefix: snapshot.prefix,
+    healthy: verdict.healthy,
+    health: verdict.reason,
+    revision: snapshot.revision.toString(),
+    master: snapshot.masterOnly ? (snapshot.master ?? null) : undefined,
+    instances: snapshot.servers.map((server) => ({
+      name: server.name,
+      server: server.server,
+      address: server.address,
+      port: server.port,
+      routed: server.enabled,
+    })),
+    problems: snapshot.problems,
+    lastChange: snapshot.lastChange ? { ...snapshot.lastChange, revision: snapshot.lastChange.revision.toString() } : null,
+    etcd: {
+      connected: snapshot.etcd.connected,
+      staleSeconds: snapshot.etcd.staleSince === undefined ? 0 : Math.round((Date.now() - snapshot.etcd.staleSince) / 1000),
+      events: snapshot.etcd.events,
+      snapshots: snapshot.etcd.snapshots,
+    },
+    haproxy: {
+      pid: snapshot.haproxy.masterPid ?? null,
+      workers: snapshot.haproxy.workers,
+      current: snapshot.haproxy.current,
+      runtimeChanges: snapshot.haproxy.runtimeChanges,
+      reloads: snapshot.haproxy.reloads,
+      refused: snapshot.haproxy.refused,
+    },
+  };
+}
