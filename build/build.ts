@@ -70,10 +70,13 @@ writeFileSync(join(dist, 'ambassador.mjs'), bundleText);
 
 // A single-executable app starts from a CommonJS script. ambassador.ts is an ES module with top-level await,
 // so the script hands the bundle, as a data: URL, to Node's own ES module loader.
+// Node's own warnings about that loader, and about NO_COLOR next to FORCE_COLOR (ambassador prints no color),
+// would break ambassador's one-line messages.
 const seaMain = `'use strict';
 const { Script, constants } = require('node:vm');
 const emitWarning = process.emitWarning;
-process.emitWarning = (warning, ...rest) => (String(warning).includes('USE_MAIN_CONTEXT_DEFAULT_LOADER') ? undefined : emitWarning.call(process, warning, ...rest));
+const quiet = /USE_MAIN_CONTEXT_DEFAULT_LOADER|'NO_COLOR' env is ignored/;
+process.emitWarning = (warning, ...rest) => (quiet.test(String(warning)) ? undefined : emitWarning.call(process, warning, ...rest));
 const url = 'data:text/javascript;base64,${Buffer.from(bundleText).toString('base64')}';
 new Script('import(' + JSON.stringify(url) + ')', { importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER })
   .runInThisContext()
