@@ -84,6 +84,8 @@ const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
 const COMMAND_TIMEOUT_MS = 2_000;
 const DRAIN_SWEEP_MS = 1_000;
+// Small enough for haproxy's command line buffer; a failover's few commands always go in one.
+const COMMANDS_PER_REQUEST = 40;
 
 export class SetupError extends Error {}
 
@@ -304,14 +306,15 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       return false;
     }
     if (plan.kind === 'runtime') {
-      for (const command of plan.commands) {
-        const failure = await runtimeCommand(adminSocket, command);
+      for (let i = 0; i < plan.commands.length; i += COMMANDS_PER_REQUEST) {
+        const batch = plan.commands.slice(i, i + COMMANDS_PER_REQUEST);
+        const failure = await runtimeCommands(adminSocket, batch);
         if (failure !== undefined) {
-          log.warn(`haproxy: runtime command failed, reloading instead: ${command}`, { answer: failure });
+          log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
           counts.runtimeFallbacks++;
           return false;
         }
-        log.debug(`haproxy: ${command}`);
+        for (const command of batch) log.debug(`haproxy: ${command}`);
       }
       liveServers = plan.next;
     }
@@ -447,14 +450,22 @@ function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
   return 'info';
 }
 
-// One command over the admin socket; undefined when haproxy says it was done, else its answer.
-const DONE = /^(|New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|.*port changed from .*)$/s;
+// Commands sent as one request, run by haproxy one after the other with no connection routed in between:
+// a failover's fence and enable leave no gap. Undefined when haproxy answered each as done, else its answer.
+const DONE = /^(New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|.*port changed from .*)$/;
 
-function runtimeCommand(socket: string, command: string): Promise<string | undefined> {
-  return adminRequest(socket, command).then(
-    (answer) => (DONE.test(answer.trim()) ? undefined : answer.trim() || 'no answer'),
+function runtimeCommands(socket: string, commands: string[]): Promise<string | undefined> {
+  return adminRequest(socket, commands.join('; ')).then(
+    (answer) => {
+      const refused = answer.split('\n').map((line) => line.trim()).filter((line) => line !== '' && !DONE.test(line));
+      return refused.length === 0 ? undefined : refused.join(' | ');
+    },
     (err: Error) => err.message,
   );
+}
+
+function runtimeCommand(socket: string, command: string): Promise<string | undefined> {
+  return runtimeCommands(socket, [command]);
 }
 
 function adminRequest(socket: string, command: string): Promise<string> {

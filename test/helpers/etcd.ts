@@ -13,7 +13,8 @@ import { startProcess, stopPid, signal } from './processes.ts';
 
 export interface TestEtcd {
   endpoint: string;
-  client: Etcd3;
+  readonly client: Etcd3;
+  authenticate(username: string, password: string): void;
   put(key: string, value: string): Promise<void>;
   del(key: string): Promise<void>;
   // SIGKILL, as a crash would.
@@ -31,14 +32,21 @@ export function requireCommand(command: string, installHint: string): void {
   }
 }
 
-export async function startEtcd(): Promise<TestEtcd> {
+export interface EtcdOptions {
+  // More etcd flags, e.g. ['--auth-token-ttl', '3'].
+  args?: string[];
+}
+
+export async function startEtcd(options: EtcdOptions = {}): Promise<TestEtcd> {
   requireCommand('etcd', 'apt-get install -y etcd-server etcd-client');
   const dir = mkdtempSync(join(tmpdir(), 'ambassador-etcd-'));
   const clientPort = await freePort();
   const peerPort = await freePort();
   const endpoint = `127.0.0.1:${clientPort}`;
   // No circuit breaker: the tests restart etcd and write right after.
-  const client = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop } });
+  let client = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop } });
+  // Readiness is probed without credentials: a health read answers (or is refused for auth) once etcd is up.
+  const probe = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop } });
   let child: ChildProcess | undefined;
 
   const start = async () => {
@@ -48,15 +56,17 @@ export async function startEtcd(): Promise<TestEtcd> {
       '--listen-client-urls', `http://${endpoint}`, '--advertise-client-urls', `http://${endpoint}`,
       '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `t=${peer}`,
       '--log-level', 'error',
+      ...(options.args ?? []),
     ]);
     child.stdout?.resume();
     child.stderr?.resume();
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
-        await client.get('health-probe').string();
+        await probe.get('health-probe').string();
         return;
       } catch (err) {
+        if (/permission denied|user name is empty|authentication/i.test((err as Error).message)) return;
         if (Date.now() > deadline || child.exitCode !== null) throw new Error(`etcd did not come up on ${endpoint}: ${(err as Error).message}`);
         await sleep(100);
       }
@@ -74,13 +84,21 @@ export async function startEtcd(): Promise<TestEtcd> {
   await start();
   return {
     endpoint,
-    client,
+    get client() {
+      return client;
+    },
+    // Once auth is on, the test's own writes need credentials.
+    authenticate: (username: string, password: string) => {
+      client.close();
+      client = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop }, auth: { username, password } });
+    },
     put: async (key, value) => void (await client.put(key).value(value)),
     del: async (key) => void (await client.delete().key(key)),
     kill,
     start,
     stop: async () => {
       client.close();
+      probe.close();
       if (child?.pid !== undefined) await stopPid(child.pid);
       rmSync(dir, { recursive: true, force: true });
     },

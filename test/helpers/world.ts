@@ -19,7 +19,8 @@ export interface World {
   prefix(): string;
   // Writes the seed layout (instances 1..3 on the backends, master 2) under the prefix.
   writeSeed(prefix: string, master?: string): Promise<void>;
-  start(flags: string[], options?: StartOptions & { port?: number }): Promise<RunningAmbassador & { port: number }>;
+  // Starts ambassador on a free port against this etcd (or, with replaceEtcd, the --etcd among `flags`).
+  start(flags: string[], options?: StartOptions & { port?: number; replaceEtcd?: boolean }): Promise<RunningAmbassador & { port: number }>;
   // Waits until a new connection through `port` is answered by `name` ('' for refused).
   routesTo(port: number, name: string, timeoutMs?: number): Promise<void>;
   afterEach(): Promise<void>;
@@ -48,10 +49,9 @@ export async function createWorld(): Promise<World> {
     },
     start: async (flags, options = {}) => {
       const port = options.port ?? (await freePort());
-      const ambassador = await startAmbassador(
-        [`--etcd=${etcd.endpoint}`, `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${backendPort}`, ...flags],
-        options,
-      );
+      const etcdFlag = options.replaceEtcd ? [] : [`--etcd=${etcd.endpoint}`];
+      const bindFlag = flags.some((flag) => flag.startsWith('--bind=')) ? [] : ['--bind=127.0.0.1'];
+      const ambassador = await startAmbassador([...etcdFlag, `--port=${port}`, ...bindFlag, `--backend-port=${backendPort}`, ...flags], options);
       running.push(ambassador);
       return Object.assign(ambassador, { port });
     },

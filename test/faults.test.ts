@@ -1,0 +1,417 @@
+// Faults: real parts broken on purpose. After each, what clients get meanwhile, and that the live state
+// converges to etcd's truth (checked through real connections). Recovery times are printed as they happen.
+
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { startAmbassador } from './helpers/ambassador.ts';
+import { startCluster, startGrpcProxy } from './helpers/cluster.ts';
+import { startEtcd } from './helpers/etcd.ts';
+import { answers, eventually, freePort, whoAnswers } from './helpers/net.ts';
+import { processOf } from './helpers/processes.ts';
+import { startRelay } from './helpers/relay.ts';
+import { remotePorts } from './helpers/sockets.ts';
+import { createWorld, type World } from './helpers/world.ts';
+
+const test = suite<{ world: World }>('faults');
+
+test.before(async (context) => {
+  context.world = await createWorld();
+});
+test.after.each(async ({ world }) => world.afterEach());
+test.after(async ({ world }) => world?.close().catch(() => {}));
+
+const report = (what: string, ms: number) => console.log(`      ${what}: ${ms.toFixed(0)} ms`);
+
+// Time from now until a new connection through `port` is answered by `name`.
+async function convergence(world: World, port: number, name: string, timeoutMs = 20_000): Promise<number> {
+  const began = performance.now();
+  await world.routesTo(port, name, timeoutMs);
+  return performance.now() - began;
+}
+
+// ---- etcd ----
+
+test('etcd not running at start, started 10 s later: nothing served until then, then the registry', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  await world.etcd.kill();
+  let port = 0;
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    port = ambassador.port;
+    await ambassador.waitForLog(/etcd: unreachable .*nothing is served until the first snapshot/);
+    await sleep(10_000);
+    assert.is(await whoAnswers(port), '', 'refused meanwhile');
+    assert.not.ok(ambassador.haproxyPid(), 'no haproxy yet');
+  } finally {
+    await world.etcd.start();
+  }
+  report('etcd up → routed', await convergence(world, port, 'node-2'));
+});
+
+test('etcd SIGKILLed and restarted: the last state keeps serving, writes right after are followed', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.kill();
+  await ambassador.waitForLog(/etcd: .*keeping the last state/);
+  assert.equal(await answers(ambassador.port, 3), Array(3).fill('node-2'), 'served meanwhile');
+  await world.etcd.start();
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.etcd.put(`${prefix}/instances/3/port`, String(world.backendPort));
+  report('etcd back, write → routed', await convergence(world, ambassador.port, 'node-3'));
+});
+
+test('a silent partition is noticed by keepalive, and healing it converges', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const relay = await startRelay(world.etcd.endpoint);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`], { replaceEtcd: true });
+    await world.routesTo(ambassador.port, 'node-2');
+    const from = ambassador.logs.length;
+    const cut = performance.now();
+    relay.partition();
+    await world.etcd.put(`${prefix}/master`, '3');
+    await ambassador.waitForLog(/etcd: (disconnected|unreachable|watch)/, 40_000, from);
+    report('partition → noticed', performance.now() - cut);
+    assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state serves meanwhile');
+    relay.heal();
+    report('healed → routed', await convergence(world, ambassador.port, 'node-3'));
+  } finally {
+    await relay.close();
+  }
+});
+
+test('an expired auth token, with a read-only etcd user, reconnects and converges', async ({ world }) => {
+  const etcd = await startEtcd({ args: ['--auth-token-ttl', '2'] });
+  const prefix = '/auth/services/mysql';
+  const secrets = join(world.tempDir, 'etcd-password');
+  writeFileSync(secrets, 'reader-secret-4417\n', { mode: 0o600 });
+  const etcdctl = (...args: string[]) => execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, ...args], { stdio: 'pipe' });
+  const relay = await startRelay(etcd.endpoint);
+  try {
+    etcdctl('user', 'add', 'root:root-secret');
+    etcdctl('auth', 'enable');
+    const root = ['--user', 'root:root-secret'];
+    etcdctl(...root, 'role', 'add', 'reader');
+    etcdctl(...root, 'role', 'grant-permission', 'reader', '--prefix=true', 'read', `${prefix}/`);
+    etcdctl(...root, 'user', 'add', 'ambassador:reader-secret-4417');
+    etcdctl(...root, 'user', 'grant-role', 'ambassador', 'reader');
+    etcd.authenticate('root', 'root-secret');
+    for (const i of [1, 2, 3]) await etcd.put(`${prefix}/instances/${i}/private_ip`, `127.0.0.1${i}`);
+    await etcd.put(`${prefix}/master`, '2');
+
+    const ambassador = await world.start(
+      [`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`, '--etcd-user=ambassador', `--etcd-password-file=${secrets}`, '--log-level=debug'],
+      { replaceEtcd: true },
+    );
+    await world.routesTo(ambassador.port, 'node-2');
+    await sleep(4000); // past the token's 2 s
+    relay.heal(); // drops every connection: the watch must reconnect with a token that has expired
+    await etcd.put(`${prefix}/master`, '3');
+    report('reconnect after token expiry → routed', await convergence(world, ambassador.port, 'node-3'));
+    const cmdline = readFileSync(`/proc/${ambassador.child.pid}/cmdline`, 'utf8');
+    assert.not.match(cmdline, 'reader-secret', 'the password is not on the command line');
+    assert.not.ok(ambassador.logs.some((line) => line.includes('reader-secret')), 'the password is never logged');
+  } finally {
+    await relay.close();
+    await etcd.stop();
+  }
+});
+
+test('a 3-member cluster: the member ambassador talks to is killed, and it fails over to another', async ({ world }) => {
+  const cluster = await startCluster(3);
+  const prefix = '/cluster/services/mysql';
+  try {
+    for (const i of [1, 2, 3]) await cluster.client.put(`${prefix}/instances/${i}/private_ip`).value(`127.0.0.1${i}`);
+    await cluster.client.put(`${prefix}/master`).value('2');
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${cluster.endpoints.join(',')}`], { replaceEtcd: true });
+    await world.routesTo(ambassador.port, 'node-2');
+    const ports = cluster.endpoints.map((e) => Number(e.split(':')[1]));
+    const connected = await eventually(() => remotePorts(ambassador.child.pid!).filter((p) => ports.includes(p)), (found) => found.length > 0, 5000, 'a connection to a member');
+    const member = ports.indexOf(connected[0]!);
+    await cluster.kill(member);
+    assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state serves meanwhile');
+    await cluster.client.put(`${prefix}/master`).value('3');
+    report(`member ${member} killed, write → routed`, await convergence(world, ambassador.port, 'node-3'));
+    assert.ok(remotePorts(ambassador.child.pid!).some((p) => ports.includes(p) && p !== ports[member]), 'talks to another member');
+  } finally {
+    await cluster.stop();
+  }
+});
+
+test('through etcd grpc-proxy, restarted mid-run', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const proxy = await startGrpcProxy([world.etcd.endpoint]);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${proxy.endpoint}`], { replaceEtcd: true });
+    await world.routesTo(ambassador.port, 'node-2');
+    await world.etcd.put(`${prefix}/master`, '1');
+    await world.routesTo(ambassador.port, 'node-1');
+    await proxy.stop();
+    await world.etcd.put(`${prefix}/master`, '3');
+    assert.is(await whoAnswers(ambassador.port), 'node-1', 'the last state serves meanwhile');
+    await proxy.start();
+    report('proxy back → routed', await convergence(world, ambassador.port, 'node-3'));
+  } finally {
+    await proxy.stop();
+  }
+});
+
+// ---- haproxy ----
+
+test('the current haproxy worker killed: exit 1 with the reason, no haproxy left', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  const master = ambassador.haproxyPid()!;
+  const haproxy = processOf(master);
+  const worker = Number(readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/)[0]);
+  process.kill(worker, 'SIGKILL');
+  assert.is(await ambassador.exited, 1);
+  await ambassador.waitForLog(/stopping: haproxy master exited with code/);
+  assert.not.ok(haproxy(), 'no haproxy left');
+});
+
+async function failsToStart(world: World, flags: string[], message: RegExp, options: { port?: number } = {}) {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const began = performance.now();
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, ...flags], options);
+  const code = await ambassador.exited;
+  assert.is(code, 1, ambassador.logs.join('\n'));
+  assert.ok(performance.now() - began < 20_000, 'no hang');
+  assert.ok(ambassador.logs.some((line) => message.test(line)), `a line matching ${message} in:\n${ambassador.logs.join('\n')}`);
+  const pid = ambassador.haproxyPid();
+  if (pid !== undefined) assert.not.ok(processOf(pid)(), 'no haproxy left');
+}
+
+test('the haproxy executable missing or not executable: exit 1, one clear line', async ({ world }) => {
+  await failsToStart(world, ['--haproxy=/nonexistent/haproxy'], /ERROR haproxy executable not found: \/nonexistent\/haproxy \(install haproxy or pass --haproxy\)$/);
+  const notExecutable = join(world.tempDir, 'haproxy');
+  writeFileSync(notExecutable, '#!/bin/sh\n');
+  chmodSync(notExecutable, 0o644);
+  await failsToStart(world, [`--haproxy=${notExecutable}`], /ERROR haproxy executable is not executable: /);
+});
+
+test('a config directory that is not writable: exit 1, one clear line', async ({ world }) => {
+  const readOnly = join(world.tempDir, 'read-only');
+  mkdirSync(readOnly);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', readOnly]);
+  try {
+    await failsToStart(world, [`--haproxy-config=${readOnly}/haproxy.cfg`], /cannot write the haproxy config: directory .*read-only is missing or not writable/);
+  } finally {
+    execFileSync('umount', [readOnly]);
+  }
+});
+
+test('a port already in use at start: exit 1 with haproxy\'s reason, no hang, no haproxy left', async ({ world }) => {
+  const port = await freePort();
+  const squatter = createServer().listen(port, '127.0.0.1');
+  await new Promise((resolve) => squatter.once('listening', resolve));
+  try {
+    await failsToStart(world, ['--master-only'], /haproxy master exited with code 1: .*(cannot bind|Address already in use)/i, { port });
+  } finally {
+    squatter.close();
+  }
+});
+
+test('a --bind address that does not exist on this host: exit 1 with haproxy\'s reason', async ({ world }) => {
+  // 192.0.2.1 (TEST-NET-1) is on no interface: binding to it fails; nothing is ever sent to it.
+  await failsToStart(world, ['--master-only', '--bind=192.0.2.1'], /haproxy master exited with code 1: .*(cannot bind|Cannot assign requested address)/i);
+});
+
+// ---- ambassador ----
+
+test('SIGTERM during a reload: exit 0, no haproxy left', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', '--apply=reload']);
+  await world.routesTo(ambassador.port, 'node-2');
+  const haproxy = processOf(ambassador.haproxyPid()!);
+  await world.etcd.put(`${prefix}/master`, '3');
+  await sleep(15);
+  assert.is(await ambassador.stop(), 0);
+  assert.not.ok(haproxy(), 'no haproxy left');
+});
+
+test('SIGHUP makes ambassador resync from etcd and re-apply, serving throughout', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  const from = ambassador.logs.length;
+  ambassador.child.kill('SIGHUP');
+  await ambassador.waitForLog(/SIGHUP: resyncing from etcd/, 5000, from);
+  await ambassador.waitForLog(/etcd: snapshot taken/, 5000, from);
+  assert.is(await whoAnswers(ambassador.port), 'node-2');
+  await world.etcd.put(`${prefix}/master`, '1');
+  await world.routesTo(ambassador.port, 'node-1');
+});
+
+// ---- load ----
+
+test('no failed connection under sustained load while 200 changes are applied', async ({ world }) => {
+  const prefix = world.prefix();
+  for (const [name, i] of [['a', 1], ['b', 2], ['c', 3]] as const) await world.etcd.put(`${prefix}/instances/${name}/private_ip`, `127.0.0.1${i}`);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+  await world.routesTo(ambassador.port, 'node-1');
+  const load = spawn(process.execPath, [join(import.meta.dirname, '../bench/load.ts'), String(ambassador.port), '30000', '16'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let output = '';
+  load.stdout.on('data', (data) => (output += data));
+  const done = new Promise((resolve) => load.on('exit', resolve));
+  await sleep(300);
+  const names = ['d', 'e', 'f', 'g'];
+  for (let i = 0; i < 200; i++) {
+    const key = `${prefix}/instances/${names[i % 4]}/private_ip`;
+    if (i % 5 === 0) await world.etcd.put(`${prefix}/master`, names[(i / 5) % 4]!); // master changes (not used without --master-only)
+    else if (i % 5 === 1) await world.etcd.del(key); // removals
+    else await world.etcd.put(key, `127.0.0.1${1 + (i % 3)}`); // additions and moves
+    await sleep(10);
+  }
+  await sleep(300);
+  load.stdin.end();
+  await done;
+  const { ok, failed, seconds } = JSON.parse(output) as { ok: number; failed: number; seconds: number };
+  console.log(`      ${ok} connections in ${seconds.toFixed(1)} s (${(ok / seconds).toFixed(0)}/s), ${failed} failed`);
+  assert.ok(ok > 1000, 'the load ran');
+  assert.is(failed, 0);
+});
+
+// ---- hostile input ----
+
+const hostileValues: [string, string][] = [
+  ['newline and a server line', '127.0.0.12\n    server evil 127.0.0.13:PORT\n#'],
+  ['carriage return', '127.0.0.12\r    server evil 127.0.0.13:PORT'],
+  ['NUL', '127.0.0.12\u0000server evil'],
+  ['tab', '127.0.0.12\tbackup'],
+  ['spaces', '127.0.0.12 backup'],
+  ['#', '127.0.0.12#'],
+  ['double quote', '"127.0.0.12"'],
+  ["single quote", "'127.0.0.12'"],
+  ['backslash', '127.0.0.12\\nserver'],
+  ['1 MB', `127.0.0.12${' '.repeat(1 << 20)}x`],
+  ['unicode look-alike dot', '127\u2024000\u20240\u202412'],
+  ['fullwidth digits', '\uff11\uff12\uff17.0.0.12'],
+  ['IPv6 with a zone', 'fe80::1%lo'],
+  ['address with a port', '127.0.0.12:PORT'],
+  ['a key path', '/services/mysql/instances/2/private_ip'],
+];
+
+const hostilePorts = ['0', '65536', '80 check', 'PORT\n    server evil 127.0.0.13:PORT', '-1', ''];
+
+function assertCleanConfig(config: string) {
+  const allowed = /^(#.*|global|defaults|listen service|    (stats socket \S+ mode 600 level admin|hard-stop-after \w+|mode tcp|timeout \w+ \w+|retries \d|option \w+|bind \S+|balance leastconn|default-server [a-z0-9 ,-]+)|    server [A-Za-z0-9_.:-]+ (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|[a-z0-9.-]+):\d+( disabled)?|)$/;
+  for (const line of config.split('\n')) assert.ok(allowed.test(line), `unexpected config line ${JSON.stringify(line.slice(0, 100))}`);
+}
+
+test('hostile values through real etcd never reach the config or route a connection, and are logged once', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.etcd.put(`${prefix}/instances/ok/private_ip`, '127.0.0.11');
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+  await world.routesTo(ambassador.port, 'node-1');
+  const port = String(world.backendPort);
+  const cases: [string, string][] = [
+    ...hostileValues.map(([, value], i): [string, string] => [`${prefix}/instances/v${i}/private_ip`, value.replaceAll('PORT', port)]),
+    ...hostilePorts.map((value, i): [string, string] => [`${prefix}/instances/p${i}/port`, value.replaceAll('PORT', port)]),
+  ];
+  for (const [key, value] of cases) {
+    await world.etcd.put(key, value);
+    // A bad port arrives first, so its instance is never complete and valid, not even for a moment.
+    if (key.endsWith('/port')) await world.etcd.put(key.replace(/port$/, 'private_ip'), '127.0.0.12');
+    await ambassador.waitForLog(new RegExp(`rejected ${key.replaceAll('/', '\\/')}=`));
+    assertCleanConfig(readFileSync(ambassador.configPath, 'utf8'));
+    assert.equal([...new Set(await answers(ambassador.port, 4))], ['node-1'], `only the valid instance answers after ${key}`);
+  }
+  // Keys outside the layout are ignored; names that are odd but valid are routed under safe server names.
+  await world.etcd.put(`${prefix}/instances/a/b/private_ip`, '127.0.0.13');
+  await world.etcd.put(`${prefix}/elsewhere`, '127.0.0.13');
+  await world.etcd.put(`${prefix}/instances/${'x'.repeat(1000)}/public_ip`, '127.0.0.13');
+  await world.etcd.put(`${prefix}/instances/with space.and.dots/private_ip`, '127.0.0.11');
+  await ambassador.waitForLog(/added with space\.and\.dots/);
+  assertCleanConfig(readFileSync(ambassador.configPath, 'utf8'));
+  assert.match(readFileSync(ambassador.configPath, 'utf8'), /\n    server with_space\.and\.dots:[0-9a-f]{16} 127\.0\.0\.11:\d+\n/);
+  assert.equal([...new Set(await answers(ambassador.port, 6))], ['node-1']);
+  // Every problem was logged exactly once, across all those changes.
+  for (const [key] of cases) assert.is(ambassador.logs.filter((line) => line.includes(`rejected ${key}=`)).length, 1, key);
+  assert.ok(processOf(ambassador.child.pid!)(), 'ambassador is up');
+});
+
+test('a master that names a key path, and 10,000 instances, with --master-only', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  await world.routesTo(ambassador.port, 'node-2');
+  await world.etcd.put(`${prefix}/master`, `${prefix}/instances/3/private_ip`);
+  await ambassador.waitForLog(/rejected .*\/master=.*names no routable instance/);
+  await ambassador.waitForLog(/applied revision \d+: master 2 -> none/);
+  assert.is(await whoAnswers(ambassador.port), '', 'nobody, rather than a wrong node');
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      while (next < 10_000) {
+        const i = next++;
+        await world.etcd.put(`${prefix}/instances/n${i}/private_ip`, `127.1.${i >> 8}.${i & 255}`);
+      }
+    }),
+  );
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.routesTo(ambassador.port, 'node-3', 30_000);
+  const config = readFileSync(ambassador.configPath, 'utf8');
+  assert.is(config.split('\n').filter((line) => line.startsWith('    server ')).length, 10_003);
+  assertCleanConfig(config);
+});
+
+// ---- secrets and files ----
+
+test('a password given as a flag is warned about; files are private and links planted in the runtime dir are not followed', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const runtimeDir = join(world.tempDir, 'planted');
+  mkdirSync(runtimeDir, { mode: 0o700 });
+  const victim = join(world.tempDir, 'victim');
+  writeFileSync(victim, 'untouched\n');
+  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid']) symlinkSync(victim, join(runtimeDir, name));
+  const ambassador = await startAmbassador(
+    [`--etcd=${world.etcd.endpoint}`, `--etcd-prefix=${prefix}`, '--master-only', `--port=${await freePort()}`, '--bind=127.0.0.1', `--backend-port=${world.backendPort}`, '--etcd-user=nobody', '--etcd-password=flag-secret-8812'],
+    { runtimeDir },
+  );
+  try {
+    await ambassador.waitForLog(/--etcd-password is visible to every user in ps/);
+    assert.not.ok(ambassador.logs.some((line) => line.includes('flag-secret-8812')), 'never logged');
+  } finally {
+    await ambassador.cleanup();
+  }
+  // A plain start in the same dir, links still in place.
+  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid']) {
+    rmSync(join(runtimeDir, name), { force: true });
+    symlinkSync(victim, join(runtimeDir, name));
+  }
+  const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir });
+  await world.routesTo(second.port, 'node-2');
+  await world.etcd.put(`${prefix}/master`, '3');
+  await world.routesTo(second.port, 'node-3');
+  assert.is(readFileSync(victim, 'utf8'), 'untouched\n', 'no write through a planted link');
+  assert.is(statSync(runtimeDir).mode & 0o777, 0o700);
+  for (const name of ['haproxy.cfg', 'haproxy.pid', 'ambassador.pid']) {
+    assert.not.ok(lstatSync(join(runtimeDir, name)).isSymbolicLink(), `${name} is a file of ours`);
+    assert.is(statSync(join(runtimeDir, name)).mode & 0o777, 0o600, name);
+  }
+  assert.is(statSync(join(runtimeDir, 'admin.sock')).mode & 0o777, 0o600, 'admin socket');
+  assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid']);
+});
+
+test('leaves no process it started running', async ({ world }) => {
+  await world.close();
+});
+
+test.run();

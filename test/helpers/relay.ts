@@ -1,0 +1,49 @@
+// A loopback TCP relay that can go silent: it keeps connections open but forwards no byte either way,
+// as a network partition does (no reset, no close), and can heal.
+
+import { createServer, connect, type Socket } from 'node:net';
+import { freePort } from './net.ts';
+
+export interface Relay {
+  endpoint: string;
+  partition(): void;
+  heal(): void;
+  close(): Promise<void>;
+}
+
+export async function startRelay(target: string): Promise<Relay> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const listenPort = await freePort();
+  let silent = false;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(port, host);
+    for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(from);
+      from.on('data', (data) => {
+        if (!silent) to.write(data);
+      });
+      from.on('error', () => to.destroy());
+      from.on('close', () => {
+        sockets.delete(from);
+        to.destroy();
+      });
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(listenPort, '127.0.0.1', resolve));
+  return {
+    endpoint: `127.0.0.1:${listenPort}`,
+    partition: () => {
+      silent = true;
+    },
+    // Bytes dropped while silent leave those streams broken: end them, as a peer timing out would.
+    heal: () => {
+      silent = false;
+      for (const socket of sockets) socket.destroy();
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
