@@ -44,7 +44,8 @@ async function start(mode: Mode, flags: string[]): Promise<RunningAmbassador & {
   const port = await freePort();
   const started = performance.now();
   const ambassador = await startAmbassador(
-    [`--etcd=${etcd.endpoint}`, `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${backendPort}`, `--apply=${mode}`, '--log-level=debug', ...flags],
+    // debug: the runtime commands are counted from the log.
+    [`--etcd=${etcd.endpoint}`, `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${backendPort}`, `--apply=${mode}`, ...(flags.some((f) => f.startsWith('--log-level=')) ? [] : ['--log-level=debug']), ...flags],
     { binary: 'dist' },
   );
   running.push(ambassador);
@@ -238,6 +239,63 @@ async function longLived(mode: Mode) {
   await stopRunning();
 }
 
+// Soak: 20,000 membership changes over a few minutes, ambassador's and haproxy's memory sampled.
+async function soak(mode: Mode, changes = 20_000) {
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  await writeStable(prefix);
+  const statusPort = await freePort();
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--log-level=info', `--status=127.0.0.1:${statusPort}`]);
+  await ambassador.waitForLog(/applied revision/);
+  const haproxy = ambassador.haproxyPid()!;
+  const heapMb = async () => {
+    const metrics = await (await fetch(`http://127.0.0.1:${statusPort}/metrics`)).text();
+    return Number(/^nodejs_heap_size_used_bytes (\S+)$/m.exec(metrics)![1]) / 1e6;
+  };
+  const rss = () => ({ ambassador: rssMb(ambassador.child.pid!), haproxy: rssMb(haproxy) + workersRss(haproxy) });
+  await sleep(1000);
+  const first = rss();
+  const firstHeap = await heapMb();
+  const samples = [first];
+  const heaps = [firstHeap];
+  const sampler = setInterval(() => {
+    samples.push(rss());
+    void heapMb().then((mb) => heaps.push(mb));
+  }, 2000);
+  const began = performance.now();
+  let warmedUp = first;
+  // About 110 changes a second: a few minutes in all.
+  for (let i = 0; i < changes; i++) {
+    if (i === changes / 4) warmedUp = rss();
+    const key = `${prefix}/instances/s${i % 200}/private_ip`;
+    if (i % 7 === 6) await etcd.del(key);
+    else await etcd.put(key, `127.0.0.1${1 + (i % 3)}`);
+    await sleep(8);
+  }
+  const seconds = (performance.now() - began) / 1000;
+  await sleep(3000);
+  clearInterval(sampler);
+  const last = rss();
+  samples.push(last);
+  const want = (await expected(prefix)).join();
+  record(`soak: ${changes} changes, over`, mode, seconds, 's');
+  record('soak: ambassador RSS at start', mode, first.ambassador, 'MB');
+  record('soak: ambassador RSS after a quarter of the changes', mode, warmedUp.ambassador, 'MB');
+  record('soak: ambassador RSS max', mode, Math.max(...samples.map((s) => s.ambassador)), 'MB', '≤ 250');
+  record('soak: ambassador RSS at the end', mode, last.ambassador, 'MB');
+  record('soak: ambassador RSS growth over the last three quarters', mode, last.ambassador - warmedUp.ambassador, 'MB', '≤ 10');
+  record('soak: ambassador JS heap used first', mode, firstHeap, 'MB');
+  record('soak: ambassador JS heap used max', mode, Math.max(...heaps), 'MB');
+  record('soak: ambassador JS heap used last', mode, await heapMb(), 'MB');
+  record('soak: haproxy RSS first', mode, first.haproxy, 'MB');
+  record('soak: haproxy RSS last', mode, last.haproxy, 'MB');
+  record('soak: final state live', mode, (await routed(ambassador.runtimeDir)).join() === want ? 1 : 0, '', '1');
+  await stopRunning();
+}
+
+function workersRss(master: number): number {
+  return readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).reduce((sum, pid) => sum + rssMb(Number(pid)), 0);
+}
+
 // Scale: 10,000 instances.
 const SCALE = 10_000;
 const scalePrefix = `/bench-scale/services/mysql`;
@@ -285,24 +343,22 @@ function table(): string {
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...lines.map(line)].join('\n');
 }
 
+// Workloads named on the command line (npm run bench -- soak failover), or all of them.
+const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = { startup, failover, burst, 'zero-loss': zeroLoss, 'long-lived': longLived, scale, soak };
+const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
+for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
+
 try {
-  for (const mode of MODES) {
-    process.stderr.write(`bench: ${mode}: startup\n`);
-    await startup(mode);
-    process.stderr.write(`bench: ${mode}: failover\n`);
-    await failover(mode);
-    process.stderr.write(`bench: ${mode}: burst\n`);
-    await burst(mode);
-    process.stderr.write(`bench: ${mode}: zero loss\n`);
-    await zeroLoss(mode);
-    process.stderr.write(`bench: ${mode}: long-lived sessions\n`);
-    await longLived(mode);
-  }
-  process.stderr.write(`bench: writing ${SCALE} instances\n`);
-  await writeScale();
-  for (const mode of MODES) {
-    process.stderr.write(`bench: ${mode}: scale\n`);
-    await scale(mode);
+  for (const name of chosen) {
+    if (name === 'scale') {
+      process.stderr.write(`bench: writing ${SCALE} instances\n`);
+      await writeScale();
+    }
+    // The soak runs with the runtime API only: with reloads it measures haproxy's reload storm, not ambassador.
+    for (const mode of name === 'soak' ? (['runtime'] as const) : MODES) {
+      process.stderr.write(`bench: ${mode}: ${name}\n`);
+      await WORKLOADS[name]!(mode);
+    }
   }
   const text = table();
   console.log(text);
