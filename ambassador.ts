@@ -6,22 +6,13 @@
 import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
-import {
-  applyOnce,
-  claimRuntimeDir,
-  createHaproxy,
-  findSetpriv,
-  haproxyVersion,
-  prepareRuntimeDir,
-  refuseIfOwned,
-  releaseRuntimeDir,
-  SetupError,
-} from './lib/haproxy.ts';
+import { applyOnce, createHaproxy, findSetpriv, haproxyVersion } from './lib/haproxy.ts';
 import { createLogger, quote, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { serverTable } from './lib/plan.ts';
 import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
+import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
 
@@ -114,7 +105,7 @@ try {
     log.info(`once: revision ${revision} applied, haproxy ${done}`, { servers: selection.servers.length, config: options.haproxyConfig });
     process.exit(0);
   }
-  await claimRuntimeDir(haproxySettings);
+  await claimRuntimeDir(options.runtimeDir, options.haproxyConfig, log);
 } catch (err) {
   log.error(err instanceof SetupError ? err.message : `cannot set up ${options.runtimeDir}: ${(err as Error).message}`);
   process.exit(1);

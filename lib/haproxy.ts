@@ -1,18 +1,18 @@
-// Owns the haproxy child (master-worker, foreground) and its files: the private runtime dir, the config, the pid files.
+// Owns the haproxy child (master-worker, foreground): starts it, feeds it configs and runtime commands, stops it.
 // Each change is carried out as lib/plan.ts decides: runtime API commands over the admin socket, then the config
 // file rewritten to match; or stage file → `haproxy -c` → rename → SIGHUP. One change in flight at a time,
 // always ending on the newest; a config haproxy rejects never replaces the one serving.
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { constants, readFileSync } from 'node:fs';
-import { access, chmod, lstat, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { access, rename, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from './log.ts';
 import { planChange, type ServerTable } from './plan.ts';
 import { PROXY_NAME } from './render.ts';
+import { commandLine, readPid, SetupError, writePrivate } from './rundir.ts';
 
 export type ApplyMode = 'runtime' | 'reload';
 
@@ -86,48 +86,6 @@ const COMMAND_TIMEOUT_MS = 2_000;
 const DRAIN_SWEEP_MS = 1_000;
 // Small enough for haproxy's command line buffer; a failover's few commands always go in one.
 const COMMANDS_PER_REQUEST = 40;
-
-export class SetupError extends Error {}
-
-// The runtime dir holds the config (by default), the admin socket and the pid files: private to us, or refused.
-export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const info = await lstat(dir);
-  const uid = process.getuid?.() ?? 0;
-  if (!info.isDirectory()) throw new SetupError(`runtime dir ${dir} is not a directory (a link or a file is in the way)`);
-  if (info.uid !== uid) throw new SetupError(`runtime dir ${dir} belongs to uid ${info.uid}, not to this user (uid ${uid}): choose another --runtime-dir`);
-  if ((info.mode & 0o077) !== 0) {
-    await chmod(dir, 0o700);
-    log.warn('runtime dir was open to others; made it private', { dir, mode: (info.mode & 0o777).toString(8) });
-  }
-}
-
-// One ambassador per runtime dir; an haproxy left behind by one that was killed is stopped before we start ours.
-export async function claimRuntimeDir(settings: HaproxySettings): Promise<void> {
-  const { runtimeDir, configPath, log } = settings;
-  await refuseIfOwned(runtimeDir);
-  const leftover = await readPid(`${runtimeDir}/haproxy.pid`);
-  if (leftover !== undefined && (await commandLine(leftover)).includes(configPath)) {
-    log.warn('stopping an haproxy left behind by an earlier ambassador', { pid: leftover });
-    await terminate(leftover);
-  }
-  await writePrivate(`${runtimeDir}/ambassador.pid`, `${process.pid}\n`);
-  const configDir = dirname(configPath);
-  await access(configDir, constants.W_OK).catch(() => {
-    throw new SetupError(`cannot write the haproxy config: directory ${configDir} is missing or not writable`);
-  });
-}
-
-export async function refuseIfOwned(runtimeDir: string): Promise<void> {
-  const owner = await readPid(`${runtimeDir}/ambassador.pid`);
-  if (owner !== undefined && owner !== process.pid && (await commandLine(owner)).includes('ambassador')) {
-    throw new SetupError(`another ambassador (pid ${owner}) is running with runtime dir ${runtimeDir}`);
-  }
-}
-
-export async function releaseRuntimeDir(runtimeDir: string): Promise<void> {
-  await unlink(`${runtimeDir}/ambassador.pid`).catch(() => {});
-}
 
 // The haproxy version line, or a SetupError saying why the executable cannot run.
 export async function haproxyVersion(binary: string): Promise<string> {
@@ -512,60 +470,12 @@ function run(binary: string, args: string[]): Promise<{ stdout: string; stderr: 
   });
 }
 
-// Creates the file anew (never writing through a link someone placed there), readable by us alone.
-async function writePrivate(path: string, text: string): Promise<void> {
-  await unlink(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
-  });
-  await writeFile(path, text, { flag: 'wx', mode: 0o600 });
-}
-
 function childrenOf(pid: number): number[] {
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   } catch {
     return [];
   }
-}
-
-async function readPid(path: string): Promise<number | undefined> {
-  const text = await readFile(path, 'utf8').catch(() => '');
-  const pid = Number(text.trim());
-  return Number.isInteger(pid) && pid > 1 && (await running(pid)) !== undefined ? pid : undefined;
-}
-
-async function commandLine(pid: number): Promise<string> {
-  return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
-}
-
-// A running (not zombie) process's start time, which tells it from a later process given the same pid.
-async function running(pid: number): Promise<string | undefined> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return stat !== '' && fields[0] !== 'Z' ? fields[19] : undefined;
-}
-
-// Stops a process that is not our child (we cannot wait for it): SIGTERM, then SIGKILL after a while.
-// Every signal and check is for that very process, never for one that took its pid since.
-async function terminate(pid: number): Promise<void> {
-  const started = await running(pid);
-  if (started === undefined) return;
-  const alive = async () => (await running(pid)) === started;
-  const signal = async (name: NodeJS.Signals) => {
-    if (await alive()) process.kill(pid, name);
-  };
-  const gone = async (ms: number) => {
-    for (let waited = 0; waited < ms; waited += 50) {
-      if (!(await alive())) return true;
-      await sleep(50);
-    }
-    return false;
-  };
-  await signal('SIGTERM');
-  if (await gone(STOP_GRACE_MS)) return;
-  await signal('SIGKILL');
-  // Two haproxys on one port would both take connections: ours starts only once the old one is gone.
-  if (!(await gone(KILL_AFTER_MS))) throw new SetupError(`haproxy ${pid}, left behind by an earlier ambassador, does not die`);
 }
 
 async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {

@@ -111,19 +111,6 @@ for (const [field, value] of [
   });
 }
 
-test('converges after etcd is killed and restarted, having kept serving meanwhile', async ({ world }) => {
-  const prefix = world.prefix();
-  await world.writeSeed(prefix);
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
-  await world.routesTo(ambassador.port, 'node-2');
-  await world.etcd.kill();
-  await ambassador.waitForLog(/etcd: .*keeping the last state/);
-  assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state keeps serving');
-  await world.etcd.start();
-  await world.etcd.put(`${prefix}/master`, '1');
-  await world.routesTo(ambassador.port, 'node-1', 15_000);
-});
-
 test('resyncs after a compaction past its revision while it was away', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
@@ -249,21 +236,6 @@ test('refuses a second ambassador on the same runtime dir', async ({ world }) =>
   assert.is(await second.exited, 1);
   await second.waitForLog(/another ambassador \(pid \d+\) is running/);
   assert.is(await whoAnswers(first.port), 'node-2');
-});
-
-test('waits for etcd when it is down at start, then serves', async ({ world }) => {
-  const prefix = world.prefix();
-  await world.writeSeed(prefix);
-  await world.etcd.kill();
-  let ambassador;
-  try {
-    ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
-    await ambassador.waitForLog(/etcd: unreachable .*nothing is served until the first snapshot/);
-    assert.is(await whoAnswers(ambassador.port), '');
-  } finally {
-    await world.etcd.start();
-  }
-  await world.routesTo(ambassador.port, 'node-2', 15_000);
 });
 
 test('prints the config and its problems with --dry-run, and exits 1 when etcd is unreachable', async ({ world }) => {

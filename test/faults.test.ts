@@ -11,6 +11,7 @@ import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
 import { startCluster, startGrpcProxy } from './helpers/cluster.ts';
 import { startEtcd } from './helpers/etcd.ts';
+import { workerPids } from './helpers/haproxy.ts';
 import { answers, eventually, freePort, whoAnswers } from './helpers/net.ts';
 import { processOf } from './helpers/processes.ts';
 import { startRelay } from './helpers/relay.ts';
@@ -176,7 +177,7 @@ test('the current haproxy worker killed: exit 1 with the reason, no haproxy left
   await world.routesTo(ambassador.port, 'node-2');
   const master = ambassador.haproxyPid()!;
   const haproxy = processOf(master);
-  const worker = Number(readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/)[0]);
+  const worker = workerPids(master)[0]!;
   process.kill(worker, 'SIGKILL');
   assert.is(await ambassador.exited, 1);
   await ambassador.waitForLog(/stopping: haproxy master exited with code/);

@@ -1,11 +1,10 @@
 // Hitless changes through haproxy's runtime API, against real etcd and haproxy.
 
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:net';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { adminCommand, serverStates, workerPids } from './helpers/haproxy.ts';
 import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
 import { createWorld, type World } from './helpers/world.ts';
 
@@ -17,47 +16,20 @@ test.before(async (context) => {
 test.after.each(async ({ world }) => world.afterEach());
 test.after(async ({ world }) => world?.close().catch(() => {}));
 
-function admin(runtimeDir: string, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(join(runtimeDir, 'admin.sock'));
-    let answer = '';
-    socket.on('data', (data) => (answer += data));
-    socket.on('end', () => resolve(answer));
-    socket.on('error', reject);
-    socket.end(command + '\n');
-  });
-}
-
-function workers(masterPid: number): number[] {
-  return readFileSync(`/proc/${masterPid}/task/${masterPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-}
-
-async function liveServers(runtimeDir: string): Promise<string[]> {
-  const state = await admin(runtimeDir, 'show servers state service');
-  // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is field 19
-  return state
-    .split('\n')
-    .filter((line) => /^\d+ service /.test(line))
-    .map((line) => line.split(' '))
-    // srv_admin_state: 0x01|0x02|0x20 are kinds of maintenance, 0x08|0x10 of drain.
-    .map((f) => `${f[3]} ${f[4]}:${f[18]} ${Number(f[6]) & 0x23 ? 'maint' : Number(f[6]) & 0x18 ? 'drain' : 'ready'}`)
-    .sort();
-}
-
 test('a failover cuts sessions to the old master before the new one takes connections, with no reload', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
   await world.routesTo(ambassador.port, 'node-2');
   const master = ambassador.haproxyPid()!;
-  const worker = workers(master);
+  const worker = workerPids(master);
   const session = await openSession(ambassador.port);
   assert.is(session.greeting, 'node-2');
   await world.etcd.put(`${prefix}/master`, '3');
   await session.closed;
   await world.routesTo(ambassador.port, 'node-3');
   await ambassador.waitForLog(/applied revision \d+: master 2 -> 3 \(runtime, \d+ ms\)/);
-  assert.equal(workers(master), worker, 'same haproxy worker');
+  assert.equal(workerPids(master), worker, 'same haproxy worker');
   assert.equal(await answers(ambassador.port, 4), Array(4).fill('node-3'));
 });
 
@@ -69,16 +41,16 @@ test('membership changes keep the same haproxy worker and the config file in ste
     eventually(async () => [...new Set(await answers(ambassador.port, 12))].sort(), (names) => names.join() === expected.join(), 10_000, `answers from ${expected}`);
   await spread(['node-1', 'node-2', 'node-3']);
   const master = ambassador.haproxyPid()!;
-  const worker = workers(master);
+  const worker = workerPids(master);
   await world.etcd.del(`${prefix}/instances/1/private_ip`);
   await spread(['node-2', 'node-3']);
   await world.etcd.put(`${prefix}/instances/4/private_ip`, '127.0.0.11');
   await spread(['node-1', 'node-2', 'node-3']);
   await world.etcd.put(`${prefix}/instances/3/private_ip`, '127.0.0.12');
   await spread(['node-1', 'node-2']);
-  assert.equal(workers(master), worker, 'same haproxy worker');
+  assert.equal(workerPids(master), worker, 'same haproxy worker');
   assert.not.ok(ambassador.logs.some((line) => line.includes('(reload, ')), 'no reload');
-  await eventually(() => liveServers(ambassador.runtimeDir), (live) => !live.some((s) => s.startsWith('1 ')), 5000, 'the drained server deleted');
+  await eventually(() => serverStates(ambassador.runtimeDir), (live) => !live.some((s) => s.startsWith('1 ')), 5000, 'the drained server deleted');
   const config = readFileSync(ambassador.configPath, 'utf8');
   assert.match(config, /\n    server 2 127\.0\.0\.12:\d+\n    server 3 127\.0\.0\.12:\d+\n    server 4 127\.0\.0\.11:\d+\n$/);
 });
@@ -98,9 +70,9 @@ test('a removed instance drains: its sessions stay, new connections go elsewhere
   await eventually(async () => [...new Set(await answers(ambassador.port, 6))], (names) => names.join() === 'node-2', 10_000, 'only node-2');
   await sleep(1500);
   assert.not.ok(session.isClosed(), 'the session to the removed instance lives on');
-  assert.ok((await liveServers(ambassador.runtimeDir)).some((s) => /^1 .* drain$/.test(s)), 'still draining');
+  assert.ok((await serverStates(ambassador.runtimeDir)).some((s) => /^1 .* drain$/.test(s)), 'still draining');
   session.close();
-  await eventually(() => liveServers(ambassador.runtimeDir), (live) => !live.some((s) => s.startsWith('1 ')), 5000, 'the drained server deleted');
+  await eventually(() => serverStates(ambassador.runtimeDir), (live) => !live.some((s) => s.startsWith('1 ')), 5000, 'the drained server deleted');
 });
 
 test('a reload yields exactly what was live after runtime changes', async ({ world }) => {
@@ -113,17 +85,17 @@ test('a reload yields exactly what was live after runtime changes', async ({ wor
   await world.etcd.put(`${prefix}/instances/1/private_ip`, '127.0.0.12');
   await ambassador.waitForLog(/moved 1 \(runtime/);
   await world.routesTo(ambassador.port, 'node-3');
-  const before = await liveServers(ambassador.runtimeDir);
+  const before = await serverStates(ambassador.runtimeDir);
   const master = ambassador.haproxyPid()!;
-  const oldWorkers = workers(master);
+  const oldWorkers = workerPids(master);
   // haproxy can drop a SIGHUP that comes while it settles after a load: say it again until a new worker runs.
-  const reloaded = () => workers(master).filter((pid) => !oldWorkers.includes(pid)).length > 0;
+  const reloaded = () => workerPids(master).filter((pid) => !oldWorkers.includes(pid)).length > 0;
   for (let attempt = 0; attempt < 5 && !reloaded(); attempt++) {
     process.kill(master, 'SIGHUP');
     await eventually(reloaded, (done) => done, 2000, 'a new worker').catch(() => {});
   }
-  await eventually(() => workers(master), (now) => now.length > 0 && !now.some((pid) => oldWorkers.includes(pid)), 10_000, 'the new worker alone');
-  assert.equal(await liveServers(ambassador.runtimeDir), before);
+  await eventually(() => workerPids(master), (now) => now.length > 0 && !now.some((pid) => oldWorkers.includes(pid)), 10_000, 'the new worker alone');
+  assert.equal(await serverStates(ambassador.runtimeDir), before);
   assert.equal(await answers(ambassador.port, 4), Array(4).fill('node-3'));
 });
 
@@ -133,7 +105,7 @@ test('a runtime command that fails falls back to a reload that ends on the wante
   const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
   await world.routesTo(ambassador.port, 'node-2');
   // Behind ambassador's back: server 3 disappears from the live haproxy.
-  assert.match(await admin(ambassador.runtimeDir, 'del server service/3'), 'Server deleted.');
+  assert.match(await adminCommand(ambassador.runtimeDir, 'del server service/3'), 'Server deleted.');
   await world.etcd.put(`${prefix}/master`, '3');
   await ambassador.waitForLog(/runtime commands failed, reloading instead: .*set server service\/3 state ready.*No such server/);
   await ambassador.waitForLog(/applied revision \d+: master 2 -> 3 \(reload, \d+ ms\)/);
