@@ -6,6 +6,7 @@ import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, sta
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Etcd3 } from 'etcd3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
@@ -13,9 +14,10 @@ import { startCluster, startGrpcProxy } from './helpers/cluster.ts';
 import { startEtcd } from './helpers/etcd.ts';
 import { workerPids } from './helpers/haproxy.ts';
 import { answers, eventually, freePort, whoAnswers } from './helpers/net.ts';
-import { processOf } from './helpers/processes.ts';
+import { processOf, startProcess, stopPid } from './helpers/processes.ts';
 import { startRelay } from './helpers/relay.ts';
 import { remotePorts } from './helpers/sockets.ts';
+import { makeCertificates } from './helpers/tls.ts';
 import { createWorld, type World } from './helpers/world.ts';
 
 const test = suite<{ world: World }>('faults');
@@ -165,6 +167,43 @@ test('through etcd grpc-proxy, restarted mid-run', async ({ world }) => {
     report('proxy back → routed', await convergence(world, ambassador.port, 'node-3'));
   } finally {
     await proxy.stop();
+  }
+});
+
+test('etcd over TLS with client certificates; without a client certificate it is never reached', async ({ world }) => {
+  const dir = join(world.tempDir, 'tls');
+  mkdirSync(dir);
+  const certs = makeCertificates(dir);
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const endpoint = `https://127.0.0.1:${clientPort}`;
+  const etcd = startProcess('etcd', [
+    '--name', 'tls', '--data-dir', join(dir, 'data'),
+    '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
+    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
+    '--initial-cluster', `tls=http://127.0.0.1:${peerPort}`, '--log-level', 'error',
+    '--cert-file', certs.serverCert, '--key-file', certs.serverKey, '--client-cert-auth', '--trusted-ca-file', certs.ca,
+  ]);
+  etcd.stdout?.resume();
+  etcd.stderr?.resume();
+  const client = new Etcd3({
+    hosts: endpoint,
+    credentials: { rootCertificate: readFileSync(certs.ca), certChain: readFileSync(certs.clientCert), privateKey: readFileSync(certs.clientKey) },
+  });
+  try {
+    const prefix = '/tls/services/mysql';
+    await eventually(() => client.put(`${prefix}/master`).value('2').then(() => true, () => false), (ok) => ok, 15_000, 'etcd over TLS');
+    for (const i of [1, 2, 3]) await client.put(`${prefix}/instances/${i}/private_ip`).value(`127.0.0.1${i}`);
+    const tlsFlags = [`--etcd=127.0.0.1:${clientPort}`, `--etcd-ca=${certs.ca}`];
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', ...tlsFlags, `--etcd-cert=${certs.clientCert}`, `--etcd-key=${certs.clientKey}`], { replaceEtcd: true });
+    await world.routesTo(ambassador.port, 'node-2');
+    await client.put(`${prefix}/master`).value('3');
+    await world.routesTo(ambassador.port, 'node-3');
+    const refused = await world.start([`--etcd-prefix=${prefix}`, '--master-only', ...tlsFlags], { replaceEtcd: true });
+    await refused.waitForLog(/etcd: unreachable/);
+    assert.is(await whoAnswers(refused.port), '', 'a CA alone is not let in');
+  } finally {
+    client.close();
+    await stopPid(etcd.pid!);
   }
 });
 
