@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { adminCommand, serverStates, workerPids } from './helpers/haproxy.ts';
-import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
+import { answers, eventually, freePort, openSession, startBackend, whoAnswers } from './helpers/net.ts';
 import { createWorld, type World } from './helpers/world.ts';
 
 const test = suite<{ world: World }>('runtime API');
@@ -111,6 +111,25 @@ test('a runtime command that fails falls back to a reload that ends on the wante
   await ambassador.waitForLog(/applied revision \d+: master 2 -> 3 \(reload, \d+ ms\)/);
   await world.routesTo(ambassador.port, 'node-3');
   assert.equal(await answers(ambassador.port, 4), Array(4).fill('node-3'));
+});
+
+test('an instance by DNS name is resolved by haproxy through a checked reload', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const port = await freePort('127.0.0.1');
+  const local = await startBackend('node-localhost', '127.0.0.1', port);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-2');
+    await world.etcd.put(`${prefix}/instances/named/port`, String(port));
+    await world.etcd.put(`${prefix}/instances/named/private_ip`, 'localhost');
+    await ambassador.waitForLog(/reloading, the runtime API cannot do this change: server named has a DNS name \(localhost\)/);
+    await world.etcd.put(`${prefix}/master`, 'named');
+    await world.routesTo(ambassador.port, 'node-localhost');
+    assert.match(readFileSync(ambassador.configPath, 'utf8'), `\n    server named localhost:${port}\n`);
+  } finally {
+    await local.close();
+  }
 });
 
 test('with --apply=reload every change is a validated reload', async ({ world }) => {
