@@ -115,11 +115,8 @@ export async function findSetpriv(env: Readonly<Record<string, string | undefine
 // in the background (master-worker daemon) that outlives us. Resolves with what was done.
 export async function applyOnce(settings: HaproxySettings, config: string): Promise<'reloaded' | 'started'> {
   const { binary, configPath, runtimeDir } = settings;
-  const stagePath = `${configPath}.new`;
-  await writePrivate(stagePath, config);
-  const problem = await check(binary, stagePath);
+  const problem = await installChecked(binary, configPath, config);
   if (problem !== undefined) throw new SetupError(`haproxy rejected the config: ${problem}`);
-  await rename(stagePath, configPath);
   const pidFile = `${runtimeDir}/haproxy.pid`;
   const running = await readPid(pidFile);
   if (running !== undefined && (await commandLine(running)).includes(configPath)) {
@@ -148,7 +145,6 @@ export async function applyOnce(settings: HaproxySettings, config: string): Prom
 
 export function createHaproxy(settings: HaproxySettings): Haproxy {
   const { binary, configPath, runtimeDir, adminSocket, log, setpriv } = settings;
-  const stagePath = `${configPath}.new`;
   let child: ChildProcess | undefined;
   let stopping = false;
   let liveConfig: string | undefined;
@@ -235,26 +231,20 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 
   // Stage, check, swap, load: the path for a first start and for every reload.
   const checkAndLoad = async (next: Wanted): Promise<boolean> => {
-    await writePrivate(stagePath, next.config);
-    const problem = await check(binary, stagePath);
+    const problem = await installChecked(binary, configPath, next.config);
     if (problem !== undefined) {
       log.error('haproxy: rejected the new config; the last good one keeps serving', { reason: problem });
       return false;
     }
-    await rename(stagePath, configPath);
     if (child ? await reload() : await start()) return true;
     if (child && liveConfig !== undefined) {
       // The master kept the old worker: put the file back in step with what is live.
-      await writeConfig(liveConfig);
+      await replaceConfig(configPath, liveConfig);
       log.error('haproxy: failed to load the new config; the last good one keeps serving', { reason: lastAlerts.at(-1) });
     }
     return false;
   };
 
-  const writeConfig = async (config: string) => {
-    await writePrivate(stagePath, config);
-    await rename(stagePath, configPath);
-  };
 
   // The runtime path: commands in order, then the file rewritten to describe what is now live.
   const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
@@ -276,13 +266,12 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       }
       liveServers = plan.next;
     }
-    await writeConfig(next.config);
+    await replaceConfig(configPath, next.config);
     return true;
   };
 
   const applyOne = async (next: Wanted): Promise<ApplyPath | undefined> => {
     try {
-      await unlink(stagePath).catch(() => {});
       if (child && settings.apply === 'runtime' && (await applyAtRuntime(next))) return 'runtime';
       const path = child ? 'reload' : 'start';
       if (!(await checkAndLoad(next))) return undefined;
@@ -447,6 +436,24 @@ async function serverSessions(socket: string): Promise<Map<string, number>> {
     if (proxy === PROXY_NAME && server !== undefined && current !== undefined) sessions.set(server, Number(current));
   }
   return sessions;
+}
+
+// Writes the config to a stage file next to its place, then renames it over the one in place: a reader never
+// sees half a file. For what haproxy already runs; a new config goes through installChecked.
+async function replaceConfig(configPath: string, config: string): Promise<void> {
+  const stagePath = `${configPath}.new`;
+  await writePrivate(stagePath, config);
+  await rename(stagePath, configPath);
+}
+
+// Writes the config to a stage file next to its place and has haproxy check it; only a config haproxy
+// accepts is renamed over the one in place. Undefined when installed, else haproxy's error lines.
+async function installChecked(binary: string, configPath: string, config: string): Promise<string | undefined> {
+  const stagePath = `${configPath}.new`;
+  await writePrivate(stagePath, config);
+  const problem = await check(binary, stagePath);
+  if (problem === undefined) await rename(stagePath, configPath);
+  return problem;
 }
 
 // haproxy's verdict on a config file: undefined when valid, else its error lines.
