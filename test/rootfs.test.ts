@@ -1,13 +1,13 @@
 // dist/ambassador in the world of the container image: a minimal bookworm root with only haproxy,
 // run as the haproxy user, against an etcd on the host's loopback. Proves it needs nothing else.
 
-import { copyFileSync, existsSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY } from './helpers/ambassador.ts';
-import { answers, whoAnswers } from './helpers/net.ts';
-import { processOf } from './helpers/processes.ts';
+import { answers, freePort, whoAnswers } from './helpers/net.ts';
+import { processOf, startProcess, stopPid } from './helpers/processes.ts';
 import { bookwormWithHaproxy } from './helpers/rootfs.ts';
 import { createWorld, type World } from './helpers/world.ts';
 
@@ -42,6 +42,35 @@ test('starts, routes to the master, follows a failover and stops on SIGTERM, as 
   assert.is(await ambassador.stop(), 0);
   assert.not.ok(haproxy());
   assert.is(await whoAnswers(ambassador.port), '');
+});
+
+test('runs as PID 1 of its own PID namespace, as in a container: serves, stops on SIGTERM with 0, leaves nothing', async ({ world, root }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const port = await freePort();
+  const script = 'mount -t proc proc "$0/proc" && exec chroot --userspec=haproxy:haproxy "$0" /bin/ambassador "$@"';
+  const flags = [`--etcd=${world.etcd.endpoint}`, `--etcd-prefix=${prefix}`, '--master-only', `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${world.backendPort}`];
+  const unshare = startProcess('unshare', ['--pid', '--fork', '--mount', 'sh', '-c', script, root, ...flags], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } });
+  unshare.stdout!.resume();
+  let logs = '';
+  unshare.stderr!.on('data', (data) => (logs += data));
+  const exited = new Promise<number | null>((resolve) => unshare.on('exit', (code) => resolve(code)));
+  try {
+    await world.routesTo(port, 'node-2');
+    // unshare --fork waits for its child, which is PID 1 in the new namespace: ambassador.
+    const ambassadorPid = Number(readFileSync(`/proc/${unshare.pid}/task/${unshare.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+    assert.match(readFileSync(`/proc/${ambassadorPid}/status`, 'utf8'), /\nNSpid:\s+\d+\s+1\n/, 'ambassador is PID 1 there');
+    await world.etcd.put(`${prefix}/master`, '3');
+    await world.routesTo(port, 'node-3');
+    const inside = readFileSync(`/proc/${ambassadorPid}/task/${ambassadorPid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+    const haproxy = processOf(inside[0]!);
+    process.kill(ambassadorPid, 'SIGTERM');
+    assert.is(await exited, 0, logs);
+    assert.not.ok(haproxy(), 'haproxy is gone');
+    assert.match(logs, /stopped exit_code=0/);
+  } finally {
+    await stopPid(unshare.pid!);
+  }
 });
 
 test('leaves no process it started running', async ({ world }) => {
