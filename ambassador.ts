@@ -6,7 +6,7 @@
 import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
-import { applyOnce, createHaproxy, findSetpriv, haproxyVersion } from './lib/haproxy.ts';
+import { applyOnce, createHaproxy, findExecutable, haproxyVersion } from './lib/haproxy.ts';
 import { createLogger, quote, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { serverTable } from './lib/plan.ts';
@@ -83,10 +83,11 @@ if (options.dryRun) {
 }
 
 log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, listen: `${options.bind}:${options.port}`, master_only: options.masterOnly });
-const setpriv = await findSetpriv(process.env);
+const setpriv = await findExecutable('setpriv', process.env);
 if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
+const haproxyBinary = options.haproxy.includes('/') ? options.haproxy : ((await findExecutable(options.haproxy, process.env)) ?? options.haproxy);
 const haproxySettings = {
-  binary: options.haproxy,
+  binary: haproxyBinary,
   configPath: options.haproxyConfig,
   runtimeDir: options.runtimeDir,
   adminSocket: renderSettings.adminSocket,
@@ -97,7 +98,7 @@ const haproxySettings = {
 };
 try {
   await prepareRuntimeDir(options.runtimeDir, log);
-  log.info(`using ${await haproxyVersion(options.haproxy)}`, { runtime_dir: options.runtimeDir });
+  log.info(`using ${await haproxyVersion(haproxyBinary)}`, { haproxy: haproxyBinary, runtime_dir: options.runtimeDir });
   if (options.once) {
     await refuseIfOwned(options.runtimeDir);
     const { revision, selection, config } = await readOnce();

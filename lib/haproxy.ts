@@ -26,7 +26,9 @@ export interface HaproxySettings {
   // Master-only: fence a server that stops being the master (see lib/plan.ts).
   fence: boolean;
   log: Logger;
-  // setpriv's path, to have the kernel stop haproxy if ambassador dies (see tieToParent).
+  // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
+  // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
+  // replaced. Without it, the next ambassador stops the one left behind (rundir.ts).
   setpriv?: string | undefined;
 }
 
@@ -100,12 +102,12 @@ export async function haproxyVersion(binary: string): Promise<string> {
   }
 }
 
-// An haproxy that outlived ambassador would go on routing to a master etcd may since have replaced.
-// util-linux's setpriv (essential on Debian) asks the kernel to SIGTERM haproxy when its parent dies,
-// even by SIGKILL; without it, the next ambassador stops the one left behind (claimRuntimeDir).
-export async function findSetpriv(env: Readonly<Record<string, string | undefined>>): Promise<string | undefined> {
-  for (const dir of (env.PATH ?? '').split(':').filter(Boolean)) {
-    const path = `${dir}/setpriv`;
+// An executable by name: on PATH, or in the sbin dirs, where Debian installs haproxy and which a user's PATH
+// may lack. Undefined when there is none.
+export async function findExecutable(name: string, env: Readonly<Record<string, string | undefined>>): Promise<string | undefined> {
+  const dirs = [...(env.PATH ?? '').split(':').filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin'];
+  for (const dir of dirs) {
+    const path = `${dir}/${name}`;
     if (await access(path, constants.X_OK).then(() => true, () => false)) return path;
   }
   return undefined;

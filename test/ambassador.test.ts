@@ -205,7 +205,7 @@ test('without setpriv, a restarted ambassador stops the haproxy its killed prede
   await world.writeSeed(prefix);
   // A PATH with haproxy on it and nothing else, setpriv included.
   const bin = mkdtempSync(join(tmpdir(), 'ambassador-path-'));
-  symlinkSync(execFileSync('sh', ['-c', 'command -v haproxy'], { encoding: 'utf8' }).trim(), join(bin, 'haproxy'));
+  symlinkSync(execFileSync('sh', ['-c', 'command -v haproxy || echo /usr/sbin/haproxy'], { encoding: 'utf8' }).trim(), join(bin, 'haproxy'));
   const env = { PATH: bin };
   try {
     const first = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { env });

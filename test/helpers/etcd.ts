@@ -26,7 +26,8 @@ export interface TestEtcd {
 
 export function requireCommand(command: string, installHint: string): void {
   try {
-    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
+    // haproxy and debootstrap live in sbin, which a user's PATH may lack.
+    execFileSync('sh', ['-c', `command -v ${command} || command -v /usr/sbin/${command} || command -v /sbin/${command}`], { stdio: 'ignore' });
   } catch {
     throw new Error(`${command} is not installed (needed by the integration tests): ${installHint}`);
   }
