@@ -47,8 +47,12 @@ function commit(): string {
 }
 
 for (const dir of [dist, stage]) {
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
+  try {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw new Error(`cannot make ${dir} afresh (${(err as Error).message}); if another user's build left it, remove it`);
+  }
 }
 
 const bundle = await build({
