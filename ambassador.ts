@@ -12,7 +12,7 @@ import { parseCommandLine, usage } from './lib/options.ts';
 import { serverTable } from './lib/plan.ts';
 import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
-import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, SetupError } from './lib/rundir.ts';
+import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
 
@@ -54,7 +54,7 @@ const renderSettings: RenderSettings = {
   bind: options.bind,
   port: options.port,
   hardStopAfter: options.hardStopAfter,
-  adminSocket: `${options.runtimeDir}/admin.sock`,
+  adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
 };
 
 const select = (mirror: ReadonlyMap<string, string>): Selection => selectServers(readService(mirror, registrySettings), registrySettings);
@@ -90,7 +90,6 @@ const haproxySettings = {
   binary: haproxyBinary,
   configPath: options.haproxyConfig,
   runtimeDir: options.runtimeDir,
-  adminSocket: renderSettings.adminSocket,
   apply: options.apply,
   fence: options.masterOnly,
   log,
@@ -115,7 +114,7 @@ try {
 const haproxy = createHaproxy(haproxySettings);
 // Whatever ends this process, haproxy must not outlive it holding the port.
 process.on('exit', () => {
-  const pid = haproxy.masterPid();
+  const pid = haproxy.stats().masterPid;
   if (pid !== undefined) process.kill(pid, 'SIGTERM');
 });
 

@@ -10,19 +10,17 @@ import { connect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from './log.ts';
+import type { Options } from './options.ts';
 import { planChange, type ServerTable } from './plan.ts';
 import { PROXY_NAME } from './render.ts';
-import { commandLine, readPid, SetupError, writePrivate } from './rundir.ts';
-
-export type ApplyMode = 'runtime' | 'reload';
+import { commandLine, readPid, runtimeFiles, SetupError, writePrivate } from './rundir.ts';
 
 export interface HaproxySettings {
   binary: string;
   configPath: string;
   runtimeDir: string;
-  adminSocket: string;
   // runtime: the runtime API where it can express the change; reload: always a reload.
-  apply: ApplyMode;
+  apply: Options['apply'];
   // Master-only: fence a server that stops being the master (see lib/plan.ts).
   fence: boolean;
   log: Logger;
@@ -74,7 +72,6 @@ export interface Haproxy {
   stats(): HaproxyStats;
   // Resolves when the master exits for any reason other than stop().
   unexpectedExit: Promise<MasterExit>;
-  masterPid(): number | undefined;
   stop(): Promise<void>;
 }
 
@@ -119,7 +116,7 @@ export async function applyOnce(settings: HaproxySettings, config: string): Prom
   const { binary, configPath, runtimeDir } = settings;
   const problem = await installChecked(binary, configPath, config);
   if (problem !== undefined) throw new SetupError(`haproxy rejected the config: ${problem}`);
-  const pidFile = `${runtimeDir}/haproxy.pid`;
+  const pidFile = runtimeFiles(runtimeDir).haproxyPid;
   const running = await readPid(pidFile);
   if (running !== undefined && (await commandLine(running)).includes(configPath)) {
     const before = childrenOf(running);
@@ -146,7 +143,8 @@ export async function applyOnce(settings: HaproxySettings, config: string): Prom
 }
 
 export function createHaproxy(settings: HaproxySettings): Haproxy {
-  const { binary, configPath, runtimeDir, adminSocket, log, setpriv } = settings;
+  const { binary, configPath, runtimeDir, log, setpriv } = settings;
+  const { adminSocket, haproxyPid } = runtimeFiles(runtimeDir);
   let child: ChildProcess | undefined;
   let stopping = false;
   let liveConfig: string | undefined;
@@ -205,11 +203,11 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     proc.on('exit', (code, signal) => {
       child = undefined;
       onLoaded?.(false);
-      void unlink(`${runtimeDir}/haproxy.pid`).catch(() => {});
+      void unlink(haproxyPid).catch(() => {});
       // Its last lines may still be in the pipe: let them arrive before reporting.
       if (!stopping) setTimeout(() => reportExit({ code, signal, lastAlerts: [...lastAlerts] }), 50);
     });
-    if (proc.pid !== undefined) await writePrivate(`${runtimeDir}/haproxy.pid`, `${proc.pid}\n`);
+    if (proc.pid !== undefined) await writePrivate(haproxyPid, `${proc.pid}\n`);
     log.info('haproxy: started', { pid: proc.pid, config: configPath });
     return loaded;
   };
@@ -294,8 +292,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     for (const name of draining) {
       if ((sessions.get(name) ?? 1) > 0) continue;
       const id = `${PROXY_NAME}/${name}`;
-      const failure = (await runtimeCommand(adminSocket, `set server ${id} state maint`)) ?? (await runtimeCommand(adminSocket, `del server ${id}`));
-      if (failure === undefined) {
+      if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
         table.delete(name);
         log.debug(`haproxy: deleted drained server ${name}`);
       }
@@ -358,7 +355,6 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         if (!busy) void drain();
       }),
     unexpectedExit,
-    masterPid: () => child?.pid,
     stats: () => ({
       masterPid: child?.pid,
       workers: child?.pid === undefined ? 0 : childrenOf(child.pid).length,
@@ -399,8 +395,8 @@ function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
   return 'info';
 }
 
-// Commands sent as one request, run by haproxy one after the other with no connection routed in between:
-// a failover's fence and enable leave no gap. Undefined when haproxy answered each as done, else its answer.
+// Commands sent as one request, which haproxy runs back to back: a failover's fence and enable are one step.
+// Undefined when haproxy answered each as done, else what it answered otherwise.
 const DONE = /^(New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|.*port changed from .*)$/;
 
 function runtimeCommands(socket: string, commands: string[]): Promise<string | undefined> {
@@ -411,10 +407,6 @@ function runtimeCommands(socket: string, commands: string[]): Promise<string | u
     },
     (err: Error) => err.message,
   );
-}
-
-function runtimeCommand(socket: string, command: string): Promise<string | undefined> {
-  return runtimeCommands(socket, [command]);
 }
 
 function adminRequest(socket: string, command: string): Promise<string> {

@@ -10,6 +10,11 @@ import type { Logger } from './log.ts';
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
 
+// The files a runtime dir holds, named in this one place.
+export function runtimeFiles(dir: string) {
+  return { adminSocket: `${dir}/admin.sock`, haproxyPid: `${dir}/haproxy.pid`, ambassadorPid: `${dir}/ambassador.pid` };
+}
+
 // A failure to set up (runtime dir, haproxy executable, config dir): ambassador exits 1 with its message.
 export class SetupError extends Error {}
 
@@ -29,12 +34,13 @@ export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void>
 // One ambassador per runtime dir; an haproxy left behind by one that was killed is stopped before we start ours.
 export async function claimRuntimeDir(runtimeDir: string, configPath: string, log: Logger): Promise<void> {
   await refuseIfOwned(runtimeDir);
-  const leftover = await readPid(`${runtimeDir}/haproxy.pid`);
+  const files = runtimeFiles(runtimeDir);
+  const leftover = await readPid(files.haproxyPid);
   if (leftover !== undefined && (await commandLine(leftover)).includes(configPath)) {
     log.warn('stopping an haproxy left behind by an earlier ambassador', { pid: leftover });
     await terminate(leftover);
   }
-  await writePrivate(`${runtimeDir}/ambassador.pid`, `${process.pid}\n`);
+  await writePrivate(files.ambassadorPid, `${process.pid}\n`);
   const configDir = dirname(configPath);
   await access(configDir, constants.W_OK).catch(() => {
     throw new SetupError(`cannot write the haproxy config: directory ${configDir} is missing or not writable`);
@@ -42,14 +48,14 @@ export async function claimRuntimeDir(runtimeDir: string, configPath: string, lo
 }
 
 export async function refuseIfOwned(runtimeDir: string): Promise<void> {
-  const owner = await readPid(`${runtimeDir}/ambassador.pid`);
+  const owner = await readPid(runtimeFiles(runtimeDir).ambassadorPid);
   if (owner !== undefined && owner !== process.pid && (await commandLine(owner)).includes('ambassador')) {
     throw new SetupError(`another ambassador (pid ${owner}) is running with runtime dir ${runtimeDir}`);
   }
 }
 
 export async function releaseRuntimeDir(runtimeDir: string): Promise<void> {
-  await unlink(`${runtimeDir}/ambassador.pid`).catch(() => {});
+  await unlink(runtimeFiles(runtimeDir).ambassadorPid).catch(() => {});
 }
 
 // Creates the file anew (never writing through a link someone placed there), readable by us alone.
