@@ -7,10 +7,10 @@ import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
 import { createTwoFilesPatch } from 'diff';
 import { applyOnce, createHaproxy, findExecutable, haproxyVersion } from './lib/haproxy.ts';
-import { createLogger, quote, type Logger } from './lib/log.ts';
+import { createLogger, type Logger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { serverTable } from './lib/plan.ts';
-import { readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
+import { describeChange, describeProblem, readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
@@ -64,7 +64,7 @@ const readOnce = async () => {
   try {
     const { mirror, revision } = await readSnapshot(etcd, 5_000);
     const selection = select(mirror);
-    for (const problem of selection.problems) log.warn(problemText(problem));
+    for (const problem of selection.problems) log.warn(describeProblem(problem));
     return { revision, selection, config: renderConfig(renderSettings, selection.servers) };
   } catch (err) {
     log.error(`etcd unreachable: ${(err as Error).message}`, { endpoints: options.etcd.join(',') });
@@ -137,7 +137,7 @@ const update = () => {
   const wanted = { config: renderConfig(renderSettings, selection.servers), servers: serverTable(selection.servers) };
   void haproxy.apply(wanted).then(({ outcome, path, ms }) => {
     if (outcome !== 'applied' || path === undefined) return;
-    const description = describeChange(applied, selection);
+    const description = describeChange(applied, selection, options.masterOnly);
     log.info(`applied revision ${revision}: ${description} (${path}, ${ms} ms)`, { servers: selection.servers.length });
     applied = selection;
     lastChange = { revision, at: new Date().toISOString(), path, description };
@@ -206,37 +206,11 @@ if (options.status && status) {
   );
 }
 
-// What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2".
-function describeChange(before: Selection | undefined, after: Selection): string {
-  const master = (selection: Selection | undefined) => selection?.servers.find((server) => server.enabled)?.name ?? 'none';
-  const shownMaster = registrySettings.masterOnly ? `master ${before ? `${master(before)} -> ` : ''}${master(after)}` : '';
-  if (!before) return [`${after.servers.length} server(s)`, shownMaster].filter(Boolean).join(', ');
-  const address = (selection: Selection) => new Map(selection.servers.map((server) => [server.name, `${server.address}:${server.port}`]));
-  const old = address(before);
-  const now = address(after);
-  const list = (names: string[]) => names.slice(0, 5).join(',') + (names.length > 5 ? `,… (${names.length})` : '');
-  const added = [...now.keys()].filter((name) => !old.has(name));
-  const removed = [...old.keys()].filter((name) => !now.has(name));
-  const moved = [...now].filter(([name, at]) => old.has(name) && old.get(name) !== at).map(([name]) => name);
-  const parts = [
-    master(before) !== master(after) ? shownMaster : '',
-    added.length ? `added ${list(added)}` : '',
-    removed.length ? `removed ${list(removed)}` : '',
-    moved.length ? `moved ${list(moved)}` : '',
-  ].filter(Boolean);
-  return parts.join(', ') || 'servers unchanged';
-}
-
-function problemText(problem: Problem): string {
-  const value = problem.value === undefined ? '' : `=${quote(problem.value)}`;
-  return `rejected ${problem.key}${value}: ${problem.reason}`;
-}
-
 // Each problem is logged when it appears and when it is gone, never once per change. Returns how many are new.
 function problemReporter(log: Logger): (problems: readonly Problem[]) => number {
   let known = new Map<string, Problem>();
   return (problems) => {
-    const current = new Map(problems.map((problem) => [problemText(problem), problem]));
+    const current = new Map(problems.map((problem) => [describeProblem(problem), problem]));
     const appeared = [...current.keys()].filter((text) => !known.has(text));
     for (const text of appeared) log.warn(text);
     for (const [text, problem] of known) if (!current.has(text)) log.info(`resolved: ${problem.key} (${problem.reason})`);

@@ -58,10 +58,3 @@ function textValue(value: string | number | boolean | bigint | null): string {
   const text = String(value);
   return /^[^\s"=\u0000-\u001f\u007f]+$/.test(text) ? text : JSON.stringify(text);
 }
-
-// Shows an untrusted value in a message: quoted, escaped, and cut short if huge.
-export function quote(value: string, max = 80): string {
-  const shown = value.length > max ? `${value.slice(0, max)}…` : value;
-  const suffix = value.length > max ? ` (${value.length} chars)` : '';
-  return JSON.stringify(shown) + suffix;
-}

@@ -118,3 +118,32 @@ export function serverName(instance: string): string {
   const readable = instance.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 32);
   return `${readable}:${createHash('sha256').update(instance).digest('hex').slice(0, 16)}`;
 }
+
+// What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2".
+export function describeChange(before: Selection | undefined, after: Selection, masterOnly: boolean): string {
+  const master = (selection: Selection | undefined) => selection?.servers.find((server) => server.enabled)?.name ?? 'none';
+  const shownMaster = masterOnly ? `master ${before ? `${master(before)} -> ` : ''}${master(after)}` : '';
+  if (!before) return [`${after.servers.length} server(s)`, shownMaster].filter(Boolean).join(', ');
+  const address = (selection: Selection) => new Map(selection.servers.map((server) => [server.name, `${server.address}:${server.port}`]));
+  const old = address(before);
+  const now = address(after);
+  const list = (names: string[]) => names.slice(0, 5).join(',') + (names.length > 5 ? `,… (${names.length})` : '');
+  const added = [...now.keys()].filter((name) => !old.has(name));
+  const removed = [...old.keys()].filter((name) => !now.has(name));
+  const moved = [...now].filter(([name, at]) => old.has(name) && old.get(name) !== at).map(([name]) => name);
+  const parts = [
+    master(before) !== master(after) ? shownMaster : '',
+    added.length ? `added ${list(added)}` : '',
+    removed.length ? `removed ${list(removed)}` : '',
+    moved.length ? `moved ${list(moved)}` : '',
+  ].filter(Boolean);
+  return parts.join(', ') || 'servers unchanged';
+}
+
+// A problem as one log line: the value quoted and escaped (a newline stays "\n"), and cut short if huge.
+export function describeProblem(problem: Problem): string {
+  if (problem.value === undefined) return `rejected ${problem.key}: ${problem.reason}`;
+  const value = problem.value;
+  const shown = JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value) + (value.length > 80 ? ` (${value.length} chars)` : '');
+  return `rejected ${problem.key}=${shown}: ${problem.reason}`;
+}

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readService, selectServers, serverName } from '../lib/registry.ts';
+import { describeChange, describeProblem, readService, selectServers, serverName } from '../lib/registry.ts';
 
 const P = '/services/mysql';
 const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false };
@@ -133,6 +133,24 @@ test('maps instance names to safe, stable and distinct server names', () => {
 test('sorts instances by server name, so the same registry gives the same order', () => {
   const forward = readService(mirror({ 'instances/b/private_ip': '10.0.0.2', 'instances/a/private_ip': '10.0.0.1' }), settings);
   assert.equal(forward.instances.map((i) => i.name), ['a', 'b']);
+});
+
+test('describes a change in a few words', () => {
+  const before = selectServers(readService(seed, settings), masterOnly);
+  const failedOver = selectServers(readService(new Map([...seed, [`${P}/master`, '1']]), settings), masterOnly);
+  assert.is(describeChange(undefined, before, true), '2 server(s), master 2');
+  assert.is(describeChange(before, failedOver, true), 'master 2 -> 1');
+  const moved = new Map([...seed, [`${P}/instances/1/private_ip`, '10.0.0.9'], [`${P}/instances/3/private_ip`, '10.0.0.3']]);
+  moved.delete(`${P}/instances/2/private_ip`);
+  assert.is(describeChange(before, selectServers(readService(moved, settings), settings), false), 'added 3, removed 2, moved 1');
+  assert.is(describeChange(before, before, false), 'servers unchanged');
+});
+
+test('describes a problem on one line, the value quoted, escaped and cut short', () => {
+  assert.is(describeProblem({ key: '/p/master', reason: 'no master is set' }), 'rejected /p/master: no master is set');
+  assert.is(describeProblem({ key: '/p/instances/1/port', value: '80\nx', reason: 'bad' }), 'rejected /p/instances/1/port="80\\nx": bad');
+  const long = describeProblem({ key: 'k', value: 'x'.repeat(1000), reason: 'r' });
+  assert.match(long, /^rejected k="x{80}…" \(1000 chars\): r$/);
 });
 
 test.run();
