@@ -5,20 +5,13 @@ import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
 import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite } from './helpers/world.ts';
 
-const test = suite<{ world: World }>('ambassador');
-
-test.before(async (context) => {
-  context.world = await createWorld();
-});
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
+const { test, run } = worldSuite('ambassador');
 
 test('routes to the master', async ({ world }) => {
   const prefix = world.prefix();
@@ -257,8 +250,4 @@ test('prints the config and its problems with --dry-run, and exits 1 when etcd i
   }
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

@@ -5,22 +5,15 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY, ambassadorCommand } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
 import { answers, whoAnswers } from './helpers/net.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite } from './helpers/world.ts';
 import packageJson from '../package.json' with { type: 'json' };
 
-const test = suite<{ world: World }>('dist/ambassador');
-
-test.before(async (context) => {
-  ambassadorCommand('dist'); // fails here, not later, when the build is missing
-  context.world = await createWorld();
-});
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
+// Fails here, not later, when the build is missing.
+const { test, run } = worldSuite('dist/ambassador', () => void ambassadorCommand('dist'));
 
 test('prints its help with an empty environment', () => {
   const help = execFileSync('env', ['-i', DIST_BINARY, '--help'], { encoding: 'utf8' });
@@ -77,8 +70,4 @@ test('balances over all instances from the environment alone', async ({ world })
   assert.equal([...new Set(await answers(ambassador.port, 9))].sort(), ['node-1', 'node-2', 'node-3']);
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

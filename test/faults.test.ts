@@ -7,7 +7,6 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Etcd3 } from 'etcd3';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
 import { startCluster, startGrpcProxy } from './helpers/cluster.ts';
@@ -18,15 +17,9 @@ import { processOf, startProcess, stopPid } from './helpers/processes.ts';
 import { startRelay } from './helpers/relay.ts';
 import { remotePorts } from './helpers/sockets.ts';
 import { makeCertificates } from './helpers/tls.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite, type World } from './helpers/world.ts';
 
-const test = suite<{ world: World }>('faults');
-
-test.before(async (context) => {
-  context.world = await createWorld();
-});
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
+const { test, run } = worldSuite('faults');
 
 const report = (what: string, ms: number) => console.log(`      ${what}: ${ms.toFixed(0)} ms`);
 
@@ -451,8 +444,4 @@ test('a password given as a flag is warned about; files are private and links pl
   assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid']);
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

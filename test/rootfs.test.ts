@@ -3,24 +3,18 @@
 
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY } from './helpers/ambassador.ts';
 import { answers, freePort, whoAnswers } from './helpers/net.ts';
 import { processOf, startProcess, stopPid } from './helpers/processes.ts';
 import { bookwormWithHaproxy } from './helpers/rootfs.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite } from './helpers/world.ts';
 
-const test = suite<{ world: World; root: string }>('dist/ambassador in a minimal bookworm root');
-
-test.before(async (context) => {
+const { test, run } = worldSuite<{ root: string }>('dist/ambassador in a minimal bookworm root', (context) => {
   context.root = bookwormWithHaproxy();
   if (!existsSync(DIST_BINARY)) throw new Error(`${DIST_BINARY} is missing: run npm run build first`);
   copyFileSync(DIST_BINARY, join(context.root, 'bin/ambassador'));
-  context.world = await createWorld();
 });
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
 
 test('has nothing but the essential packages and haproxy: no Node', ({ root }) => {
   for (const path of ['usr/bin/node', 'usr/bin/nodejs', 'usr/local/bin/node']) assert.not.ok(existsSync(join(root, path)), path);
@@ -73,8 +67,4 @@ test('runs as PID 1 of its own PID namespace, as in a container: serves, stops o
   }
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

@@ -2,19 +2,12 @@
 
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { adminCommand, serverStates, workerPids } from './helpers/haproxy.ts';
 import { answers, eventually, freePort, openSession, startBackend, whoAnswers } from './helpers/net.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite } from './helpers/world.ts';
 
-const test = suite<{ world: World }>('runtime API');
-
-test.before(async (context) => {
-  context.world = await createWorld();
-});
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
+const { test, run } = worldSuite('runtime API');
 
 test('a failover cuts sessions to the old master before the new one takes connections, with no reload', async ({ world }) => {
   const prefix = world.prefix();
@@ -143,8 +136,4 @@ test('with --apply=reload every change is a validated reload', async ({ world })
   assert.is(await whoAnswers(ambassador.port), 'node-1');
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

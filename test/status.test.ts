@@ -3,20 +3,13 @@
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { health, type StatusSnapshot } from '../lib/status.ts';
 import { freePort, eventually, whoAnswers } from './helpers/net.ts';
 import { processOf, stopPid, track } from './helpers/processes.ts';
-import { createWorld, type World } from './helpers/world.ts';
+import { worldSuite } from './helpers/world.ts';
 
-const test = suite<{ world: World }>('operating');
-
-test.before(async (context) => {
-  context.world = await createWorld();
-});
-test.after.each(async ({ world }) => world.afterEach());
-test.after(async ({ world }) => world?.close().catch(() => {}));
+const { test, run } = worldSuite('operating');
 
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
   const response = await fetch(`http://127.0.0.1:${port}${path}`);
@@ -24,7 +17,7 @@ async function get(port: number, path: string): Promise<{ status: number; body: 
 }
 
 function metric(text: string, name: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(name + ' ') || l.startsWith(name + '{') && l.split(' ')[0] === name);
+  const line = text.split('\n').find((l) => l.startsWith(name + ' '));
   return line === undefined ? undefined : Number(line.split(' ').at(-1));
 }
 
@@ -181,8 +174,4 @@ test('the demo runs and exits 0', async () => {
   assert.match(output, 'exited with code 0');
 });
 
-test('leaves no process it started running', async ({ world }) => {
-  await world.close();
-});
-
-test.run();
+run();

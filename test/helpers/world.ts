@@ -4,6 +4,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { suite } from 'uvu';
 import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
@@ -70,4 +71,21 @@ export async function createWorld(): Promise<World> {
         await stopAll();
       })()),
   };
+}
+
+// An integration suite: its world made before the first test and closed after the last, the ambassadors a
+// test started stopped after it, and a last test that fails if any process it started is still running.
+export function worldSuite<Extra extends object = object>(name: string, prepare?: (context: Extra) => void | Promise<void>) {
+  const test = suite<{ world: World } & Extra>(name);
+  test.before(async (context) => {
+    await prepare?.(context);
+    context.world = await createWorld();
+  });
+  test.after.each(async ({ world }) => world.afterEach());
+  test.after(async ({ world }) => world?.close().catch(() => {}));
+  const run = () => {
+    test('leaves no process it started running', async ({ world }) => world.close());
+    test.run();
+  };
+  return { test, run };
 }
