@@ -79,6 +79,9 @@ export interface Haproxy {
 const SETTLE_AFTER_LOAD_MS = 25;
 const LOAD_TIMEOUT_MS = 60_000;
 const RESEND_HUP_MS = 5_000;
+// After "Loading success" the worker being replaced may accept connections for a few ms more, on the old state.
+// A reload is done when that worker says its proxy stopped; the bound covers a worker that is already gone.
+const OLD_WORKER_STOP_MS = 2_000;
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
 const COMMAND_TIMEOUT_MS = 2_000;
@@ -158,6 +161,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
   const counts = { runtimeChanges: 0, reloads: 0, refused: 0, runtimeFallbacks: 0 };
   let onLoaded: ((success: boolean) => void) | undefined;
+  let onOldWorkerStopped: (() => void) | undefined;
   const lastAlerts: string[] = [];
   let reportExit: (exit: MasterExit) => void = () => {};
   const unexpectedExit = new Promise<MasterExit>((resolve) => (reportExit = resolve));
@@ -167,6 +171,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     if (text === '') return;
     if (/Loading success/.test(text)) onLoaded?.(true);
     if (/Loading failure/.test(text)) onLoaded?.(false);
+    if (text.includes(`Proxy ${PROXY_NAME} stopped`)) onOldWorkerStopped?.();
     if (text.startsWith('[ALERT]')) {
       lastAlerts.push(text);
       if (lastAlerts.length > 5) lastAlerts.shift();
@@ -189,6 +194,21 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       };
       onLoaded = finish;
     });
+
+  // Resolves when a worker says it stopped listening, or after OLD_WORKER_STOP_MS, or when told to give up.
+  const oldWorkerStop = () => {
+    let finish = () => {};
+    const stopped = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => finish(), OLD_WORKER_STOP_MS);
+      finish = () => {
+        clearTimeout(timer);
+        onOldWorkerStopped = undefined;
+        resolve();
+      };
+    });
+    onOldWorkerStopped = finish;
+    return { stopped, giveUp: finish };
+  };
 
   const start = async (): Promise<boolean> => {
     const loaded = nextLoad();
@@ -216,6 +236,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     const wait = SETTLE_AFTER_LOAD_MS - (performance.now() - loadedAt);
     if (wait > 0) await sleep(wait);
     const loaded = nextLoad();
+    const oldWorker = oldWorkerStop();
     // A SIGHUP can still be lost; one sent while haproxy is loading is dropped, so sending it again is safe.
     const again = setInterval(() => {
       log.warn(`haproxy: no answer to SIGHUP within ${RESEND_HUP_MS / 1000} s; sending it again`);
@@ -223,9 +244,12 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     }, RESEND_HUP_MS);
     child?.kill('SIGHUP');
     try {
-      return await loaded;
+      if (!(await loaded)) return false;
+      await oldWorker.stopped;
+      return true;
     } finally {
       clearInterval(again);
+      oldWorker.giveUp();
     }
   };
 
