@@ -75,8 +75,9 @@ export interface Haproxy {
   stop(): Promise<void>;
 }
 
-// A SIGHUP that reaches the master within ~15 ms of its last "Loading success" is silently dropped.
-const SETTLE_AFTER_LOAD_MS = 25;
+// After "Loading success" the master re-executes itself and drops a SIGHUP that comes meanwhile (all of 60 sent
+// 0-5 ms after it, none once its CLI answers): a SIGHUP waits until the master CLI answers, up to this bound.
+const MASTER_READY_MS = 5_000;
 const LOAD_TIMEOUT_MS = 60_000;
 const RESEND_HUP_MS = 5_000;
 // After "Loading success" the worker being replaced may accept connections for a few ms more, on the old state.
@@ -147,7 +148,7 @@ export async function applyOnce(settings: HaproxySettings, config: string): Prom
 
 export function createHaproxy(settings: HaproxySettings): Haproxy {
   const { binary, configPath, runtimeDir, log, setpriv } = settings;
-  const { adminSocket, haproxyPid } = runtimeFiles(runtimeDir);
+  const { adminSocket, masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
   let child: ChildProcess | undefined;
   let stopping = false;
   let liveConfig: string | undefined;
@@ -157,7 +158,6 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let busy = false;
   let sweepDue = false;
   let sweepTimer: NodeJS.Timeout | undefined;
-  let loadedAt = 0;
   let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
   const counts = { runtimeChanges: 0, reloads: 0, refused: 0, runtimeFallbacks: 0 };
   let onLoaded: ((success: boolean) => void) | undefined;
@@ -189,7 +189,6 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       const finish = (success: boolean) => {
         clearTimeout(timer);
         onLoaded = undefined;
-        if (success) loadedAt = performance.now();
         resolve(success);
       };
       onLoaded = finish;
@@ -213,7 +212,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const start = async (): Promise<boolean> => {
     const loaded = nextLoad();
     // Its own process group: a Ctrl-C on the terminal reaches ambassador, which then stops haproxy in order.
-    const args = ['-W', '-db', '-f', configPath];
+    const args = ['-W', '-db', '-S', `${masterSocket},mode,600`, '-f', configPath];
     const [command, commandArgs] = setpriv ? [setpriv, ['--pdeathsig', 'SIGTERM', binary, ...args]] : [binary, args];
     const proc = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child = proc;
@@ -233,8 +232,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   const reload = async (): Promise<boolean> => {
-    const wait = SETTLE_AFTER_LOAD_MS - (performance.now() - loadedAt);
-    if (wait > 0) await sleep(wait);
+    if (!(await masterAnswers(masterSocket, MASTER_READY_MS))) log.warn(`haproxy: master CLI silent for ${MASTER_READY_MS / 1000} s; sending SIGHUP anyway`);
     const loaded = nextLoad();
     const oldWorker = oldWorkerStop();
     // A SIGHUP can still be lost; one sent while haproxy is loading is dropped, so sending it again is safe.
@@ -443,6 +441,16 @@ function adminRequest(socket: string, command: string): Promise<string> {
     connection.on('error', reject);
     connection.end(command + '\n');
   });
+}
+
+// True once the master CLI answers, i.e. the master runs its loop and will act on a signal.
+async function masterAnswers(socket: string, withinMs: number): Promise<boolean> {
+  const deadline = performance.now() + withinMs;
+  while (performance.now() < deadline) {
+    if ((await adminRequest(socket, 'show proc').catch(() => '')).includes('master')) return true;
+    await sleep(2);
+  }
+  return false;
 }
 
 // Current sessions per server of our proxy, from `show stat`.

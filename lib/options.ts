@@ -58,7 +58,7 @@ const FLAGS: readonly Flag[] = [
   { name: 'public', boolean: true, help: 'use instances/<name>/public_ip instead of private_ip' },
   { name: 'haproxy', value: 'PATH', default: 'haproxy', help: 'haproxy executable' },
   { name: 'haproxy-config', value: 'FILE', help: 'where the rendered config is written (default: <runtime-dir>/haproxy.cfg)' },
-  { name: 'runtime-dir', value: 'DIR', help: 'private directory for the config, admin socket and pid files (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, $TMPDIR or /tmp, + /ambassador-[<bind>-]<port>)' },
+  { name: 'runtime-dir', value: 'DIR', help: 'private directory for the config, admin sockets and pid files (default: $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, $TMPDIR or /tmp, + /ambassador-[<bind>-]<port>)' },
   { name: 'hard-stop-after', value: 'TIME', default: '5m', help: 'how long a replaced haproxy worker may keep its connections after a reload (e.g. 30s, 5m, 1h)' },
   { name: 'apply', value: 'runtime|reload', default: 'runtime', help: "how changes reach haproxy: runtime (its runtime API, a reload only for what that cannot do) or reload (always)" },
   { name: 'dry-run', boolean: true, help: 'print the config for the current etcd state (a diff if the config file exists) and the problems found, then exit' },

@@ -12,13 +12,13 @@ const KILL_AFTER_MS = 2_000;
 
 // The files a runtime dir holds, named in this one place.
 export function runtimeFiles(dir: string) {
-  return { adminSocket: `${dir}/admin.sock`, haproxyPid: `${dir}/haproxy.pid`, ambassadorPid: `${dir}/ambassador.pid` };
+  return { adminSocket: `${dir}/admin.sock`, masterSocket: `${dir}/master.sock`, haproxyPid: `${dir}/haproxy.pid`, ambassadorPid: `${dir}/ambassador.pid` };
 }
 
 // A failure to set up (runtime dir, haproxy executable, config dir): ambassador exits 1 with its message.
 export class SetupError extends Error {}
 
-// The runtime dir holds the config (by default), the admin socket and the pid files: private to us, or refused.
+// The runtime dir holds the config (by default), the admin sockets and the pid files: private to us, or refused.
 export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await lstat(dir);

@@ -441,7 +441,8 @@ test('a password given as a flag is warned about; files are private and links pl
     assert.is(statSync(join(runtimeDir, name)).mode & 0o777, 0o600, name);
   }
   assert.is(statSync(join(runtimeDir, 'admin.sock')).mode & 0o777, 0o600, 'admin socket');
-  assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid']);
+  assert.is(statSync(join(runtimeDir, 'master.sock')).mode & 0o777, 0o600, 'master socket');
+  assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid', 'master.sock']);
 });
 
 run();

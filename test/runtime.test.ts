@@ -1,6 +1,7 @@
 // Hitless changes through haproxy's runtime API, against real etcd and haproxy.
 
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
 import { adminCommand, serverStates, workerPids } from './helpers/haproxy.ts';
@@ -135,6 +136,21 @@ test('with --apply=reload every change is a validated reload', async ({ world })
   await ambassador.waitForLog(/master 2 -> 1 \(reload, \d+ ms\)/);
   await world.routesTo(ambassador.port, 'node-1');
   assert.is(await whoAnswers(ambassador.port), 'node-1');
+});
+
+test('reloads back to back lose no SIGHUP', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const hasty = resolve(import.meta.dirname, 'fixtures/hasty-haproxy');
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', '--apply=reload', `--haproxy=${hasty}`]);
+  await world.routesTo(ambassador.port, 'node-2');
+  // Each flip lands while the last reload is in flight, so its SIGHUP follows that reload's load at once.
+  for (let flip = 0; flip < 20; flip++) {
+    await world.etcd.put(`${prefix}/master`, flip % 2 === 0 ? '1' : '3');
+    await sleep(30);
+  }
+  await eventually(async () => [...new Set(await answers(ambassador.port, 4))], (names) => names.join() === 'node-3', 10_000, 'only node-3');
+  assert.not.ok(ambassador.logs.some((line) => line.includes('no answer to SIGHUP')), 'no SIGHUP lost');
 });
 
 run();
