@@ -2,12 +2,11 @@
 
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
-import { requireCommand } from './etcd.ts';
+import { etcdDataRoot, requireCommand } from './etcd.ts';
 import { freePort } from './net.ts';
 import { signal, startProcess, stopPid } from './processes.ts';
 
@@ -40,7 +39,7 @@ async function waitUntilServing(endpoint: string, timeoutMs: number, alive: () =
 
 export async function startCluster(size = 3): Promise<TestCluster> {
   requireCommand('etcd', 'apt-get install -y etcd-server etcd-client');
-  const dir = mkdtempSync(join(tmpdir(), 'ambassador-cluster-'));
+  const dir = mkdtempSync(join(etcdDataRoot(), 'ambassador-cluster-'));
   const members = await Promise.all(
     Array.from({ length: size }, async (_, i) => ({ name: `m${i}`, client: await freePort(), peer: await freePort(), child: undefined as ChildProcess | undefined })),
   );
