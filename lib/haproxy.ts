@@ -160,8 +160,8 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let sweepTimer: NodeJS.Timeout | undefined;
   let waiters: { config: string; resolve: (result: ApplyResult) => void }[] = [];
   const counts = { runtimeChanges: 0, reloads: 0, refused: 0, runtimeFallbacks: 0 };
-  let onLoaded: ((success: boolean) => void) | undefined;
-  let onOldWorkerStopped: (() => void) | undefined;
+  // Waits on haproxy's output: each is shown every line, and undefined when the master exits.
+  const lineWaits = new Set<(line: string | undefined) => void>();
   const lastAlerts: string[] = [];
   let reportExit: (exit: MasterExit) => void = () => {};
   const unexpectedExit = new Promise<MasterExit>((resolve) => (reportExit = resolve));
@@ -169,9 +169,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const onOutputLine = (line: string) => {
     const text = line.trim();
     if (text === '') return;
-    if (/Loading success/.test(text)) onLoaded?.(true);
-    if (/Loading failure/.test(text)) onLoaded?.(false);
-    if (text.includes(`Proxy ${PROXY_NAME} stopped`)) onOldWorkerStopped?.();
+    for (const wait of lineWaits) wait(text);
     if (text.startsWith('[ALERT]')) {
       lastAlerts.push(text);
       if (lastAlerts.length > 5) lastAlerts.shift();
@@ -179,34 +177,32 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     log[outputLevel(text)](`haproxy: ${text}`);
   };
 
-  // Resolves true on "Loading success", false on "Loading failure" or when the master exits.
-  const nextLoad = () =>
-    new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => {
-        log.error('haproxy: no "Loading success" or "Loading failure" within 60 s');
-        finish(false);
-      }, LOAD_TIMEOUT_MS);
-      const finish = (success: boolean) => {
+  // The first output line `pick` gives a value for; `fallback` after `ms`, when the master exits, or on cancel().
+  const nextLine = <T>(pick: (line: string) => T | undefined, ms: number, fallback: T) => {
+    let cancel = () => {};
+    const value = new Promise<T>((resolve) => {
+      const finish = (result: T) => {
         clearTimeout(timer);
-        onLoaded = undefined;
-        resolve(success);
+        lineWaits.delete(wait);
+        resolve(result);
       };
-      onLoaded = finish;
+      const wait = (line: string | undefined) => {
+        const result = line === undefined ? fallback : pick(line);
+        if (result !== undefined) finish(result);
+      };
+      const timer = setTimeout(() => finish(fallback), ms);
+      lineWaits.add(wait);
+      cancel = () => finish(fallback);
     });
+    return { value, cancel };
+  };
 
-  // Resolves when a worker says it stopped listening, or after OLD_WORKER_STOP_MS, or when told to give up.
-  const oldWorkerStop = () => {
-    let finish = () => {};
-    const stopped = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => finish(), OLD_WORKER_STOP_MS);
-      finish = () => {
-        clearTimeout(timer);
-        onOldWorkerStopped = undefined;
-        resolve();
-      };
-    });
-    onOldWorkerStopped = finish;
-    return { stopped, giveUp: finish };
+  // True on "Loading success"; false on "Loading failure", when the master exits, or after LOAD_TIMEOUT_MS.
+  const nextLoad = async (): Promise<boolean> => {
+    const pick = (line: string) => (/Loading success/.test(line) ? 'success' : /Loading failure/.test(line) ? 'failure' : undefined);
+    const result = await nextLine(pick, LOAD_TIMEOUT_MS, 'silent').value;
+    if (result === 'silent' && child) log.error(`haproxy: no "Loading success" or "Loading failure" within ${LOAD_TIMEOUT_MS / 1000} s`);
+    return result === 'success';
   };
 
   const start = async (): Promise<boolean> => {
@@ -221,7 +217,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     createInterface({ input: proc.stderr! }).on('line', onOutputLine);
     proc.on('exit', (code, signal) => {
       child = undefined;
-      onLoaded?.(false);
+      for (const wait of lineWaits) wait(undefined);
       void unlink(haproxyPid).catch(() => {});
       // Its last lines may still be in the pipe: let them arrive before reporting.
       if (!stopping) setTimeout(() => reportExit({ code, signal, lastAlerts: [...lastAlerts] }), 50);
@@ -234,7 +230,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const reload = async (): Promise<boolean> => {
     if (!(await masterAnswers(masterSocket, MASTER_READY_MS))) log.warn(`haproxy: master CLI silent for ${MASTER_READY_MS / 1000} s; sending SIGHUP anyway`);
     const loaded = nextLoad();
-    const oldWorker = oldWorkerStop();
+    const oldWorkerStopped = nextLine((line) => line.includes(`Proxy ${PROXY_NAME} stopped`) || undefined, OLD_WORKER_STOP_MS, false);
     // A SIGHUP can still be lost; one sent while haproxy is loading is dropped, so sending it again is safe.
     const again = setInterval(() => {
       log.warn(`haproxy: no answer to SIGHUP within ${RESEND_HUP_MS / 1000} s; sending it again`);
@@ -243,11 +239,11 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     child?.kill('SIGHUP');
     try {
       if (!(await loaded)) return false;
-      await oldWorker.stopped;
+      await oldWorkerStopped.value;
       return true;
     } finally {
       clearInterval(again);
-      oldWorker.giveUp();
+      oldWorkerStopped.cancel();
     }
   };
 
