@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
-import { answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
+import { answeredBy, answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
 import { worldSuite } from './helpers/world.ts';
 
 const { test, run } = worldSuite('ambassador');
@@ -36,13 +36,11 @@ test('spreads over every instance and follows additions and removals', async ({ 
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
-  const seen = async (expected: string[]) =>
-    eventually(async () => [...new Set(await answers(ambassador.port, 12))].sort(), (names) => names.join() === expected.join(), 10_000, `answers from ${expected}`);
-  await seen(['node-1', 'node-2', 'node-3']);
+  await world.servedBy(ambassador.port, ['node-1', 'node-2', 'node-3']);
   await world.etcd.del(`${prefix}/instances/2/private_ip`);
-  await seen(['node-1', 'node-3']);
+  await world.servedBy(ambassador.port, ['node-1', 'node-3']);
   await world.etcd.put(`${prefix}/instances/2/private_ip`, '127.0.0.12');
-  await seen(['node-1', 'node-2', 'node-3']);
+  await world.servedBy(ambassador.port, ['node-1', 'node-2', 'node-3']);
 });
 
 test('uses public_ip with --public', async ({ world }) => {
@@ -59,7 +57,7 @@ test('ignores a partly written instance until its address arrives', async ({ wor
   await world.etcd.put(`${prefix}/instances/2/port`, String(world.backendPort));
   const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
   await world.routesTo(ambassador.port, 'node-1');
-  assert.equal([...new Set(await answers(ambassador.port, 6))], ['node-1']);
+  assert.equal(await answeredBy(ambassador.port, 6), ['node-1']);
   assert.not.match(readFileSync(ambassador.configPath, 'utf8'), /server 2 /);
   assert.not.ok(ambassador.logs.some((line) => line.includes('instances/2')), 'a partial instance is not a problem');
 });
@@ -91,16 +89,16 @@ for (const [field, value] of [
     const prefix = world.prefix();
     await world.writeSeed(prefix, '1');
     const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
-    await eventually(async () => new Set(await answers(ambassador.port, 9)).size, (n) => n === 3, 10_000, 'all three backends');
+    await world.servedBy(ambassador.port, ['node-1', 'node-2', 'node-3']);
     await world.etcd.del(`${prefix}/instances/3/private_ip`);
     await world.etcd.put(`${prefix}/instances/2/${field}`, value.replaceAll('PORT', String(world.backendPort)));
     await ambassador.waitForLog(new RegExp(`rejected ${prefix}/instances/2/${field}=`));
-    await eventually(async () => [...new Set(await answers(ambassador.port, 6))], (names) => names.join() === 'node-1', 10_000, 'only node-1');
+    await world.servedBy(ambassador.port, ['node-1']);
     const config = readFileSync(ambassador.configPath, 'utf8');
     assert.not.match(config, 'evil');
     assert.not.match(config, '127.0.0.13');
     assert.not.match(config, '127.0.0.12');
-    assert.equal([...new Set(await answers(ambassador.port, 12))], ['node-1']);
+    assert.equal(await answeredBy(ambassador.port, 12), ['node-1']);
   });
 }
 

@@ -105,3 +105,8 @@ export async function answers(port: number, count: number): Promise<string[]> {
   for (let i = 0; i < count; i++) result.push(await whoAnswers(port));
   return result;
 }
+
+// Who answered `count` new connections through `port`: each name once, sorted.
+export async function answeredBy(port: number, count: number): Promise<string[]> {
+  return [...new Set(await answers(port, count))].sort();
+}

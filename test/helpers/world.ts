@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { suite } from 'uvu';
 import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
-import { freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
+import { answeredBy, freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
 import { stopAll } from './processes.ts';
 
 export interface World {
@@ -24,6 +24,8 @@ export interface World {
   start(flags: string[], options?: StartOptions & { port?: number; replaceEtcd?: boolean }): Promise<RunningAmbassador & { port: number }>;
   // Waits until a new connection through `port` is answered by `name` ('' for refused).
   routesTo(port: number, name: string, timeoutMs?: number): Promise<void>;
+  // Waits until new connections through `port` are answered by exactly `names`, between them.
+  servedBy(port: number, names: string[]): Promise<void>;
   afterEach(): Promise<void>;
   // Stops everything; fails if any process a test started is left running. Safe to call twice.
   close(): Promise<void>;
@@ -58,6 +60,10 @@ export async function createWorld(): Promise<World> {
     },
     routesTo: async (port, name, timeoutMs = 10_000) => {
       await eventually(() => whoAnswers(port), (answer) => answer === name, timeoutMs, `port ${port} to be answered by ${JSON.stringify(name)}`);
+    },
+    servedBy: async (port, names) => {
+      const expected = [...names].sort().join();
+      await eventually(() => answeredBy(port, 12), (seen) => seen.join() === expected, 10_000, `port ${port} to be answered by ${expected} alone`);
     },
     afterEach: async () => {
       await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
