@@ -153,7 +153,7 @@ const watch = watchPrefix(etcd, log, () => {
 
 function statusSnapshot(): StatusSnapshot {
   const { selection, revision } = newest;
-  const rejected = new Set(selection.problems.map((p) => /\/instances\/([^/]+)\//.exec(p.key)?.[1]).filter((name) => name !== undefined));
+  const rejected = new Set(selection.problems.flatMap((problem) => problem.instance ?? []));
   return {
     version,
     prefix: options.etcdPrefix,

@@ -22,6 +22,8 @@ export interface Problem {
   key: string;
   value?: string;
   reason: string;
+  // The instance it keeps from being routed, if it is about one.
+  instance?: string;
 }
 
 export interface Service {
@@ -72,12 +74,12 @@ export function readService(mirror: ReadonlyMap<string, string>, settings: Regis
     if (rawAddress === undefined) continue; // partly written: not routed yet, and not an error
     const address = checkAddress(rawAddress.trim());
     let routable = address.ok;
-    if (!address.ok) problems.push({ key: keyOf(name, addressField), value: rawAddress, reason: address.reason });
+    if (!address.ok) problems.push({ key: keyOf(name, addressField), value: rawAddress, reason: address.reason, instance: name });
     let port = settings.backendPort;
     if (entry.port !== undefined) {
       const parsed = parsePort(entry.port.trim());
       if (parsed === undefined) {
-        problems.push({ key: keyOf(name, 'port'), value: entry.port, reason: 'not a port (1-65535)' });
+        problems.push({ key: keyOf(name, 'port'), value: entry.port, reason: 'not a port (1-65535)', instance: name });
         routable = false;
       } else {
         port = parsed;
@@ -89,7 +91,7 @@ export function readService(mirror: ReadonlyMap<string, string>, settings: Regis
   instances.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
   const unique = instances.filter((instance, i) => {
     const clash = i > 0 && instances[i - 1]!.server === instance.server;
-    if (clash) problems.push({ key: `${base}instances/${instance.name}`, reason: `server name ${instance.server} is taken by another instance` });
+    if (clash) problems.push({ key: `${base}instances/${instance.name}`, reason: `server name ${instance.server} is taken by another instance`, instance: instance.name });
     return !clash;
   });
   problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));

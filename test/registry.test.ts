@@ -94,6 +94,7 @@ for (const [value, what] of badAddresses) {
     assert.is(service.problems.length, 1);
     assert.is(service.problems[0]!.key, `${P}/instances/1/private_ip`);
     assert.is(service.problems[0]!.value, value);
+    assert.is(service.problems[0]!.instance, '1', 'the instance it keeps out, for the rejected count');
   });
 }
 
@@ -101,7 +102,7 @@ for (const port of ['0', '65536', '80 check', '5432\n    server evil 127.0.0.9:1
   test(`refuses the port ${JSON.stringify(port)}`, () => {
     const service = readService(mirror({ 'instances/1/private_ip': '10.0.0.1', 'instances/1/port': port }), settings);
     assert.equal(service.instances, []);
-    assert.equal(service.problems, [{ key: `${P}/instances/1/port`, value: port, reason: 'not a port (1-65535)' }]);
+    assert.equal(service.problems, [{ key: `${P}/instances/1/port`, value: port, reason: 'not a port (1-65535)', instance: '1' }]);
   });
 }
 
