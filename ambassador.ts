@@ -5,12 +5,15 @@
 
 import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
-import { createTwoFilesPatch } from 'diff';
-import { applyOnce, createHaproxy, findExecutable, haproxyVersion } from './lib/haproxy.ts';
-import { createLogger, type Logger } from './lib/log.ts';
+import { CredentialError, readCredentials } from './lib/credentials.ts';
+import { dryRunReport } from './lib/dryrun.ts';
+import { createFollower } from './lib/follow.ts';
+import { findExecutable, haproxyVersion } from './lib/haproxy/config.ts';
+import { createHaproxy } from './lib/haproxy/driver.ts';
+import { applyOnce } from './lib/haproxy/once.ts';
+import { createLogger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
-import { serverTable } from './lib/plan.ts';
-import { describeChange, describeProblem, readService, selectServers, type Problem, type Selection } from './lib/registry.ts';
+import { describeProblem, readService, selectServers, type Selection } from './lib/registry.ts';
 import { renderConfig, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
@@ -29,14 +32,26 @@ if (parsed.kind === 'version') {
   process.stdout.write(`ambassador ${version}\n`);
   process.exit(0);
 }
-if (parsed.kind === 'usage-error') {
-  process.stderr.write(`ambassador: ${parsed.message}\nTry 'ambassador --help' for the flags and their defaults.\n`);
+const usageError = (message: string): never => {
+  process.stderr.write(`ambassador: ${message}\nTry 'ambassador --help' for the flags and their defaults.\n`);
   process.exit(2);
-}
+};
+if (parsed.kind === 'usage-error') usageError(parsed.message);
+if (parsed.kind !== 'run') throw new Error('unreachable');
 
 const options = parsed.options;
 const log = createLogger({ format: options.logFormat, level: options.logLevel });
 for (const warning of parsed.warnings) log.warn(warning);
+
+// The last resort, not the error path: whatever escapes is said in one line, and haproxy is stopped in order.
+let running = false;
+const lastResort = (kind: string) => (err: unknown) => {
+  log.error(`internal error (${kind}): ${err instanceof Error ? err.message : String(err)}`);
+  if (running) void stop(1, 'internal error');
+  else process.exit(1);
+};
+process.on('uncaughtException', lastResort('uncaught exception'));
+process.on('unhandledRejection', lastResort('unhandled rejection'));
 
 const etcd: EtcdSettings = {
   endpoints: options.etcd,
@@ -48,6 +63,11 @@ const etcd: EtcdSettings = {
   password: options.etcdPassword,
   passwordFile: options.etcdPasswordFile,
 };
+// The files the flags name are checked before anything starts: a bad one is a usage error.
+await readCredentials(etcd).catch((err: unknown) => {
+  if (err instanceof CredentialError) usageError(err.message);
+  throw err;
+});
 const registrySettings = { prefix: options.etcdPrefix, public: options.public, backendPort: options.backendPort, masterOnly: options.masterOnly };
 const renderSettings: RenderSettings = {
   prefix: options.etcdPrefix,
@@ -75,10 +95,9 @@ const readOnce = async () => {
 if (options.dryRun) {
   const { revision, selection, config } = await readOnce();
   const current = await readFile(options.haproxyConfig, 'utf8').catch(() => undefined);
-  if (current === undefined) process.stdout.write(config);
-  else if (current !== config) process.stdout.write(createTwoFilesPatch(options.haproxyConfig, `${options.haproxyConfig} (revision ${revision})`, current, config));
-  const compared = current === undefined ? '' : current === config ? `; ${options.haproxyConfig} is already this config` : `; diff against ${options.haproxyConfig}`;
-  log.info(`dry run: revision ${revision}, ${selection.servers.length} server(s), ${selection.problems.length} problem(s)${compared}`);
+  const report = dryRunReport(options.haproxyConfig, current, config, revision, selection.servers.length, selection.problems.length);
+  process.stdout.write(report.output);
+  log.info(report.summary);
   process.exit(0);
 }
 
@@ -101,7 +120,7 @@ try {
   if (options.once) {
     await refuseIfOwned(options.runtimeDir);
     const { revision, selection, config } = await readOnce();
-    const done = await applyOnce(haproxySettings, config);
+    const done = await applyOnce({ binary: haproxyBinary, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, log }, config);
     log.info(`once: revision ${revision} applied, haproxy ${done}`, { servers: selection.servers.length, config: options.haproxyConfig });
     process.exit(0);
   }
@@ -119,40 +138,20 @@ process.on('exit', () => {
 });
 
 const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs) : undefined;
-const reportProblems = problemReporter(log);
-let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], master: undefined, problems: [] } };
-let applied: Selection | undefined;
-let lastChange: StatusSnapshot['lastChange'];
-let changeSeenAt: number | undefined;
-
-// Runs once per burst of etcd events (they arrive within one tick), always on the newest state.
-const update = () => {
-  const seenAt = changeSeenAt ?? performance.now();
-  changeSeenAt = undefined;
-  const { mirror, revision } = watch.state();
-  const selection = select(mirror);
-  newest = { revision, selection };
-  const newProblems = reportProblems(selection.problems);
-  status?.problemsFound(newProblems);
-  const wanted = { config: renderConfig(renderSettings, selection.servers), servers: serverTable(selection.servers) };
-  void haproxy.apply(wanted).then(({ outcome, path, ms }) => {
-    if (outcome !== 'applied' || path === undefined) return;
-    const description = describeChange(applied, selection, options.masterOnly);
-    log.info(`applied revision ${revision}: ${description} (${path}, ${ms} ms)`, { servers: selection.servers.length });
-    applied = selection;
-    lastChange = { revision, at: new Date().toISOString(), path, description };
-    status?.changeApplied(path, (performance.now() - seenAt) / 1000);
-  });
-};
-const watch = watchPrefix(etcd, log, () => {
-  if (changeSeenAt !== undefined) return;
-  changeSeenAt = performance.now();
-  setImmediate(update);
+const follower = createFollower({
+  state: () => watch.state(),
+  select,
+  render: (servers) => renderConfig(renderSettings, servers),
+  apply: (wanted) => haproxy.apply(wanted),
+  log,
+  masterOnly: options.masterOnly,
+  problemsFound: (count) => status?.problemsFound(count),
+  changeApplied: (path, seconds) => status?.changeApplied(path, seconds),
 });
-
+const watch = watchPrefix(etcd, log, () => follower.changed());
 
 function statusSnapshot(): StatusSnapshot {
-  const { selection, revision } = newest;
+  const { selection, revision } = follower.newest();
   const rejected = new Set(selection.problems.flatMap((problem) => problem.instance ?? []));
   return {
     version,
@@ -165,12 +164,13 @@ function statusSnapshot(): StatusSnapshot {
     instancesRejected: rejected.size,
     master: selection.master,
     problems: selection.problems,
-    lastChange,
+    lastChange: follower.lastChange(),
   };
 }
 
+running = true;
 let stopping = false;
-const shutdown = async (code: number, reason: string) => {
+async function stop(code: number, reason: string): Promise<void> {
   if (stopping) return;
   stopping = true;
   (code === 0 ? log.info : log.error)(`stopping: ${reason}`);
@@ -184,37 +184,25 @@ const shutdown = async (code: number, reason: string) => {
   await releaseRuntimeDir(options.runtimeDir);
   log.info('stopped', { exit_code: code });
   process.exit(code);
-};
+}
 
-process.on('SIGTERM', () => void shutdown(0, 'SIGTERM'));
-process.on('SIGINT', () => void shutdown(0, 'SIGINT'));
+process.on('SIGTERM', () => void stop(0, 'SIGTERM'));
+process.on('SIGINT', () => void stop(0, 'SIGINT'));
 process.on('SIGHUP', () => {
-  log.info('SIGHUP: resyncing from etcd');
+  log.info('SIGHUP: resyncing from etcd and trying the newest state again');
   watch.resync();
+  haproxy.retryNow();
 });
-void haproxy.unexpectedExit.then(({ code, signal, lastAlerts }) => {
-  const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+void haproxy.unexpectedExit.then(({ code, signal, error, lastAlerts }) => {
+  const how = error !== undefined ? `could not be started (${error})` : signal ? `was killed by ${signal}` : `exited with code ${code}`;
   const why = lastAlerts.length > 0 ? `: ${lastAlerts.join(' | ')}` : '';
-  void shutdown(1, `haproxy master ${how}${why}`);
+  void stop(1, `haproxy master ${how}${why}`);
 });
 
 if (options.status && status) {
   const { host, port } = options.status;
   await status.listen(host, port).then(
     () => log.info(`status: serving /healthz, /metrics and /state on http://${host.includes(':') ? `[${host}]` : host}:${port}`),
-    (err: Error) => shutdown(1, `status: cannot listen on ${host}:${port}: ${err.message}`),
+    (err: Error) => stop(1, `status: cannot listen on ${host}:${port}: ${err.message}`),
   );
-}
-
-// Each problem is logged when it appears and when it is gone, never once per change. Returns how many are new.
-function problemReporter(log: Logger): (problems: readonly Problem[]) => number {
-  let known = new Map<string, Problem>();
-  return (problems) => {
-    const current = new Map(problems.map((problem) => [describeProblem(problem), problem]));
-    const appeared = [...current.keys()].filter((text) => !known.has(text));
-    for (const text of appeared) log.warn(text);
-    for (const [text, problem] of known) if (!current.has(text)) log.info(`resolved: ${problem.key} (${problem.reason})`);
-    known = current;
-    return appeared.length;
-  };
 }

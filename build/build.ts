@@ -75,7 +75,7 @@ writeFileSync(join(dist, 'ambassador.mjs'), bundleText);
 // A single-executable app starts from a CommonJS script. ambassador.ts is an ES module with top-level await,
 // so the script hands the bundle, as a data: URL, to Node's own ES module loader.
 // Node's own warnings about that loader, and about NO_COLOR next to FORCE_COLOR (ambassador prints no color),
-// would break ambassador's one-line messages.
+// would break ambassador's one-line messages; so would a stack trace if the bundle failed to load.
 const seaMain = `'use strict';
 const { Script, constants } = require('node:vm');
 const emitWarning = process.emitWarning;
@@ -84,7 +84,7 @@ process.emitWarning = (warning, ...rest) => (quiet.test(String(warning)) ? undef
 const url = 'data:text/javascript;base64,${Buffer.from(bundleText).toString('base64')}';
 new Script('import(' + JSON.stringify(url) + ')', { importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER })
   .runInThisContext()
-  .catch((err) => { console.error(err); process.exit(1); });
+  .catch((err) => { process.stderr.write('ambassador: ' + String((err && err.message) || err).split('\\n')[0] + '\\n'); process.exit(1); });
 `;
 writeFileSync(join(stage, 'sea-main.cjs'), seaMain);
 

@@ -149,3 +149,12 @@ export function describeProblem(problem: Problem): string {
   const shown = JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value) + (value.length > 80 ? ` (${value.length} chars)` : '');
   return `rejected ${problem.key}=${shown}: ${problem.reason}`;
 }
+
+// Which problems are new and which are gone since the last look, so that each is said once when it appears
+// and once when it is gone, never once per change. `known` is what the last call returned as `current`.
+export function problemChanges(known: ReadonlyMap<string, Problem>, problems: readonly Problem[]) {
+  const current = new Map(problems.map((problem) => [describeProblem(problem), problem]));
+  const appeared = [...current.keys()].filter((text) => !known.has(text));
+  const resolved = [...known].filter(([text]) => !current.has(text)).map(([, problem]) => `resolved: ${problem.key} (${problem.reason})`);
+  return { current, appeared, resolved };
+}

@@ -4,7 +4,8 @@
 
 import { createServer, type Server } from 'node:http';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ApplyPath, HaproxyStats } from './haproxy.ts';
+import type { LastChange } from './follow.ts';
+import type { ApplyPath, HaproxyStats } from './haproxy/driver.ts';
 import type { Problem, Server as HaproxyServer } from './registry.ts';
 import type { WatchStats } from './watch.ts';
 
@@ -20,7 +21,7 @@ export interface StatusSnapshot {
   instancesRejected: number;
   master: string | undefined;
   problems: readonly Problem[];
-  lastChange: { revision: bigint; at: string; path: ApplyPath; description: string } | undefined;
+  lastChange: LastChange | undefined;
 }
 
 export interface Status {
@@ -36,17 +37,23 @@ export interface HealthVerdict {
   reason: string;
 }
 
-// Healthy when haproxy runs the newest state and etcd is live, or stale for less than maxStaleMs.
+// Healthy when haproxy runs the newest state, or has not for less than maxStaleMs (a change being applied, or
+// retried), and etcd is live or stale for less than maxStaleMs. A config haproxy refused is unhealthy at once.
 export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.now()): HealthVerdict {
   const { etcd, haproxy } = snapshot;
   if (haproxy.masterPid === undefined) {
     return { healthy: false, reason: etcd.snapshots === 0 ? 'waiting for the first etcd snapshot; haproxy not started' : 'haproxy is not running' };
   }
   if (haproxy.refusedNewest) return { healthy: false, reason: 'haproxy refused the config for the newest etcd state; an older one is serving' };
+  const notLiveMs = haproxy.notLiveSince === undefined ? 0 : now - haproxy.notLiveSince;
+  if (notLiveMs >= maxStaleMs) {
+    const why = haproxy.failing ? `failing: ${haproxy.failing}` : 'a change is still being applied';
+    return { healthy: false, reason: `the newest etcd state (revision ${snapshot.revision}) has not been live for ${(notLiveMs / 1000).toFixed(0)} s (${why}); an older one is serving` };
+  }
   const staleMs = etcd.staleSince === undefined ? 0 : now - etcd.staleSince;
   if (staleMs >= maxStaleMs) return { healthy: false, reason: `etcd watch down for ${(staleMs / 1000).toFixed(0)} s; serving revision ${snapshot.revision}` };
   const stale = staleMs > 0 ? `, etcd watch down for ${(staleMs / 1000).toFixed(0)} s` : '';
-  const pending = haproxy.current ? '' : ', a change is being applied';
+  const pending = haproxy.current ? '' : haproxy.failing ? `, retrying a change (${haproxy.failing})` : ', a change is being applied';
   return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}` };
 }
 
@@ -87,6 +94,7 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): 
     s.etcd.staleSince === undefined ? 0 : (Date.now() - s.etcd.staleSince) / 1000,
   );
   mirrored('ambassador_haproxy_refused_total', 'configs haproxy refused (check or load failed); the previous one kept serving', (s) => s.haproxy.refused);
+  mirrored('ambassador_apply_failures_total', 'tries at applying a change that failed in a way worth retrying (a timeout, a spawn error, a full disk)', (s) => s.haproxy.failures);
   mirrored('ambassador_runtime_fallbacks_total', 'changes where a runtime command failed and a reload was done instead', (s) => s.haproxy.runtimeFallbacks);
   gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
   gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
@@ -181,9 +189,10 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       pid: snapshot.haproxy.masterPid ?? null,
       workers: snapshot.haproxy.workers,
       current: snapshot.haproxy.current,
-      runtimeChanges: snapshot.haproxy.runtimeChanges,
-      reloads: snapshot.haproxy.reloads,
+      runtimeChanges: snapshot.haproxy.applied.runtime,
+      reloads: snapshot.haproxy.applied.reload,
       refused: snapshot.haproxy.refused,
+      failing: snapshot.haproxy.failing ?? null,
     },
   };
 }

@@ -4,11 +4,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
 import { startAmbassador } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
-import { answeredBy, answers, eventually, openSession, whoAnswers } from './helpers/net.ts';
+import { answeredBy, answers, eventually, freePort, openSession, whoAnswers } from './helpers/net.ts';
 import { worldSuite } from './helpers/world.ts';
 
 const { test, run } = worldSuite('ambassador');
@@ -72,8 +71,8 @@ test('serves nobody when the master is missing or unknown, and says so once', as
   await ambassador.waitForLog(/rejected \/t\d+\/services\/mysql\/master: no master is set/);
   await world.etcd.put(`${prefix}/master`, '9');
   await ambassador.waitForLog(/names no routable instance/);
-  await world.etcd.put(`${prefix}/instances/3/port`, String(world.backendPort)); // another change, same problem
-  await sleep(300);
+  await world.etcd.put(`${prefix}/instances/4/private_ip`, '127.0.0.11'); // another change, same problem
+  await ambassador.waitForLog(/applied revision \d+: added 4/);
   assert.is(await whoAnswers(ambassador.port), '');
   assert.is(ambassador.logs.filter((line) => line.includes('names no routable instance')).length, 1, 'logged once');
   await world.etcd.put(`${prefix}/master`, '1');
@@ -125,34 +124,47 @@ test('resyncs after a compaction past its revision while it was away', async ({ 
 test('ends on the final state after a burst of 300 writes', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  const statusPort = await freePort();
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--status=127.0.0.1:${statusPort}`]);
   await world.routesTo(ambassador.port, 'node-2');
   const writes: Promise<void>[] = [];
   for (let i = 0; i < 299; i++) writes.push(world.etcd.put(`${prefix}/master`, String((i % 3) + 1)));
   await Promise.all(writes);
   await world.etcd.put(`${prefix}/master`, '3');
-  await world.routesTo(ambassador.port, 'node-3');
-  await sleep(500);
+  const { header } = await world.etcd.client.get(`${prefix}/master`).exec();
+  // Done: the newest revision is known and haproxy runs it, with nothing left in flight.
+  const live = async () => JSON.parse(await (await fetch(`http://127.0.0.1:${statusPort}/state`)).text()) as { revision: string; haproxy: { current: boolean } };
+  await eventually(live, (state) => state.revision === header.revision && state.haproxy.current, 10_000, 'the final revision live');
   assert.equal(await answers(ambassador.port, 5), Array(5).fill('node-3'), 'still the final state');
   assert.match(readFileSync(ambassador.configPath, 'utf8'), /\n    server 3 127\.0\.0\.13:\d+\n$/);
 });
 
-test('keeps the last good config serving when haproxy rejects a new one', async ({ world }) => {
-  const prefix = world.prefix();
-  await world.writeSeed(prefix);
-  const picky = resolve(import.meta.dirname, 'fixtures/picky-haproxy');
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--haproxy=${picky}`, '--apply=reload']);
-  await world.routesTo(ambassador.port, 'node-2');
-  const before = readFileSync(ambassador.configPath, 'utf8');
-  await world.etcd.put(`${prefix}/instances/6/private_ip`, '127.0.0.66');
-  await world.etcd.put(`${prefix}/master`, '6');
-  await ambassador.waitForLog(/haproxy: rejected the new config; the last good one keeps serving.*127\.0\.0\.66 refused/);
-  assert.is(await whoAnswers(ambassador.port), 'node-2');
-  assert.is(readFileSync(ambassador.configPath, 'utf8'), before);
-  await world.etcd.del(`${prefix}/instances/6/private_ip`);
-  await world.etcd.put(`${prefix}/master`, '1');
-  await world.routesTo(ambassador.port, 'node-1');
-});
+// With the runtime API, only a change that needs a reload is checked by haproxy: an instance by DNS name.
+for (const [mode, refusedAddress] of [['reload', '127.0.0.66'], ['runtime', 'refused.invalid']] as const) {
+  test(`keeps the last good config serving when haproxy rejects a new one, and never checks that one again (--apply=${mode})`, async ({ world }) => {
+    const prefix = world.prefix();
+    await world.writeSeed(prefix);
+    const picky = resolve(import.meta.dirname, 'fixtures/picky-haproxy');
+    const checks = join(world.tempDir, `picky-${mode}.log`);
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--haproxy=${picky}`, `--apply=${mode}`], { env: { PICKY_LOG: checks } });
+    await world.routesTo(ambassador.port, 'node-2');
+    const before = readFileSync(ambassador.configPath, 'utf8');
+    await world.etcd.put(`${prefix}/instances/6/private_ip`, refusedAddress);
+    await ambassador.waitForLog(/haproxy: refused the config for the newest state; the last good one keeps serving.*refused by the test/);
+    assert.is(await whoAnswers(ambassador.port), 'node-2');
+    assert.is(readFileSync(ambassador.configPath, 'utf8'), before);
+    assert.is(readFileSync(checks, 'utf8').split('\n').filter(Boolean).length, 1);
+    ambassador.child.kill('SIGHUP');
+    await ambassador.waitForLog(/SIGHUP: resyncing/);
+    // The resync tries the refused config once more, and it is refused once more.
+    await eventually(() => readFileSync(checks, 'utf8').split('\n').filter(Boolean).length, (n) => n === 2, 5000, 'a second check after SIGHUP');
+    assert.is(ambassador.logs.filter((line) => line.includes('refused the config for the newest state')).length, 2);
+    await world.etcd.del(`${prefix}/instances/6/private_ip`);
+    await world.etcd.put(`${prefix}/master`, '1');
+    await world.routesTo(ambassador.port, 'node-1');
+    assert.is(readFileSync(checks, 'utf8').split('\n').filter(Boolean).length, 2, 'the refused config was checked twice in all: once, and once after SIGHUP');
+  });
+}
 
 test('stops on SIGTERM with exit 0, leaving no haproxy behind', async ({ world }) => {
   const prefix = world.prefix();
@@ -205,8 +217,8 @@ test('without setpriv, a restarted ambassador stops the haproxy its killed prede
     const orphanPid = first.haproxyPid()!;
     const orphan = processOf(orphanPid);
     await first.kill();
-    await sleep(200);
-    assert.ok(orphan(), 'SIGKILL leaves haproxy running');
+    await world.routesTo(first.port, 'node-2');
+    assert.ok(orphan(), 'SIGKILL leaves haproxy running, and serving');
     const second = await world.start([`--etcd-prefix=${prefix}`, '--master-only'], { runtimeDir: first.runtimeDir, port: first.port, env });
     await second.waitForLog(/stopping an haproxy left behind/);
     await second.waitForLog(/haproxy: started/);

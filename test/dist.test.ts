@@ -2,13 +2,14 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY, ambassadorCommand } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
 import { answeredBy, answers, whoAnswers } from './helpers/net.ts';
+import { makeCertificates } from './helpers/tls.ts';
 import { worldSuite } from './helpers/world.ts';
 import packageJson from '../package.json' with { type: 'json' };
 
@@ -46,6 +47,41 @@ test('exits 2 on a usage error with a one-line reason and a hint', () => {
   const range = spawnSync(DIST_BINARY, ['--etcd-prefix=/s', '--port=70000'], { encoding: 'utf8', env: {} });
   assert.is(range.status, 2);
   assert.match(range.stderr, '--port="70000" is not a port');
+});
+
+test('a bad file flag exits 2 by itself in a line or two, with no stack trace, and leaves no runtime dir', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ambassador-files-'));
+  try {
+    const certs = makeCertificates(dir);
+    mkdirSync(join(dir, 'a-dir'));
+    writeFileSync(join(dir, 'garbage.pem'), 'not a certificate\n');
+    writeFileSync(join(dir, 'empty'), '');
+    const missing = join(dir, 'missing.pem');
+    const cases: [string[], string][] = [
+      [[`--etcd-ca=${missing}`], `--etcd-ca=${missing}: no such file`],
+      [[`--etcd-ca=${join(dir, 'a-dir')}`], 'is a directory'],
+      [[`--etcd-ca=${join(dir, 'garbage.pem')}`], 'no PEM certificate'],
+      [[`--etcd-cert=${join(dir, 'garbage.pem')}`, `--etcd-key=${certs.clientKey}`], '--etcd-cert='],
+      [[`--etcd-cert=${certs.clientCert}`, `--etcd-key=${join(dir, 'garbage.pem')}`], 'not a PEM private key'],
+      [[`--etcd-cert=${certs.clientCert}`, `--etcd-key=${missing}`], 'no such file'],
+      [['--etcd-user=reader', `--etcd-password-file=${missing}`], 'no such file'],
+      [['--etcd-user=reader', `--etcd-password-file=${join(dir, 'a-dir')}`], 'is a directory'],
+      [['--etcd-user=reader', `--etcd-password-file=${join(dir, 'empty')}`], 'the file is empty'],
+    ];
+    for (const [flags, message] of cases) {
+      const runtimeDir = join(dir, 'run');
+      const result = spawnSync(DIST_BINARY, ['--etcd-prefix=/services/mysql', '--port=5432', `--runtime-dir=${runtimeDir}`, ...flags], { encoding: 'utf8', env: {}, timeout: 10_000 });
+      const lines = result.stderr.split('\n').filter(Boolean);
+      assert.is(result.status, 2, `${flags.join(' ')}: ${result.stderr}`);
+      assert.ok(lines.length <= 2, result.stderr);
+      assert.match(lines[0]!, /^ambassador: --etcd-/);
+      assert.match(lines[0]!, message);
+      assert.not.ok(lines.some((line) => /^\s+at /.test(line)), 'no stack trace');
+      assert.not.ok(existsSync(runtimeDir), 'no runtime dir');
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('routes to the master, fails over, and stops cleanly', async ({ world }) => {

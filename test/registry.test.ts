@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { describeChange, describeProblem, readService, selectServers, serverName } from '../lib/registry.ts';
+import { describeChange, describeProblem, problemChanges, readService, selectServers, serverName } from '../lib/registry.ts';
 
 const P = '/services/mysql';
 const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false };
@@ -152,6 +152,19 @@ test('describes a problem on one line, the value quoted, escaped and cut short',
   assert.is(describeProblem({ key: '/p/instances/1/port', value: '80\nx', reason: 'bad' }), 'rejected /p/instances/1/port="80\\nx": bad');
   const long = describeProblem({ key: 'k', value: 'x'.repeat(1000), reason: 'r' });
   assert.match(long, /^rejected k="x{80}…" \(1000 chars\): r$/);
+});
+
+test('problem changes: each problem is new once, and resolved once when it is gone', () => {
+  const bad = { key: `${P}/instances/7/private_ip`, value: '10.0.0.1 x', reason: 'not an address', instance: '7' };
+  const missing = { key: `${P}/master`, reason: 'no master is set' };
+  const first = problemChanges(new Map(), [bad]);
+  assert.equal(first.appeared, [describeProblem(bad)]);
+  assert.equal(first.resolved, []);
+  const again = problemChanges(first.current, [bad, missing]);
+  assert.equal(again.appeared, [describeProblem(missing)]);
+  const gone = problemChanges(again.current, [missing]);
+  assert.equal(gone.appeared, []);
+  assert.equal(gone.resolved, [`resolved: ${bad.key} (not an address)`]);
 });
 
 test.run();

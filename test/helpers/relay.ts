@@ -6,18 +6,24 @@ import { freePort } from './net.ts';
 
 export interface Relay {
   endpoint: string;
+  // Connections accepted so far.
+  connections(): number;
   partition(): void;
   heal(): void;
   close(): Promise<void>;
 }
 
-export async function startRelay(target: string): Promise<Relay> {
+// With dropAfterMs, every connection is reset that long after it opens, as a flapping link would.
+export async function startRelay(target: string, options: { dropAfterMs?: number } = {}): Promise<Relay> {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const listenPort = await freePort();
   let silent = false;
+  let accepted = 0;
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
+    accepted++;
     const upstream = connect(port, host);
+    if (options.dropAfterMs !== undefined) setTimeout(() => client.resetAndDestroy(), options.dropAfterMs).unref();
     for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
       sockets.add(from);
       from.on('data', (data) => {
@@ -33,6 +39,7 @@ export async function startRelay(target: string): Promise<Relay> {
   await new Promise<void>((resolve) => server.listen(listenPort, '127.0.0.1', resolve));
   return {
     endpoint: `127.0.0.1:${listenPort}`,
+    connections: () => accepted,
     partition: () => {
       silent = true;
     },

@@ -4,10 +4,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { suite } from 'uvu';
 import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { answeredBy, freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
+import { limitedSuite } from './limits.ts';
 import { stopAll } from './processes.ts';
 
 export interface World {
@@ -80,9 +80,10 @@ export async function createWorld(): Promise<World> {
 }
 
 // An integration suite: its world made before the first test and closed after the last, the ambassadors a
-// test started stopped after it, and a last test that fails if any process it started is still running.
+// test started stopped after it, every test bounded in time, and a last test that fails if any process it
+// started is still running.
 export function worldSuite<Extra extends object = object>(name: string, prepare?: (context: Extra) => void | Promise<void>) {
-  const test = suite<{ world: World } & Extra>(name);
+  const test = limitedSuite<{ world: World } & Extra>(name);
   test.before(async (context) => {
     await prepare?.(context);
     context.world = await createWorld();

@@ -1,0 +1,77 @@
+// From etcd's newest state to haproxy: on each burst of etcd changes, the selection and the config for it,
+// handed to the haproxy driver; it says each problem once, and what each applied change did and how long it
+// took from the etcd change to haproxy running it. Its effects come in as functions, so tests drive it alone.
+
+import type { ApplyPath, ApplyResult, Wanted } from './haproxy/queue.ts';
+import type { Logger } from './log.ts';
+import { serverTable } from './plan.ts';
+import { describeChange, problemChanges, type Problem, type Selection, type Server } from './registry.ts';
+import type { RegistryState } from './watch.ts';
+
+export interface FollowSettings {
+  state(): RegistryState;
+  select(mirror: ReadonlyMap<string, string>): Selection;
+  render(servers: readonly Server[]): string;
+  apply(wanted: Wanted): Promise<ApplyResult>;
+  log: Logger;
+  masterOnly: boolean;
+  // Counts for the status page.
+  problemsFound?(count: number): void;
+  changeApplied?(path: ApplyPath, convergenceSeconds: number): void;
+}
+
+export interface LastChange {
+  revision: bigint;
+  at: string;
+  path: ApplyPath;
+  description: string;
+}
+
+export interface Follower {
+  // Call on every etcd change; a burst (events arriving within one tick) becomes one update.
+  changed(): void;
+  // The newest state seen, and the last change applied.
+  newest(): { revision: bigint; selection: Selection };
+  lastChange(): LastChange | undefined;
+}
+
+export function createFollower(settings: FollowSettings): Follower {
+  const { log } = settings;
+  let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], master: undefined, problems: [] } };
+  let applied: Selection | undefined;
+  let lastChange: LastChange | undefined;
+  let knownProblems = new Map<string, Problem>();
+  let changeSeenAt: number | undefined;
+
+  const update = () => {
+    const seenAt = changeSeenAt ?? performance.now();
+    changeSeenAt = undefined;
+    const { mirror, revision } = settings.state();
+    const selection = settings.select(mirror);
+    newest = { revision, selection };
+    const problems = problemChanges(knownProblems, selection.problems);
+    knownProblems = problems.current;
+    for (const text of problems.appeared) log.warn(text);
+    for (const text of problems.resolved) log.info(text);
+    if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
+    const wanted = { config: settings.render(selection.servers), servers: serverTable(selection.servers) };
+    void settings.apply(wanted).then(({ outcome, path, ms }) => {
+      if (outcome !== 'applied' || path === undefined) return;
+      const description = describeChange(applied, selection, settings.masterOnly);
+      log.info(`applied revision ${revision}: ${description} (${path}, ${ms} ms)`, { servers: selection.servers.length });
+      applied = selection;
+      lastChange = { revision, at: new Date().toISOString(), path, description };
+      settings.changeApplied?.(path, (performance.now() - seenAt) / 1000);
+    });
+  };
+
+  return {
+    changed: () => {
+      if (changeSeenAt !== undefined) return;
+      changeSeenAt = performance.now();
+      setImmediate(update);
+    },
+    newest: () => newest,
+    lastChange: () => lastChange,
+  };
+}

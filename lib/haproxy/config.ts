@@ -1,0 +1,104 @@
+// The config file on disk: staged next to its place, checked by `haproxy -c` within a time limit, renamed
+// into place only if haproxy accepts it. Also the other short haproxy commands (`-v`), each bounded in time.
+
+import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access, rename } from 'node:fs/promises';
+import { SetupError, writePrivate } from '../rundir.ts';
+
+// `haproxy -c` takes ~0.6 s for 10,000 servers here; a check still running after this is stuck.
+export const CHECK_TIMEOUT_MS = 10_000;
+const VERSION_TIMEOUT_MS = 5_000;
+
+// installed: in place. refused: haproxy said the config is wrong (never worth trying again).
+// failed: the check could not say (it hung, could not start, the disk is full...): worth trying again.
+export type Install = { kind: 'installed' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
+
+export class CommandError extends Error {
+  // The command ran and said no (exit status not 0), rather than failing to run or to finish.
+  readonly answered: boolean;
+  readonly stderr: string;
+
+  constructor(message: string, answered: boolean, stderr: string) {
+    super(message);
+    this.answered = answered;
+    this.stderr = stderr;
+  }
+}
+
+// Runs a short haproxy command: its output, or a CommandError saying how it failed.
+export function runCommand(binary: string, args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    execFile(binary, args, { maxBuffer: 16 << 20, timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
+      if (!err) return resolve({ stdout, stderr });
+      const { code, killed } = err as NodeJS.ErrnoException & { killed?: boolean };
+      const command = `${binary} ${args.join(' ')}`;
+      if (killed) return reject(new CommandError(`${command} did not finish within ${timeoutMs / 1000} s`, false, stderr));
+      if (typeof code === 'string') return reject(new CommandError(`${command} could not run (${code})`, false, stderr));
+      reject(new CommandError(`${command} exited with code ${code}`, true, stderr));
+    });
+  });
+}
+
+// Writes the config to a stage file next to its place and has haproxy check it; only a config haproxy
+// accepts is renamed over the one in place.
+export async function installChecked(binary: string, configPath: string, config: string): Promise<Install> {
+  const stagePath = `${configPath}.new`;
+  try {
+    await writePrivate(stagePath, config);
+  } catch (err) {
+    return { kind: 'failed', reason: `cannot write ${stagePath}: ${(err as Error).message}` };
+  }
+  try {
+    await runCommand(binary, ['-c', '-f', stagePath], CHECK_TIMEOUT_MS);
+  } catch (err) {
+    const error = err as CommandError;
+    if (!error.answered) return { kind: 'failed', reason: error.message };
+    return { kind: 'refused', reason: alertLines(error.stderr) || error.message };
+  }
+  try {
+    await rename(stagePath, configPath);
+    return { kind: 'installed' };
+  } catch (err) {
+    return { kind: 'failed', reason: `cannot rename ${stagePath}: ${(err as Error).message}` };
+  }
+}
+
+// Writes a config haproxy already runs (after runtime changes): stage file, then rename, so a reader never
+// sees half a file.
+export async function replaceConfig(configPath: string, config: string): Promise<void> {
+  const stagePath = `${configPath}.new`;
+  await writePrivate(stagePath, config);
+  await rename(stagePath, configPath);
+}
+
+// haproxy's reasons, a few lines at most: its [ALERT] lines, or else whatever it printed.
+function alertLines(output: string): string {
+  const lines = output.split('\n').map((line) => line.trim()).filter(Boolean);
+  const alerts = lines.filter((line) => line.includes('[ALERT]'));
+  return (alerts.length > 0 ? alerts : lines).slice(0, 5).join(' | ');
+}
+
+// The haproxy version line, or a SetupError saying why the executable cannot run.
+export async function haproxyVersion(binary: string): Promise<string> {
+  try {
+    const { stdout } = await runCommand(binary, ['-v'], VERSION_TIMEOUT_MS);
+    return stdout.split('\n')[0]!.trim();
+  } catch (err) {
+    const message = (err as Error).message;
+    if (message.endsWith('(ENOENT)')) throw new SetupError(`haproxy executable not found: ${binary} (install haproxy or pass --haproxy)`);
+    if (message.endsWith('(EACCES)')) throw new SetupError(`haproxy executable is not executable: ${binary}`);
+    throw new SetupError(`haproxy executable ${binary} does not run: ${message}`);
+  }
+}
+
+// An executable by name: on PATH, or in the sbin dirs, where Debian installs haproxy and which a user's PATH
+// may lack. Undefined when there is none.
+export async function findExecutable(name: string, env: Readonly<Record<string, string | undefined>>): Promise<string | undefined> {
+  const dirs = [...(env.PATH ?? '').split(':').filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin'];
+  for (const dir of dirs) {
+    const path = `${dir}/${name}`;
+    if (await access(path, constants.X_OK).then(() => true, () => false)) return path;
+  }
+  return undefined;
+}

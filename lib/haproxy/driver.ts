@@ -1,0 +1,193 @@
+// The haproxy driver: the parts in this folder put together. Each change is carried out as lib/plan.ts decides:
+// runtime API commands over the admin socket, then the config file rewritten to match; or stage file →
+// `haproxy -c` → rename → reload confirmed by the master CLI. The apply queue keeps one change in flight and
+// decides about failures; an exit of the haproxy master is reported once, for ambassador to stop.
+
+import type { Logger } from '../log.ts';
+import type { Options } from '../options.ts';
+import { planChange, type ServerTable } from '../plan.ts';
+import { PROXY_NAME } from '../render.ts';
+import { runtimeFiles, writePrivate } from '../rundir.ts';
+import { runtimeCommands, serverSessions } from './admin.ts';
+import { installChecked, replaceConfig } from './config.ts';
+import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
+import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
+import { firstLoad, reload } from './reload.ts';
+
+export type { ApplyPath, ApplyResult, Wanted } from './queue.ts';
+export type { HaproxyExit } from './process.ts';
+
+export interface HaproxySettings {
+  binary: string;
+  configPath: string;
+  runtimeDir: string;
+  // runtime: the runtime API where it can express the change; reload: always a reload.
+  apply: Options['apply'];
+  // Master-only: fence a server that stops being the master (see lib/plan.ts).
+  fence: boolean;
+  log: Logger;
+  // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
+  // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
+  // replaced. Without it, the next ambassador stops the one left behind (rundir.ts).
+  setpriv?: string | undefined;
+}
+
+// How haproxy is doing, for health and metrics.
+export interface HaproxyStats extends QueueStats {
+  masterPid: number | undefined;
+  workers: number;
+  runtimeFallbacks: number;
+}
+
+export interface Haproxy {
+  apply(wanted: Wanted): Promise<ApplyResult>;
+  // Try the newest state again, refused or failing (a resync).
+  retryNow(): void;
+  stats(): HaproxyStats;
+  // Resolves when the master exits for any reason other than stop(), a spawn that failed included.
+  unexpectedExit: Promise<HaproxyExit>;
+  stop(): Promise<void>;
+}
+
+const STOP_GRACE_MS = 5_000;
+const KILL_AFTER_MS = 2_000;
+// Small enough for haproxy's command line buffer; a failover's few commands always go in one.
+const COMMANDS_PER_REQUEST = 40;
+// A fence leaves the proxy without a server for the instant before the enable that follows it in the same
+// request; haproxy's alert about it arrives within a few ms.
+const FENCE_ECHO_MS = 250;
+
+export function createHaproxy(settings: HaproxySettings): Haproxy {
+  const { binary, configPath, runtimeDir, log, setpriv } = settings;
+  const { adminSocket, masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
+  let child: HaproxyProcess | undefined;
+  let stopping = false;
+  let liveServers: ServerTable = new Map();
+  let runtimeFallbacks = 0;
+  // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
+  let fenceEchoUntil = 0;
+  let reportExit: (exit: HaproxyExit) => void = () => {};
+  const unexpectedExit = new Promise<HaproxyExit>((resolve) => (reportExit = resolve));
+
+  const logOutput = (line: string) => {
+    if (NO_SERVER.test(line) && performance.now() < fenceEchoUntil) {
+      log.debug(`haproxy: ${line} (for the instant between fencing the old master and enabling the new one)`);
+    } else {
+      log[outputLevel(line)](`haproxy: ${line}`);
+    }
+  };
+
+  const start = async (): Promise<Attempt> => {
+    const proc = startProcess({ binary, configPath, masterSocket, setpriv });
+    child = proc;
+    proc.onLine(logOutput);
+    void proc.exited.then((exit) => {
+      if (!stopping) reportExit(exit);
+    });
+    if (proc.pid !== undefined) await writePrivate(haproxyPid, `${proc.pid}\n`).catch(() => {});
+    log.info('haproxy: started', { pid: proc.pid, config: configPath });
+    const loaded = await firstLoad(proc);
+    return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
+  };
+
+  // The runtime path: commands in order, then the file rewritten to describe what is now live.
+  // False when the change needs a reload instead.
+  const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
+    const plan = planChange(liveServers, next.servers, { fence: settings.fence });
+    if (plan.kind === 'reload') {
+      log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
+      return false;
+    }
+    if (plan.kind === 'runtime') {
+      const fences = plan.commands.some((command) => command.endsWith(' state maint'));
+      const served = [...plan.next.values()].some((server) => server.state === 'ready');
+      fenceEchoUntil = fences && served ? performance.now() + FENCE_ECHO_MS : 0;
+      for (let i = 0; i < plan.commands.length; i += COMMANDS_PER_REQUEST) {
+        const batch = plan.commands.slice(i, i + COMMANDS_PER_REQUEST);
+        const failure = await runtimeCommands(adminSocket, batch);
+        if (failure !== undefined) {
+          log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
+          runtimeFallbacks++;
+          return false;
+        }
+        for (const command of batch) log.debug(`haproxy: ${command}`);
+      }
+      liveServers = plan.next;
+      if ([...liveServers.values()].some((server) => server.state === 'drain')) queue.sweepSoon();
+    }
+    await replaceConfig(configPath, next.config);
+    return true;
+  };
+
+  const attempt = async (next: Wanted, liveConfig: string | undefined): Promise<Attempt> => {
+    if (stopping || (child !== undefined && !child.running())) return { kind: 'failed', reason: 'haproxy is not running' };
+    if (child && settings.apply === 'runtime' && (await applyAtRuntime(next))) return { kind: 'applied', path: 'runtime' };
+    const install = await installChecked(binary, configPath, next.config);
+    if (install.kind !== 'installed') return install;
+    const loaded: Attempt = child ? await reloadChild(child) : await start();
+    if (loaded.kind === 'applied') {
+      liveServers = next.servers;
+    } else if (child && liveConfig !== undefined) {
+      // The master kept the old worker: put the file back in step with what is live.
+      await replaceConfig(configPath, liveConfig).catch(() => {});
+    }
+    return loaded;
+  };
+
+  const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
+    const loaded = await reload(proc, [PROXY_NAME], log);
+    return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
+  };
+
+  // Deletes draining servers that have no session left; true while some still have sessions.
+  const sweep = async (): Promise<boolean> => {
+    const draining = [...liveServers].filter(([, server]) => server.state === 'drain').map(([name]) => name);
+    if (draining.length === 0 || !child?.running()) return false;
+    const sessions = await serverSessions(adminSocket, PROXY_NAME).catch(() => new Map<string, number>());
+    const table = new Map(liveServers);
+    for (const name of draining) {
+      if ((sessions.get(name) ?? 1) > 0) continue;
+      const id = `${PROXY_NAME}/${name}`;
+      if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
+        table.delete(name);
+        log.debug(`haproxy: deleted drained server ${name}`);
+      }
+    }
+    liveServers = table;
+    return [...table.values()].some((server) => server.state === 'drain');
+  };
+
+  const queue = createApplyQueue({ attempt, sweep, log });
+
+  return {
+    apply: (next) => queue.apply(next),
+    retryNow: () => queue.retryNow(),
+    unexpectedExit,
+    stats: () => ({
+      ...queue.stats(),
+      masterPid: child?.running() ? child.pid : undefined,
+      workers: child?.workers().length ?? 0,
+      runtimeFallbacks,
+    }),
+    stop: async () => {
+      stopping = true;
+      queue.stop();
+      await child?.stop(STOP_GRACE_MS, KILL_AFTER_MS);
+    },
+  };
+}
+
+// haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
+const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
+
+// What our own runtime commands did (maintenance in and out); ambassador logs those changes itself.
+const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|leaving forced drain/;
+// Real news when no fence of ours explains it: a master that is down, say.
+const NO_SERVER = /has no server available/;
+
+function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
+  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || OURS.test(line)) return 'debug';
+  if (line.startsWith('[WARNING]') || NO_SERVER.test(line)) return 'warn';
+  if (line.startsWith('[ALERT]')) return 'error';
+  return 'info';
+}

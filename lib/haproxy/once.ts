@@ -1,0 +1,58 @@
+// --once: the config checked and written, then the haproxy of this runtime dir reloaded (the same protocol as
+// the daemon's, through its master CLI), or one started in the background (master-worker daemon) that
+// outlives us. Errors are SetupErrors: ambassador says them in one line and exits 1.
+
+import { spawn } from 'node:child_process';
+import { unlink } from 'node:fs/promises';
+import type { Logger } from '../log.ts';
+import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
+import { installChecked } from './config.ts';
+import { reload } from './reload.ts';
+import { isAlive } from './process.ts';
+import { PROXY_NAME } from '../render.ts';
+
+export interface OnceSettings {
+  binary: string;
+  configPath: string;
+  runtimeDir: string;
+  log: Logger;
+}
+
+const LAUNCH_TIMEOUT_MS = 60_000;
+
+export async function applyOnce(settings: OnceSettings, config: string): Promise<'reloaded' | 'started'> {
+  const { binary, configPath, runtimeDir, log } = settings;
+  const install = await installChecked(binary, configPath, config);
+  if (install.kind === 'refused') throw new SetupError(`haproxy rejected the config: ${install.reason}`);
+  if (install.kind === 'failed') throw new SetupError(install.reason);
+  const { haproxyPid, masterSocket } = runtimeFiles(runtimeDir);
+  const running = await readPid(haproxyPid);
+  if (running !== undefined && (await commandLine(running)).includes(configPath)) {
+    const target = { masterSocket, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
+    const loaded = await reload(target, [PROXY_NAME], log);
+    if (loaded.kind !== 'loaded') throw new SetupError(`haproxy ${running} did not reload: ${loaded.reason}`);
+    return 'reloaded';
+  }
+  await unlink(haproxyPid).catch(() => {});
+  // The launcher exits once the daemon is up; the daemon may keep the stderr pipe, so wait for the exit only.
+  const launcher = spawn(binary, ['-W', '-D', '-p', haproxyPid, '-S', `${masterSocket},mode,600`, '-f', configPath], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
+  let stderr = '';
+  launcher.stderr!.on('data', (data) => (stderr += data));
+  const code = await new Promise<number | string | null>((resolve) => {
+    const timer = setTimeout(() => {
+      launcher.kill('SIGKILL');
+      resolve(`no exit within ${LAUNCH_TIMEOUT_MS / 1000} s`);
+    }, LAUNCH_TIMEOUT_MS);
+    launcher.once('exit', (exitCode) => (clearTimeout(timer), resolve(exitCode)));
+    launcher.once('error', (err) => (clearTimeout(timer), resolve(err.message)));
+  });
+  launcher.stderr!.destroy();
+  if (code !== 0) {
+    const alerts = stderr.split('\n').filter((line) => line.includes('[ALERT]'));
+    throw new SetupError(`haproxy did not start (${typeof code === 'number' ? `exit ${code}` : code}): ${alerts.join(' | ') || stderr.trim()}`);
+  }
+  return 'started';
+}

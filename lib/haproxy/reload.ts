@@ -1,0 +1,105 @@
+// The reload protocol, confirmed by haproxy itself through its master CLI rather than read off the timing of
+// log lines: SIGHUP only once the master answers, then `show proc` must show its reload counter move and a
+// worker that was not there before (a failed-reload count that moves instead means haproxy refused the config).
+// The worker it replaced counts as gone once it says its proxies stopped, or has exited.
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../log.ts';
+import { showProc, type ProcessList } from './admin.ts';
+import { isAlive } from './process.ts';
+
+export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
+
+// The haproxy master being reloaded: our child, or a daemon an earlier --once started (whose output is not ours).
+export interface ReloadTarget {
+  masterSocket: string;
+  signal(name: NodeJS.Signals): void;
+  running(): boolean;
+  onLine?(listener: (line: string) => void): () => void;
+}
+
+// haproxy drops a SIGHUP that comes while it loads, or in the few ms after a load while its master
+// re-executes itself (all of 60 sent 0-5 ms after "Loading success"; none once the CLI answers; the test
+// "reloads back to back lose no SIGHUP" in test/runtime.test.ts): a SIGHUP waits until the master CLI answers.
+const MASTER_READY_MS = 5_000;
+// A master that answers with an unmoved counter this long after a SIGHUP did not get it: send it again.
+const RESEND_AFTER_MS = 1_000;
+// 10,000 servers load in ~0.7 s here.
+const LOAD_TIMEOUT_MS = 60_000;
+// For a few ms after the new worker is up, the one it replaces can still accept connections on the old state.
+// Counted from the moment the load succeeded; a worker that never says so is not waited on longer.
+const OLD_WORKER_STOP_MS = 2_000;
+const POLL_MS = 5;
+
+const PROXY_STOPPED = /\((\d+)\) : Proxy (\S+) stopped/;
+
+export async function reload(target: ReloadTarget, proxies: readonly string[], log: Logger): Promise<Load> {
+  const before = await masterAnswer(target, MASTER_READY_MS);
+  if (before === undefined) return { kind: 'failed', reason: `the haproxy master CLI did not answer within ${MASTER_READY_MS / 1000} s` };
+  const known = new Set(before.workers.map((worker) => worker.pid));
+  // The current worker is the one that has outlived the fewest reloads.
+  const replaced = [...before.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+  const stopped = new Map<number, Set<string>>();
+  const alerts: string[] = [];
+  const unsubscribe = target.onLine?.((line) => {
+    if (line.startsWith('[ALERT]')) alerts.push(line);
+    const match = PROXY_STOPPED.exec(line);
+    if (match) stopped.set(Number(match[1]), (stopped.get(Number(match[1])) ?? new Set()).add(match[2]!));
+  });
+  try {
+    const loaded = await load(target, before, known, log);
+    if (loaded.kind === 'refused') return { kind: 'refused', reason: alerts.slice(-5).join(' | ') || loaded.reason };
+    if (loaded.kind === 'failed') return loaded;
+    if (replaced !== undefined && target.onLine) {
+      const gone = () => proxies.every((proxy) => stopped.get(replaced)?.has(proxy)) || !isAlive(replaced);
+      const bound = performance.now() + OLD_WORKER_STOP_MS;
+      while (!gone() && performance.now() < bound) await sleep(POLL_MS);
+    }
+    return loaded;
+  } finally {
+    unsubscribe?.();
+  }
+}
+
+// The first load of a master just started: done when the master CLI shows a worker.
+export async function firstLoad(target: ReloadTarget): Promise<Load> {
+  const deadline = performance.now() + LOAD_TIMEOUT_MS;
+  while (performance.now() < deadline) {
+    if (!target.running()) return { kind: 'failed', reason: 'haproxy exited while starting' };
+    const list = await showProc(target.masterSocket, 500);
+    if (list && list.workers.length > 0) return { kind: 'loaded' };
+    await sleep(POLL_MS);
+  }
+  return { kind: 'failed', reason: `haproxy did not start a worker within ${LOAD_TIMEOUT_MS / 1000} s` };
+}
+
+async function load(target: ReloadTarget, before: ProcessList, known: Set<number>, log: Logger): Promise<Load> {
+  target.signal('SIGHUP');
+  let sentAt = performance.now();
+  const deadline = sentAt + LOAD_TIMEOUT_MS;
+  while (performance.now() < deadline) {
+    if (!target.running()) return { kind: 'failed', reason: 'the haproxy master exited during the reload' };
+    // While the master loads, it does not answer; undefined then.
+    const list = await showProc(target.masterSocket, 500);
+    if (list !== undefined && list.reloads > before.reloads) {
+      if (list.workers.some((worker) => !known.has(worker.pid))) return { kind: 'loaded' };
+      if (list.failedReloads > before.failedReloads) return { kind: 'refused', reason: 'haproxy could not load the config' };
+    } else if (list !== undefined && performance.now() - sentAt >= RESEND_AFTER_MS) {
+      log.warn(`haproxy: the master answers but did not reload within ${RESEND_AFTER_MS / 1000} s of a SIGHUP; sending it again`);
+      target.signal('SIGHUP');
+      sentAt = performance.now();
+    }
+    await sleep(POLL_MS);
+  }
+  return { kind: 'failed', reason: `haproxy did not finish loading within ${LOAD_TIMEOUT_MS / 1000} s` };
+}
+
+async function masterAnswer(target: ReloadTarget, withinMs: number): Promise<ProcessList | undefined> {
+  const deadline = performance.now() + withinMs;
+  while (performance.now() < deadline && target.running()) {
+    const list = await showProc(target.masterSocket, 500);
+    if (list !== undefined) return list;
+    await sleep(POLL_MS);
+  }
+  return undefined;
+}

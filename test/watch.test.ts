@@ -1,0 +1,152 @@
+// The watch loop with a fake etcd connection at its boundary: revision tracking, resyncs, retries.
+
+import * as assert from 'uvu/assert';
+import { createLogger } from '../lib/log.ts';
+import { applyWatchEvents, watchPrefix, type Connect, type EtcdConnection, type WatchEvent } from '../lib/watch.ts';
+import { limitedSuite, within } from './helpers/limits.ts';
+
+const test = limitedSuite('watch');
+
+const put = (key: string, value: string, modRevision: number): WatchEvent => ({ type: 'put', key, value, modRevision: BigInt(modRevision) });
+const del = (key: string, modRevision: number): WatchEvent => ({ type: 'delete', key, value: '', modRevision: BigInt(modRevision) });
+
+test('applies only events newer than the revision held, and moves it', () => {
+  const mirror = new Map([['/p/a', '1']]);
+  const result = applyWatchEvents(mirror, 5n, [put('/p/a', 'old', 4), put('/p/a', '2', 6), put('/p/b', '3', 7), del('/p/a', 8), put('/p/b', 'stale', 7)]);
+  assert.equal(result, { revision: 8n, applied: 3 });
+  assert.equal([...mirror], [['/p/b', '3']]);
+});
+
+test('events already in the snapshot change nothing', () => {
+  const mirror = new Map([['/p/a', '1']]);
+  assert.equal(applyWatchEvents(mirror, 9n, [put('/p/a', 'x', 9), del('/p/a', 3)]), { revision: 9n, applied: 0 });
+  assert.equal([...mirror], [['/p/a', '1']]);
+});
+
+// A fake etcd: each connection takes its snapshot and its watch from the scripts the test gives, in turn.
+interface Script {
+  snapshot?: { mirror: [string, string][]; revision: number } | Error;
+  // Events to deliver once watching, then how the watch ends ('' = it stays up until interrupted).
+  events?: WatchEvent[];
+  ends?: string;
+}
+
+function fakeEtcd(scripts: Script[], fallback: Script) {
+  const connections: { fromRevision?: bigint; at: number }[] = [];
+  const connect: Connect = async () => {
+    const script = scripts.shift() ?? fallback;
+    const record: { fromRevision?: bigint; at: number } = { at: performance.now() };
+    connections.push(record);
+    const snapshot = script.snapshot;
+    if (snapshot instanceof Error || snapshot === undefined) throw snapshot ?? new Error('no snapshot scripted');
+    const connection: EtcdConnection = {
+      snapshot: async () => ({ mirror: new Map(snapshot.mirror), revision: BigInt(snapshot.revision) }),
+      follow: async (fromRevision, onEvents, interrupted) => {
+        record.fromRevision = fromRevision;
+        if (script.events) onEvents(script.events);
+        return script.ends ? script.ends : interrupted;
+      },
+      close: () => {},
+    };
+    return connection;
+  };
+  return { connect, connections };
+}
+
+const quiet = () => {
+  const lines: string[] = [];
+  return { lines, log: createLogger({ format: 'text', level: 'debug', write: (line) => lines.push(line) }) };
+};
+
+// Counts the watch's change notifications; until(n) waits for the nth.
+function changes() {
+  let count = 0;
+  let waiting: (() => void)[] = [];
+  return {
+    notify: () => {
+      count++;
+      for (const wake of waiting.splice(0)) wake();
+    },
+    until: (n: number) =>
+      within(
+        new Promise<void>((resolve) => {
+          const check = () => (count >= n ? resolve() : waiting.push(check));
+          check();
+        }),
+        3000,
+        `change ${n}`,
+      ),
+  };
+}
+
+test('resumes from its own revision after a disconnect: a fresh snapshot, then watching from the one after it', async () => {
+  const etcd = fakeEtcd(
+    [
+      { snapshot: { mirror: [['/p/master', '1']], revision: 10 }, events: [put('/p/master', '2', 11)], ends: 'disconnected (reset)' },
+      { snapshot: { mirror: [['/p/master', '3']], revision: 20 } },
+    ],
+    { snapshot: new Error('unexpected') },
+  );
+  const { log, lines } = quiet();
+  const changed = changes();
+  const watch = watchPrefix({ endpoints: ['http://127.0.0.1:9'], prefix: '/p' }, log, changed.notify, etcd.connect);
+  try {
+    await changed.until(3);
+    assert.equal([...watch.state().mirror], [['/p/master', '3']]);
+    assert.is(watch.state().revision, 20n);
+    assert.equal(etcd.connections.map((c) => c.fromRevision), [11n, 21n]);
+    assert.is(watch.stats().watchesLost, 1);
+    assert.ok(lines.some((line) => line.includes('disconnected (reset); keeping the last state and resyncing')));
+  } finally {
+    await within(watch.stop(), 3000, 'stop');
+  }
+});
+
+test('a watch that dies right after connecting backs off instead of spinning, and says so once', async () => {
+  const etcd = fakeEtcd([], { snapshot: { mirror: [], revision: 5 }, ends: 'watch failed (canceled)' });
+  const { log, lines } = quiet();
+  const watch = watchPrefix({ endpoints: ['http://127.0.0.1:9'], prefix: '/p' }, log, () => {}, etcd.connect);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  await within(watch.stop(), 3000, 'stop');
+  // Backoff 0.1, 0.2, 0.4, 0.8, 1.6 s (±20 %): at most 6 connections in 3 s, where a reset per snapshot gives ~30.
+  assert.ok(etcd.connections.length <= 6, `${etcd.connections.length} connections`);
+  assert.ok(etcd.connections.length >= 3, `${etcd.connections.length} connections`);
+  assert.is(lines.filter((line) => line.includes('watch failed (canceled)')).length, 1, lines.join('\n'));
+});
+
+test('a failure to connect (a credential file gone bad) is retried, never thrown', async () => {
+  const etcd = fakeEtcd(
+    [{ snapshot: new Error('--etcd-ca=/etc/ca.pem: no such file') }, { snapshot: new Error('--etcd-ca=/etc/ca.pem: no such file') }],
+    { snapshot: { mirror: [['/p/master', '1']], revision: 3 } },
+  );
+  const { log, lines } = quiet();
+  const changed = changes();
+  const watch = watchPrefix({ endpoints: ['http://127.0.0.1:9'], prefix: '/p' }, log, changed.notify, etcd.connect);
+  try {
+    await changed.until(1);
+    assert.is(watch.state().revision, 3n);
+    assert.is(lines.filter((line) => line.includes('no such file')).length, 1, 'said once');
+    assert.ok(lines.some((line) => line.includes('etcd: reachable again')));
+  } finally {
+    await within(watch.stop(), 3000, 'stop');
+  }
+});
+
+test('a resync takes a fresh snapshot at once', async () => {
+  const etcd = fakeEtcd([], { snapshot: { mirror: [], revision: 7 } });
+  const { log } = quiet();
+  const changed = changes();
+  const watch = watchPrefix({ endpoints: ['http://127.0.0.1:9'], prefix: '/p' }, log, changed.notify, etcd.connect);
+  try {
+    await changed.until(1);
+    watch.resync();
+    await changed.until(2);
+    assert.is(etcd.connections.length, 2);
+    assert.is(watch.stats().snapshots, 2);
+    assert.is(watch.stats().watchesLost, 0);
+  } finally {
+    await within(watch.stop(), 3000, 'stop');
+  }
+});
+
+test.run();
