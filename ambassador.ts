@@ -137,7 +137,7 @@ process.on('exit', () => {
   if (pid !== undefined) process.kill(pid, 'SIGTERM');
 });
 
-const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs) : undefined;
+const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs, () => haproxy.traffic()) : undefined;
 const follower = createFollower({
   state: () => watch.state(),
   select,

@@ -1,11 +1,14 @@
 // The operator's window, on --status=ADDR:PORT: GET /healthz (200 or 503 with the reason), GET /metrics
-// (Prometheus text, by prom-client) and GET /state (JSON of what is live). It reads a snapshot that
+// (Prometheus text, by prom-client: the control plane, and per instance what the traffic does, read from
+// haproxy's `show stat` at scrape time) and GET /state (JSON of what is live). It reads a snapshot that
 // ambassador.ts assembles on each request, and changes nothing.
 
 import { createServer, type Server } from 'node:http';
+import { getHeapStatistics } from 'node:v8';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { LastChange } from './follow.ts';
-import type { ApplyPath, HaproxyStats } from './haproxy/driver.ts';
+import type { ApplyPath, HaproxyStats, Traffic } from './haproxy/driver.ts';
+import { PROXY_NAME } from './render.ts';
 import type { Problem, Server as HaproxyServer } from './registry.ts';
 import type { WatchStats } from './watch.ts';
 
@@ -57,7 +60,10 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
   return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}` };
 }
 
-export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): Status {
+// Which port a proxy of ours serves, as a label value.
+const PORTS: Record<string, string> = { [PROXY_NAME]: 'primary' };
+
+export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, readTraffic: () => Promise<Traffic | undefined>): Status {
   const registry = new Registry();
   // process_resident_memory_bytes, CPU, open fds, event loop lag: ambassador's own.
   collectDefaultMetrics({ register: registry });
@@ -99,6 +105,11 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): 
   gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
   gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
   gauge('ambassador_healthy', '1 when /healthz answers 200', (s) => (health(s, maxStaleMs).healthy ? 1 : 0));
+  gauge('ambassador_heap_limit_bytes', "V8's heap limit: the executable's baked-in --max-old-space-size and young generation, unless NODE_OPTIONS raised them", () => getHeapStatistics().heap_size_limit);
+  gauge('ambassador_max_stale_seconds', 'the --max-stale setting: how long the state may be stale or unapplied before /healthz says 503', () => maxStaleMs / 1000);
+  gauge('ambassador_unapplied_seconds', 'seconds the newest etcd state has not been live in haproxy (0 while it is)', (s) =>
+    s.haproxy.notLiveSince === undefined ? 0 : (Date.now() - s.haproxy.notLiveSince) / 1000,
+  );
   gauge('ambassador_instances_known', 'instances with an address key', (s) => s.servers.length + s.instancesRejected);
   gauge('ambassador_instances_routed', 'instances haproxy sends connections to', (s) => s.servers.filter((server) => server.enabled).length);
   gauge('ambassador_instances_rejected', 'instances not routed because a value failed validation', (s) => s.instancesRejected);
@@ -106,12 +117,12 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): 
   new Gauge({
     name: 'ambassador_master',
     help: '1 for the instance named as master (with --master-only), labelled by its name',
-    labelNames: ['instance'],
+    labelNames: ['instance_name'],
     registers: [registry],
     collect() {
       this.reset();
       const { master, masterOnly } = source();
-      if (masterOnly && master !== undefined) this.set({ instance: master }, 1);
+      if (masterOnly && master !== undefined) this.set({ instance_name: master }, 1);
     },
   });
   const applied = new Counter({ name: 'ambassador_changes_applied_total', help: 'changes applied to haproxy, by path', labelNames: ['path'], registers: [registry] });
@@ -124,6 +135,55 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): 
   });
   const validationFailures = new Counter({ name: 'ambassador_validation_failures_total', help: 'problems found in the registry (each counted once, when it appears)', registers: [registry] });
 
+  // The data plane, set from one read of haproxy per scrape. Labelled by instance name (from the validated
+  // registry) and port; a series for an instance that is gone is dropped, not left at its last value.
+  // Not `instance`: Prometheus gives every scraped series that label itself (the target's address).
+  const labelNames = ['instance_name', 'port'] as const;
+  const instanceGauge = (name: string, help: string) => new Gauge({ name, help, labelNames, registers: [registry] });
+  const instanceCounter = (name: string, help: string) => new Counter({ name, help, labelNames, registers: [registry] });
+  const traffic = {
+    sessions: instanceGauge('ambassador_backend_sessions', 'sessions open to the instance through haproxy now'),
+    sessionsTotal: instanceCounter('ambassador_backend_sessions_total', 'sessions haproxy has sent to the instance (since the last reload)'),
+    connectionErrors: instanceCounter('ambassador_backend_connection_errors_total', 'connections to the instance that failed'),
+    responseErrors: instanceCounter('ambassador_backend_response_errors_total', 'sessions to the instance that ended in an error (aborted, timed out)'),
+    up: instanceGauge('ambassador_backend_up', 'health check of the instance: 1 up, 0 down (no series while it is in maintenance: a master-only standby)'),
+    statusChanged: instanceGauge('ambassador_backend_status_changed_timestamp_seconds', 'when the instance last changed status (up, down, maintenance), as a Unix time'),
+    bytesIn: instanceCounter('ambassador_backend_received_bytes_total', 'bytes clients sent to the instance'),
+    bytesOut: instanceCounter('ambassador_backend_sent_bytes_total', 'bytes the instance sent to clients'),
+    queued: instanceGauge('ambassador_backend_queued_connections', 'connections waiting for the instance'),
+  };
+  const haproxyConnections = new Gauge({ name: 'ambassador_haproxy_connections', help: 'connections haproxy holds now', registers: [registry] });
+  const haproxyConnectionsTotal = new Counter({ name: 'ambassador_haproxy_connections_total', help: 'connections haproxy has accepted (since its start)', registers: [registry] });
+  const haproxyConnectionRate = new Gauge({ name: 'ambassador_haproxy_connections_per_second', help: 'connections haproxy accepted over the last second', registers: [registry] });
+  const statsUp = new Gauge({ name: 'ambassador_haproxy_stats_up', help: '1 when haproxy answered for the traffic figures in this scrape (within 1 s)', registers: [registry] });
+  const readTrafficMetrics = async (snapshot: StatusSnapshot) => {
+    for (const metric of [...Object.values(traffic), haproxyConnections, haproxyConnectionsTotal, haproxyConnectionRate]) metric.reset();
+    const read = await readTraffic();
+    statsUp.set(read ? 1 : 0);
+    if (!read) return;
+    const instances = new Map(snapshot.servers.map((server) => [server.server, server.name]));
+    const now = Date.now() / 1000;
+    for (const row of read.servers) {
+      const instance = instances.get(row.server);
+      const port = PORTS[row.proxy];
+      if (instance === undefined || port === undefined) continue;
+      const labels = { instance_name: instance, port };
+      traffic.sessions.set(labels, row.sessions);
+      traffic.sessionsTotal.inc(labels, row.sessionsTotal);
+      traffic.connectionErrors.inc(labels, row.connectionErrors);
+      traffic.responseErrors.inc(labels, row.responseErrors);
+      if (/^(UP|DOWN)/.test(row.status)) traffic.up.set(labels, row.status.startsWith('UP') ? 1 : 0);
+      traffic.statusChanged.set(labels, Math.round(now - row.secondsSinceStatusChange));
+      traffic.bytesIn.inc(labels, row.bytesIn);
+      traffic.bytesOut.inc(labels, row.bytesOut);
+      traffic.queued.set(labels, row.queued);
+    }
+    haproxyConnections.set(read.connections);
+    haproxyConnectionsTotal.inc(read.connectionsTotal);
+    haproxyConnectionRate.set(read.connectionRate);
+  };
+
+  let scrapes: Promise<unknown> = Promise.resolve();
   let server: Server | undefined;
   const respond = async (path: string): Promise<[number, string, string]> => {
     const snapshot = source();
@@ -131,7 +191,15 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number): 
       const verdict = health(snapshot, maxStaleMs);
       return [verdict.healthy ? 200 : 503, 'text/plain; charset=utf-8', verdict.reason + '\n'];
     }
-    if (path === '/metrics') return [200, registry.contentType, await registry.metrics()];
+    if (path === '/metrics') {
+      // One scrape at a time: each resets and sets the traffic series.
+      const text = scrapes.then(async () => {
+        await readTrafficMetrics(snapshot);
+        return registry.metrics();
+      });
+      scrapes = text.catch(() => '');
+      return [200, registry.contentType, await text];
+    }
     if (path === '/state') return [200, 'application/json', JSON.stringify(stateJson(snapshot, maxStaleMs), null, 2) + '\n'];
     return [404, 'text/plain; charset=utf-8', 'not found: try /healthz, /metrics or /state\n'];
   };

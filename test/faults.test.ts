@@ -398,9 +398,12 @@ test('a master that names a key path, and 10,000 instances, with --master-only',
     }),
   );
   await world.etcd.put(`${prefix}/master`, '3');
+  const { header } = await world.etcd.client.get(`${prefix}/master`).exec();
+  await ambassador.waitForLog(new RegExp(`applied revision ${header.revision}: `), 60_000);
   await world.routesTo(ambassador.port, 'node-3', 30_000);
   const config = readFileSync(ambassador.configPath, 'utf8');
-  assert.is(config.split('\n').filter((line) => line.startsWith('    server ')).length, 10_003);
+  const servers = config.split('\n').filter((line) => line.startsWith('    server ')).length;
+  assert.is(servers, 10_003, `the config file has ${servers} servers; log:\n${ambassador.logs.filter((line) => !line.includes('DEBUG')).slice(-25).join('\n')}`);
   assertCleanConfig(config);
 });
 

@@ -1,12 +1,14 @@
 // dist/ambassador in the world of the container image: a minimal bookworm root with only haproxy,
 // run as the haproxy user, against an etcd on the host's loopback. Proves it needs nothing else.
 
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY } from './helpers/ambassador.ts';
 import { answers, freePort, whoAnswers } from './helpers/net.ts';
 import { processOf, startProcess, stopPid } from './helpers/processes.ts';
+import { readmeBlock } from './helpers/readme.ts';
 import { bookwormWithHaproxy } from './helpers/rootfs.ts';
 import { worldSuite } from './helpers/world.ts';
 
@@ -65,6 +67,54 @@ test('runs as PID 1 of its own PID namespace, as in a container: serves, stops o
   } finally {
     await stopPid(unshare.pid!);
   }
+});
+
+// The README's two quick-start commands, unchanged, in the minimal root: as root, which has no sudo there, and
+// as a user with sudo. apt-get, npm and sudo are stubs that write down how they were called.
+const quickStart = [readmeBlock('## Quick start', 'sh'), readmeBlock('runs as it is; as another user', 'sh')].map((block) => block.trim());
+
+function runQuickStart(root: string, user: 'root' | 'haproxy'): string[] {
+  assert.is(quickStart.length, 2, 'install + demo, and test');
+  assert.not.ok(existsSync(join(root, 'usr/bin/sudo')), 'no sudo in the root');
+  const dir = mkdtempSync(join(root, 'tmp/quickstart-'));
+  const inside = dir.slice(root.length);
+  try {
+    const record = `#!/bin/sh\necho "$(basename "$0") $*" >> ${inside}/calls\n`;
+    mkdirSync(join(dir, 'bin'));
+    for (const stub of ['apt-get', 'npm']) writeFileSync(join(dir, 'bin', stub), record, { mode: 0o755 });
+    if (user !== 'root') writeFileSync(join(dir, 'bin', 'sudo'), `${record}exec "$@"\n`, { mode: 0o755 });
+    writeFileSync(join(dir, 'calls'), '');
+    chmodSync(join(dir, 'calls'), 0o666);
+    chmodSync(dir, 0o777);
+    for (const command of quickStart) {
+      const script = `cd ${inside} && PATH=${inside}/bin:/usr/sbin:/usr/bin:/sbin:/bin; ${command}`;
+      const result = spawnSync('chroot', [`--userspec=${user}:${user}`, root, '/bin/sh', '-c', script], { encoding: 'utf8', timeout: 30_000 });
+      assert.is(result.status, 0, `${command}\n${result.stdout}${result.stderr}`);
+      assert.not.match(result.stderr, 'not found');
+    }
+    return readFileSync(join(dir, 'calls'), 'utf8').split('\n').filter(Boolean);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("the README's quick start runs as root, where there is no sudo", ({ root }) => {
+  const calls = runQuickStart(root, 'root');
+  assert.equal(calls.filter((call) => !call.startsWith('apt-get install -y docker.io') && !call.startsWith('apt-get install -y npm')), [
+    'apt-get update',
+    'apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd',
+    'npm ci',
+    'npm run demo',
+    'npm test',
+  ]);
+});
+
+test("the README's quick start runs as a user through sudo", ({ root }) => {
+  const calls = runQuickStart(root, 'haproxy');
+  assert.ok(calls.includes('sudo apt-get update'), calls.join('\n'));
+  assert.ok(calls.includes('sudo apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd'));
+  assert.ok(calls.includes('npm ci') && !calls.includes('sudo npm ci'), 'npm ci as the user');
+  assert.ok(calls.includes('sudo npm test'));
 });
 
 run();

@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
 import { health, type StatusSnapshot } from '../lib/status.ts';
-import { freePort, eventually, whoAnswers } from './helpers/net.ts';
+import { answers, freePort, eventually, openSession, whoAnswers } from './helpers/net.ts';
 import { processOf, stopPid, track } from './helpers/processes.ts';
 import { worldSuite } from './helpers/world.ts';
 
@@ -63,7 +63,7 @@ test('serves /healthz, /metrics and /state that follow the changes', async ({ wo
   const metrics = (await eventually(() => get(statusPort, '/metrics'), (m) => m.body.includes('ambassador_changes_applied_total{path="runtime"} 1'), 5000, 'the runtime change counted')).body;
   assert.is(metric(metrics, 'ambassador_changes_applied_total{path="start"}'), 1);
   assert.is(metric(metrics, 'ambassador_changes_applied_total{path="reload"}'), 0);
-  assert.is(metric(metrics, 'ambassador_master{instance="3"}'), 1);
+  assert.is(metric(metrics, 'ambassador_master{instance_name="3"}'), 1);
   assert.is(metric(metrics, 'ambassador_instances_known'), 4);
   assert.is(metric(metrics, 'ambassador_instances_routed'), 1);
   assert.is(metric(metrics, 'ambassador_instances_rejected'), 1);
@@ -82,6 +82,38 @@ test('serves /healthz, /metrics and /state that follow the changes', async ({ wo
   assert.is(state.lastChange.path, 'runtime');
   assert.is(state.lastChange.description, 'master 2 -> 3');
   assert.is((await get(statusPort, '/nothing')).status, 404);
+});
+
+test('/metrics counts the traffic per instance, from haproxy at scrape time; a gone instance has no series', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const statusPort = await freePort();
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--status=127.0.0.1:${statusPort}`]);
+  await world.routesTo(ambassador.port, 'node-2');
+  const before = metric((await get(statusPort, '/metrics')).body, 'ambassador_backend_sessions_total{instance_name="2",port="primary"}') ?? 0;
+  assert.equal(await answers(ambassador.port, 7), Array(7).fill('node-2'));
+  const session = await openSession(ambassador.port);
+  try {
+    const text = (await get(statusPort, '/metrics')).body;
+    assert.is(metric(text, 'ambassador_backend_sessions_total{instance_name="2",port="primary"}'), before + 8);
+    assert.is(metric(text, 'ambassador_backend_sessions{instance_name="2",port="primary"}'), 1);
+    assert.is(metric(text, 'ambassador_backend_sessions_total{instance_name="3",port="primary"}'), 0, 'a standby serves nothing');
+    assert.ok(metric(text, 'ambassador_backend_sent_bytes_total{instance_name="2",port="primary"}')! >= 8 * 'node-2\n'.length);
+    assert.is(metric(text, 'ambassador_backend_up{instance_name="2",port="primary"}'), 1);
+    assert.is(metric(text, 'ambassador_backend_up{instance_name="3",port="primary"}'), undefined, 'no health series in maintenance');
+    assert.is(metric(text, 'ambassador_backend_queued_connections{instance_name="2",port="primary"}'), 0);
+    assert.is(metric(text, 'ambassador_backend_connection_errors_total{instance_name="2",port="primary"}'), 0);
+    assert.ok(Math.abs(metric(text, 'ambassador_backend_status_changed_timestamp_seconds{instance_name="2",port="primary"}')! - Date.now() / 1000) < 60);
+    assert.is(metric(text, 'ambassador_haproxy_connections'), 1);
+    assert.ok(metric(text, 'ambassador_haproxy_connections_total')! >= 8);
+    assert.is(metric(text, 'ambassador_haproxy_stats_up'), 1);
+    assert.match(text, '# TYPE ambassador_backend_sessions_total counter');
+  } finally {
+    session.close();
+  }
+  await world.etcd.del(`${prefix}/instances/1/private_ip`);
+  await ambassador.waitForLog(/applied revision \d+: removed 1/);
+  assert.not.match((await get(statusPort, '/metrics')).body, 'instance_name="1"');
 });
 
 test('/healthz turns 503 when etcd is down longer than --max-stale, and 200 once it is back', async ({ world }) => {

@@ -34,15 +34,73 @@ export async function runtimeCommands(socket: string, commands: readonly string[
   }
 }
 
-// Current sessions per server of one proxy, from `show stat`.
+// `show stat` (CSV) as rows keyed by the field names of its header line.
+export function parseStat(csv: string): Record<string, string>[] {
+  const [header, ...lines] = csv.split('\n');
+  if (!header?.startsWith('# ')) return [];
+  const names = header.slice(2).split(',');
+  return lines.filter((line) => line.includes(',')).map((line) => {
+    const values = line.split(',');
+    return Object.fromEntries(names.map((name, i) => [name, values[i] ?? '']));
+  });
+}
+
+// Current sessions per server of one proxy.
 export async function serverSessions(socket: string, proxy: string): Promise<Map<string, number>> {
-  const csv = await request(socket, 'show stat -1 4 -1');
-  const sessions = new Map<string, number>();
-  for (const line of csv.split('\n')) {
-    const [name, server, , , current] = line.split(',');
-    if (name === proxy && server !== undefined && current !== undefined) sessions.set(server, Number(current));
-  }
-  return sessions;
+  const rows = parseStat(await request(socket, 'show stat -1 4 -1'));
+  return new Map(rows.filter((row) => row.pxname === proxy).map((row) => [row.svname!, Number(row.scur)]));
+}
+
+// What the traffic does, per server of our proxies and for haproxy as a whole.
+export interface ServerTraffic {
+  proxy: string;
+  server: string;
+  sessions: number;
+  sessionsTotal: number;
+  connectionErrors: number;
+  responseErrors: number;
+  // haproxy's status: UP, DOWN, MAINT, DRAIN, "UP 1/2" (going down), "no check"...
+  status: string;
+  secondsSinceStatusChange: number;
+  bytesIn: number;
+  bytesOut: number;
+  queued: number;
+}
+
+export interface Traffic {
+  servers: ServerTraffic[];
+  connections: number;
+  connectionsTotal: number;
+  connectionRate: number;
+}
+
+export function trafficOf(stat: Record<string, string>[], info: string, proxies: readonly string[]): Traffic {
+  const field = (row: Record<string, string>, name: string) => Number(row[name] || 0);
+  const servers = stat
+    .filter((row) => proxies.includes(row.pxname!) && row.svname !== 'BACKEND' && row.svname !== 'FRONTEND')
+    .map((row) => ({
+      proxy: row.pxname!,
+      server: row.svname!,
+      sessions: field(row, 'scur'),
+      sessionsTotal: field(row, 'stot'),
+      connectionErrors: field(row, 'econ'),
+      responseErrors: field(row, 'eresp'),
+      status: row.status ?? '',
+      secondsSinceStatusChange: field(row, 'lastchg'),
+      bytesIn: field(row, 'bin'),
+      bytesOut: field(row, 'bout'),
+      queued: field(row, 'qcur'),
+    }));
+  const infoField = (name: string) => Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(info)?.[1] ?? 0);
+  return { servers, connections: infoField('CurrConns'), connectionsTotal: infoField('CumConns'), connectionRate: infoField('ConnRate') };
+}
+
+// Both reads in one request, within timeoutMs.
+export async function readTraffic(socket: string, proxies: readonly string[], timeoutMs: number): Promise<Traffic> {
+  const answer = await request(socket, 'show info; show stat -1 4 -1', timeoutMs);
+  const statAt = answer.indexOf('# pxname');
+  if (statAt < 0) throw new Error('haproxy gave no stats');
+  return trafficOf(parseStat(answer.slice(statAt)), answer.slice(0, statAt), proxies);
 }
 
 // The master's view of its processes. `reloads` counts every reload the master did, `failedReloads` those whose

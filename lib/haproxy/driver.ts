@@ -8,7 +8,7 @@ import type { Options } from '../options.ts';
 import { planChange, type ServerTable } from '../plan.ts';
 import { PROXY_NAME } from '../render.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { runtimeCommands, serverSessions } from './admin.ts';
+import { readTraffic, runtimeCommands, serverSessions, type Traffic } from './admin.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
@@ -16,6 +16,7 @@ import { firstLoad, reload } from './reload.ts';
 
 export type { ApplyPath, ApplyResult, Wanted } from './queue.ts';
 export type { HaproxyExit } from './process.ts';
+export type { ServerTraffic, Traffic } from './admin.ts';
 
 export interface HaproxySettings {
   binary: string;
@@ -44,6 +45,8 @@ export interface Haproxy {
   // Try the newest state again, refused or failing (a resync).
   retryNow(): void;
   stats(): HaproxyStats;
+  // What the traffic does now, read from haproxy within a short bound; undefined when it cannot be read.
+  traffic(): Promise<Traffic | undefined>;
   // Resolves when the master exits for any reason other than stop(), a spawn that failed included.
   unexpectedExit: Promise<HaproxyExit>;
   stop(): Promise<void>;
@@ -53,6 +56,8 @@ const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
 // Small enough for haproxy's command line buffer; a failover's few commands always go in one.
 const COMMANDS_PER_REQUEST = 40;
+// A scrape must never hang on a slow admin socket.
+const TRAFFIC_TIMEOUT_MS = 1_000;
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
@@ -169,6 +174,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       workers: child?.workers().length ?? 0,
       runtimeFallbacks,
     }),
+    traffic: async () => (child?.running() ? readTraffic(adminSocket, [PROXY_NAME], TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
       stopping = true;
       queue.stop();

@@ -1,12 +1,16 @@
 // A minimal Debian bookworm root filesystem with nothing but haproxy on top of the essential packages:
-// what the official haproxy image has. Built once with debootstrap into .cache/rootfs (ignored by git).
+// what the official haproxy image has. Built once with debootstrap and kept outside the clone
+// ($AMBASSADOR_TEST_CACHE, else ~/.cache/ambassador-test), so that runs on one machine share it;
+// built again when it is missing.
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { requireCommand } from './etcd.ts';
 
-const cache = resolve(import.meta.dirname, '../../.cache/rootfs');
+export const TEST_CACHE = process.env.AMBASSADOR_TEST_CACHE ?? join(homedir(), '.cache/ambassador-test');
+const cache = join(TEST_CACHE, 'rootfs');
 const MIRROR = process.env.AMBASSADOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
 
 export function bookwormWithHaproxy(): string {

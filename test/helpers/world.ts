@@ -82,16 +82,30 @@ export async function createWorld(): Promise<World> {
 // An integration suite: its world made before the first test and closed after the last, the ambassadors a
 // test started stopped after it, every test bounded in time, and a last test that fails if any process it
 // started is still running.
-export function worldSuite<Extra extends object = object>(name: string, prepare?: (context: Extra) => void | Promise<void>) {
+// `prepare` adds to the context before the world is made; `finish` undoes it before the last check, and
+// after a failed prepare too.
+export function worldSuite<Extra extends object = object>(name: string, prepare?: (context: Extra) => void | Promise<void>, finish?: (context: Partial<Extra>) => Promise<void>) {
   const test = limitedSuite<{ world: World } & Extra>(name);
   test.before(async (context) => {
-    await prepare?.(context);
-    context.world = await createWorld();
+    try {
+      await prepare?.(context);
+      context.world = await createWorld();
+    } catch (err) {
+      // uvu counts the suite's tests as failed but prints nothing of a hook's error.
+      process.stderr.write(`\n  ${name}: setting up failed: ${(err as Error).stack ?? String(err)}\n`);
+      throw err;
+    }
   });
   test.after.each(async ({ world }) => world.afterEach());
-  test.after(async ({ world }) => world?.close().catch(() => {}));
+  test.after(async (context) => {
+    await finish?.(context).catch(() => {});
+    await context.world?.close().catch(() => {});
+  });
   const run = () => {
-    test('leaves no process it started running', async ({ world }) => world.close());
+    test('leaves no process it started running', async (context) => {
+      await finish?.(context);
+      await context.world.close();
+    });
     test.run();
   };
   return { test, run };
