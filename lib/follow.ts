@@ -5,13 +5,13 @@
 import type { ApplyPath, ApplyResult, Wanted } from './haproxy/queue.ts';
 import type { Logger } from './log.ts';
 import { serverTable } from './plan.ts';
-import { describeChange, problemChanges, type Problem, type Selection, type Server } from './registry.ts';
+import { describeChange, problemChanges, type Problem, type Selection } from './registry.ts';
 import type { RegistryState } from './watch.ts';
 
 export interface FollowSettings {
   state(): RegistryState;
   select(mirror: ReadonlyMap<string, string>): Selection;
-  render(servers: readonly Server[]): string;
+  render(selection: Selection): string;
   apply(wanted: Wanted): Promise<ApplyResult>;
   log: Logger;
   masterOnly: boolean;
@@ -37,7 +37,7 @@ export interface Follower {
 
 export function createFollower(settings: FollowSettings): Follower {
   const { log } = settings;
-  let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], master: undefined, problems: [] } };
+  let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], replicas: undefined, master: undefined, problems: [] } };
   let applied: Selection | undefined;
   let lastChange: LastChange | undefined;
   let knownProblems = new Map<string, Problem>();
@@ -54,7 +54,7 @@ export function createFollower(settings: FollowSettings): Follower {
     for (const text of problems.appeared) log.warn(text);
     for (const text of problems.resolved) log.info(text);
     if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
-    const wanted = { config: settings.render(selection.servers), servers: serverTable(selection.servers) };
+    const wanted = { config: settings.render(selection), servers: serverTable(selection) };
     void settings.apply(wanted).then(({ outcome, path, ms }) => {
       if (outcome !== 'applied' || path === undefined) return;
       const description = describeChange(applied, selection, settings.masterOnly);

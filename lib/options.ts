@@ -6,10 +6,17 @@ import { isIP } from 'node:net';
 import { isHostName, parsePort } from './address.ts';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from './log.ts';
 
+export type Layout = 'instances' | 'patroni';
+
 export interface Options {
   etcd: readonly string[];
   etcdPrefix: string;
+  layout: Layout;
   port: number;
+  // The second listener: every routable instance but the master.
+  replicaPort: number | undefined;
+  // Patroni: replicas whose WAL trails the leader's by more than this many bytes are left out.
+  maxReplicaLag: number | undefined;
   bind: string;
   backendPort: number;
   masterOnly: boolean;
@@ -51,10 +58,13 @@ interface Flag {
 const FLAGS: readonly Flag[] = [
   { name: 'etcd', value: 'ENDPOINTS', default: '127.0.0.1:2379', help: 'etcd endpoints, comma-separated: host, host:port or http(s)://host:port (port 2379 if none)' },
   { name: 'etcd-prefix', value: 'PREFIX', help: "the service's key prefix, e.g. /services/mysql (required)" },
-  { name: 'port', value: 'PORT', help: 'port haproxy listens on (required)' },
+  { name: 'layout', value: 'instances|patroni', default: 'instances', help: "the keys under PREFIX: ambassador's instances/<name>/... layout, or Patroni's own (PREFIX=/service/<scope>)" },
+  { name: 'port', value: 'PORT', help: 'port haproxy listens on (required): the master with --master-only, else every instance' },
+  { name: 'replica-port', value: 'PORT', help: 'a second port, routed to every routable instance but the master (Patroni: running replicas)' },
+  { name: 'max-replica-lag', value: 'SIZE', help: "with --layout=patroni: leave out replicas whose WAL trails the leader's by more, e.g. 16MB" },
   { name: 'bind', value: 'ADDRESS', default: '0.0.0.0', help: 'address haproxy listens on (an IPv4 or IPv6 literal)' },
   { name: 'backend-port', value: 'PORT', help: 'port on the instances when they have no port key (default: --port)' },
-  { name: 'master-only', boolean: true, help: 'route only to the instance named by <prefix>/master' },
+  { name: 'master-only', boolean: true, help: 'route --port only to the master: the instance named by <prefix>/master (Patroni: the leader)' },
   { name: 'public', boolean: true, help: 'use instances/<name>/public_ip instead of private_ip' },
   { name: 'haproxy', value: 'PATH', default: 'haproxy', help: 'haproxy executable' },
   { name: 'haproxy-config', value: 'FILE', help: 'where the rendered config is written (default: <runtime-dir>/haproxy.cfg)' },
@@ -96,10 +106,11 @@ export function usage(): string {
     'Flags (each also read from AMBASSADOR_<FLAG>, e.g. AMBASSADOR_ETCD_PREFIX; the flag wins):',
     ...rows,
     '',
-    'Keys read under PREFIX:',
+    'Keys read under PREFIX (--layout=instances):',
     '  master                       name of the master instance (with --master-only)',
     '  instances/<name>/private_ip  address of an instance (public_ip with --public)',
     '  instances/<name>/port        port of an instance (optional)',
+    "With --layout=patroni, Patroni's own: leader, members/<name> (JSON: conn_url, role, state, tags), status.",
     '',
     'Exit codes: 0 stopped cleanly, 1 failed (haproxy or etcd), 2 usage error.',
   ].join('\n');
@@ -166,6 +177,11 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
     if (value === undefined) throw new UsageError(`--${name} is required (or ${envName(name)})`);
     return value;
   };
+  const bytes = (name: string, value: string): number => {
+    const match = /^(\d{1,12})\s*(B|kB|KB|MB|GB)?$/.exec(value);
+    if (!match) throw new UsageError(`${source(name)}=${JSON.stringify(value)} is not a size (e.g. 16MB, 1048576)`);
+    return Number(match[1]) * { B: 1, kB: 1024, KB: 1024, MB: 1 << 20, GB: 1 << 30 }[match[2] ?? 'B']!;
+  };
   const port = (name: string, value: string): number => {
     const number = parsePort(value);
     if (number === undefined) throw new UsageError(`${source(name)}=${JSON.stringify(value)} is not a port (1-65535)`);
@@ -173,8 +189,22 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   };
 
   const etcdPrefix = required('etcd-prefix').replace(/\/+$/, '');
+  const layout = required('layout');
+  if (layout !== 'instances' && layout !== 'patroni') throw new UsageError(`${source('layout')}=${JSON.stringify(layout)} is not one of instances, patroni`);
   if (etcdPrefix === '') throw new UsageError(`${source('etcd-prefix')} must name a prefix below the root, e.g. /services/mysql`);
   const listenPort = port('port', required('port'));
+  const replicaPortText = text('replica-port');
+  const replicaPort = replicaPortText === undefined ? undefined : port('replica-port', replicaPortText);
+  if (replicaPort === listenPort) throw new UsageError(`--replica-port and --port are both ${listenPort}: give the replicas a port of their own`);
+  const maxReplicaLagText = text('max-replica-lag');
+  const maxReplicaLag = maxReplicaLagText === undefined ? undefined : bytes('max-replica-lag', maxReplicaLagText);
+  if (maxReplicaLag !== undefined && layout !== 'patroni') throw new UsageError('--max-replica-lag needs --layout=patroni (replication lag is read from Patroni\'s keys)');
+  if (maxReplicaLag !== undefined && replicaPort === undefined) throw new UsageError('--max-replica-lag needs --replica-port: it chooses the replicas that port routes to');
+  if (layout === 'patroni') {
+    for (const flag of ['public', 'backend-port']) {
+      if (given.has(flag) || env[envName(flag)]) throw new UsageError(`--${flag} means nothing with --layout=patroni: each member's address and port come from its conn_url`);
+    }
+  }
   const backendPortText = text('backend-port');
   const bind = required('bind');
   if (isIP(bind) === 0) throw new UsageError(`${source('bind')}=${JSON.stringify(bind)} is not an IPv4 or IPv6 address`);
@@ -221,7 +251,10 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   const options: Options = {
     etcd: parseEndpoints(required('etcd'), tls, source('etcd')),
     etcdPrefix,
+    layout,
     port: listenPort,
+    replicaPort,
+    maxReplicaLag,
     bind,
     backendPort: backendPortText === undefined ? listenPort : port('backend-port', backendPortText),
     masterOnly: bool('master-only'),

@@ -3,8 +3,8 @@
 // Pure: it sends nothing; lib/haproxy.ts carries the plan out and falls back to a reload if a command fails.
 
 import { isIP } from 'node:net';
-import { hostPort, PROXY_NAME, SERVER_CHECKS } from './render.ts';
-import type { Server } from './registry.ts';
+import { hostPort, PROXY_NAME, REPLICA_PROXY_NAME, SERVER_CHECKS } from './render.ts';
+import type { Selection } from './registry.ts';
 
 // ready: takes connections. maint: takes none (a master-only standby). drain: removed from etcd, takes no
 // new connection, and is deleted (del server) once its last session ends; never in the config file.
@@ -16,7 +16,7 @@ export interface LiveServer {
   state: ServerState;
 }
 
-// haproxy server name → server.
+// `<proxy>/<server>` (the id haproxy's commands take, e.g. service/2) → server.
 export type ServerTable = ReadonlyMap<string, LiveServer>;
 
 export type Plan =
@@ -25,15 +25,20 @@ export type Plan =
   | { kind: 'reload'; reason: string };
 
 export interface PlanSettings {
-  // Master-only: a server that stops being the master is fenced (no new connection, sessions cut) first.
+  // Master-only: a server of the primary port that stops being the master is fenced (no new connection,
+  // sessions cut) first. The replica port's servers never are.
   fence: boolean;
 }
 
 // Beyond this many commands one reload is quicker, and atomic.
 export const MAX_RUNTIME_COMMANDS = 1000;
 
-export function serverTable(servers: readonly Server[]): ServerTable {
-  return new Map(servers.map((s) => [s.server, { address: s.address, port: s.port, state: s.enabled ? 'ready' : 'maint' }]));
+export function serverTable(selection: Pick<Selection, 'servers' | 'replicas'>): ServerTable {
+  const table = new Map<string, LiveServer>();
+  for (const [proxy, servers] of [[PROXY_NAME, selection.servers], [REPLICA_PROXY_NAME, selection.replicas ?? []]] as const) {
+    for (const s of servers) table.set(`${proxy}/${s.server}`, { address: s.address, port: s.port, state: s.enabled ? 'ready' : 'maint' });
+  }
+  return table;
 }
 
 export function planChange(live: ServerTable, wanted: ServerTable, settings: PlanSettings): Plan {
@@ -42,38 +47,37 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
   const changes: string[] = [];
   const enables: string[] = [];
   const next = new Map(live);
+  const fenced = (id: string) => settings.fence && id.startsWith(`${PROXY_NAME}/`);
 
   // A removed server takes no new connection at once and is deleted by the drain sweep once it has no
   // session left: at once when fenced (its sessions are cut), when its clients close them otherwise.
-  for (const [name, was] of live) {
-    if (wanted.has(name) || was.state === 'drain') continue;
-    const id = `${PROXY_NAME}/${name}`;
-    if (was.state === 'ready' && settings.fence) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+  for (const [id, was] of live) {
+    if (wanted.has(id) || was.state === 'drain') continue;
+    if (was.state === 'ready' && fenced(id)) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
     else if (was.state === 'ready') changes.push(`set server ${id} state drain`);
-    next.set(name, { ...was, state: 'drain' });
+    next.set(id, { ...was, state: 'drain' });
   }
 
-  for (const [name, want] of wanted) {
-    const id = `${PROXY_NAME}/${name}`;
-    const was = live.get(name);
+  for (const [id, want] of wanted) {
+    const was = live.get(id);
     if (was === undefined) {
       // Names resolve only when haproxy loads its config.
-      if (isIP(want.address) === 0) return { kind: 'reload', reason: `server ${name} has a DNS name (${want.address})` };
+      if (isIP(want.address) === 0) return { kind: 'reload', reason: `server ${id} has a DNS name (${want.address})` };
       changes.push(`add server ${id} ${hostPort(want.address, want.port)} ${SERVER_CHECKS}`, `enable health ${id}`);
       if (want.state === 'ready') enables.push(`set server ${id} state ready`);
-      next.set(name, want);
+      next.set(id, want);
       continue;
     }
     const moved = was.address !== want.address || was.port !== want.port;
     if (moved && (isIP(want.address) === 0 || isIP(was.address) === 0)) {
-      return { kind: 'reload', reason: `server ${name} moves to or from a DNS name (${was.address} -> ${want.address})` };
+      return { kind: 'reload', reason: `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})` };
     }
-    const cut = settings.fence && was.state === 'ready' && (want.state !== 'ready' || moved);
+    const cut = fenced(id) && was.state === 'ready' && (want.state !== 'ready' || moved);
     if (cut) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
     if (moved) changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
     if (want.state === 'ready' && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
     if (want.state === 'maint' && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
-    next.set(name, want);
+    next.set(id, want);
   }
 
   const commands = [...fences, ...changes, ...enables];

@@ -37,10 +37,19 @@ export interface Server extends Instance {
   enabled: boolean;
 }
 
+// What each port routes to: `servers` for --port, `replicas` for --replica-port (undefined without one).
 export interface Selection {
   servers: Server[];
+  replicas: Server[] | undefined;
   master: string | undefined;
   problems: Problem[];
+}
+
+export interface SelectSettings {
+  prefix: string;
+  masterOnly: boolean;
+  // There is a replica port.
+  replicas: boolean;
 }
 
 type Field = 'private_ip' | 'public_ip' | 'port';
@@ -99,10 +108,11 @@ export function readService(mirror: ReadonlyMap<string, string>, settings: Regis
 }
 
 // All routable instances enabled, or with masterOnly only the master; a master that is missing or not routable
-// enables nobody.
-export function selectServers(service: Service, settings: RegistrySettings & { masterOnly: boolean }): Selection {
+// enables nobody. The replica port: every routable instance but the one `master` names.
+export function selectServers(service: Service, settings: SelectSettings): Selection {
+  const replicas = settings.replicas ? service.instances.map((instance) => ({ ...instance, enabled: instance.name !== service.master })) : undefined;
   if (!settings.masterOnly) {
-    return { servers: service.instances.map((instance) => ({ ...instance, enabled: true })), master: service.master, problems: service.problems };
+    return { servers: service.instances.map((instance) => ({ ...instance, enabled: true })), replicas, master: service.master, problems: service.problems };
   }
   const key = `${settings.prefix}/master`;
   const problems = [...service.problems];
@@ -110,7 +120,7 @@ export function selectServers(service: Service, settings: RegistrySettings & { m
   if (service.master === undefined) problems.push({ key, reason: 'no master is set: no instance is routed' });
   else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
   const servers = service.instances.map((instance) => ({ ...instance, enabled: instance === master }));
-  return { servers, master: service.master, problems };
+  return { servers, replicas, master: service.master, problems };
 }
 
 // haproxy server names allow [A-Za-z0-9_.:-]. A plain name is used as is; any other gets a readable part
@@ -121,20 +131,23 @@ export function serverName(instance: string): string {
   return `${readable}:${createHash('sha256').update(instance).digest('hex').slice(0, 16)}`;
 }
 
-// What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2".
+// What an applied change did, in a few words: "master 2 -> 3", "added 4, removed 1", "moved 2", "replicas 1,3 -> 1,2".
 export function describeChange(before: Selection | undefined, after: Selection, masterOnly: boolean): string {
   const master = (selection: Selection | undefined) => selection?.servers.find((server) => server.enabled)?.name ?? 'none';
   const shownMaster = masterOnly ? `master ${before ? `${master(before)} -> ` : ''}${master(after)}` : '';
-  if (!before) return [`${after.servers.length} server(s)`, shownMaster].filter(Boolean).join(', ');
+  const list = (names: string[]) => names.slice(0, 5).join(',') + (names.length > 5 ? `,… (${names.length})` : '');
+  const replicas = (selection: Selection | undefined) => list((selection?.replicas ?? []).filter((server) => server.enabled).map((server) => server.name)) || 'none';
+  const shownReplicas = after.replicas ? `replicas ${before ? `${replicas(before)} -> ` : ''}${replicas(after)}` : '';
+  if (!before) return [`${after.servers.length} server(s)`, shownMaster, shownReplicas].filter(Boolean).join(', ');
   const address = (selection: Selection) => new Map(selection.servers.map((server) => [server.name, `${server.address}:${server.port}`]));
   const old = address(before);
   const now = address(after);
-  const list = (names: string[]) => names.slice(0, 5).join(',') + (names.length > 5 ? `,… (${names.length})` : '');
   const added = [...now.keys()].filter((name) => !old.has(name));
   const removed = [...old.keys()].filter((name) => !now.has(name));
   const moved = [...now].filter(([name, at]) => old.has(name) && old.get(name) !== at).map(([name]) => name);
   const parts = [
     master(before) !== master(after) ? shownMaster : '',
+    replicas(before) !== replicas(after) ? shownReplicas : '',
     added.length ? `added ${list(added)}` : '',
     removed.length ? `removed ${list(removed)}` : '',
     moved.length ? `moved ${list(moved)}` : '',

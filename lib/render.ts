@@ -2,18 +2,25 @@
 // Pure and deterministic: the same input gives the same bytes, so an unchanged config is seen by comparing text.
 // Every value it writes was validated by registry.ts or options.ts; it never formats raw etcd data.
 
-import type { Server } from './registry.ts';
+import type { Selection, Server } from './registry.ts';
 
 export interface RenderSettings {
   prefix: string;
   bind: string;
   port: number;
+  replicaPort: number | undefined;
   hardStopAfter: string;
   adminSocket: string;
 }
 
-// The name haproxy knows the proxy by, e.g. in `set server service/<name> ...`.
+// The names haproxy knows the proxies by, e.g. in `set server service/<name> ...`: --port's and --replica-port's.
 export const PROXY_NAME = 'service';
+export const REPLICA_PROXY_NAME = 'replicas';
+
+// The proxies a config has, for those who talk to haproxy about them.
+export function proxyNames(settings: Pick<RenderSettings, 'replicaPort'>): string[] {
+  return settings.replicaPort === undefined ? [PROXY_NAME] : [PROXY_NAME, REPLICA_PROXY_NAME];
+}
 
 // Health checks: a dead instance is marked down within ~4 s and its sessions are cut, so clients reconnect
 // elsewhere instead of hanging on it; the same cut fences a master put in maintenance. Servers added at run
@@ -23,7 +30,7 @@ export const SERVER_CHECKS = 'check inter 2s fall 2 rise 2 on-marked-down shutdo
 const SERVER_DEFAULTS = `${SERVER_CHECKS} init-addr libc,none`;
 
 // Servers not enabled (master-only standbys) are written `disabled`, so a failover is a state change at run time.
-export function renderConfig(settings: RenderSettings, servers: readonly Server[]): string {
+export function renderConfig(settings: RenderSettings, selection: Pick<Selection, 'servers' | 'replicas'>): string {
   const lines = [
     `# haproxy config for etcd prefix ${settings.prefix}, written by ambassador on every change: edits are lost.`,
     'global',
@@ -42,15 +49,22 @@ export function renderConfig(settings: RenderSettings, servers: readonly Server[
     '    option redispatch',
     '    option clitcpka',
     '    option srvtcpka',
+    ...listen(PROXY_NAME, settings.bind, settings.port, selection.servers),
+    ...(settings.replicaPort === undefined ? [] : listen(REPLICA_PROXY_NAME, settings.bind, settings.replicaPort, selection.replicas ?? [])),
+  ];
+  return lines.join('\n') + '\n';
+}
+
+function listen(name: string, bind: string, port: number, servers: readonly Server[]): string[] {
+  return [
     '',
-    `listen ${PROXY_NAME}`,
-    `    bind ${hostPort(settings.bind, settings.port)}`,
+    `listen ${name}`,
+    `    bind ${hostPort(bind, port)}`,
     // Long-lived database sessions spread better by count than by turn.
     '    balance leastconn',
     `    default-server ${SERVER_DEFAULTS}`,
     ...servers.map((server) => `    server ${server.server} ${hostPort(server.address, server.port)}${server.enabled ? '' : ' disabled'}`),
   ];
-  return lines.join('\n') + '\n';
 }
 
 export function hostPort(address: string, port: number): string {

@@ -8,7 +8,7 @@ import { getHeapStatistics } from 'node:v8';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { LastChange } from './follow.ts';
 import type { ApplyPath, HaproxyStats, Traffic } from './haproxy/driver.ts';
-import { PROXY_NAME } from './render.ts';
+import { PROXY_NAME, REPLICA_PROXY_NAME } from './render.ts';
 import type { Problem, Server as HaproxyServer } from './registry.ts';
 import type { WatchStats } from './watch.ts';
 
@@ -19,8 +19,9 @@ export interface StatusSnapshot {
   revision: bigint;
   etcd: WatchStats;
   haproxy: HaproxyStats;
-  // The servers of the newest etcd state (what haproxy runs when haproxy.current).
+  // The servers of the newest etcd state (what haproxy runs when haproxy.current), per port.
   servers: readonly HaproxyServer[];
+  replicas: readonly HaproxyServer[] | undefined;
   instancesRejected: number;
   master: string | undefined;
   problems: readonly Problem[];
@@ -61,7 +62,7 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
 }
 
 // Which port a proxy of ours serves, as a label value.
-const PORTS: Record<string, string> = { [PROXY_NAME]: 'primary' };
+const PORTS: Record<string, string> = { [PROXY_NAME]: 'primary', [REPLICA_PROXY_NAME]: 'replica' };
 
 export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, readTraffic: () => Promise<Traffic | undefined>): Status {
   const registry = new Registry();
@@ -111,7 +112,8 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
     s.haproxy.notLiveSince === undefined ? 0 : (Date.now() - s.haproxy.notLiveSince) / 1000,
   );
   gauge('ambassador_instances_known', 'instances with an address key', (s) => s.servers.length + s.instancesRejected);
-  gauge('ambassador_instances_routed', 'instances haproxy sends connections to', (s) => s.servers.filter((server) => server.enabled).length);
+  gauge('ambassador_instances_routed', 'instances haproxy sends connections to on --port', (s) => s.servers.filter((server) => server.enabled).length);
+  gauge('ambassador_replicas_routed', 'instances haproxy sends connections to on --replica-port (0 without one)', (s) => (s.replicas ?? []).filter((server) => server.enabled).length);
   gauge('ambassador_instances_rejected', 'instances not routed because a value failed validation', (s) => s.instancesRejected);
   gauge('ambassador_problems', 'problems in the registry now (bad values, missing or unknown master)', (s) => s.problems.length);
   new Gauge({
@@ -162,6 +164,7 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
     statsUp.set(read ? 1 : 0);
     if (!read) return;
     const instances = new Map(snapshot.servers.map((server) => [server.server, server.name]));
+    for (const server of snapshot.replicas ?? []) instances.set(server.server, server.name);
     const now = Date.now() / 1000;
     for (const row of read.servers) {
       const instance = instances.get(row.server);
@@ -245,6 +248,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       port: server.port,
       routed: server.enabled,
     })),
+    replicas: snapshot.replicas?.map((server) => ({ name: server.name, server: server.server, address: server.address, port: server.port, routed: server.enabled })),
     problems: snapshot.problems,
     lastChange: snapshot.lastChange ? { ...snapshot.lastChange, revision: snapshot.lastChange.revision.toString() } : null,
     etcd: {

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY, ambassadorCommand } from './helpers/ambassador.ts';
 import { processOf } from './helpers/processes.ts';
-import { answeredBy, answers, whoAnswers } from './helpers/net.ts';
+import { answeredBy, answers, freePort, whoAnswers } from './helpers/net.ts';
 import { makeCertificates } from './helpers/tls.ts';
 import { worldSuite } from './helpers/world.ts';
 import packageJson from '../package.json' with { type: 'json' };
@@ -96,6 +96,24 @@ test('routes to the master, fails over, and stops cleanly', async ({ world }) =>
   assert.is(await ambassador.stop(), 0);
   assert.not.ok(haproxy());
   assert.is(await whoAnswers(ambassador.port), '');
+});
+
+test('bounds its heap by itself; --node-options can raise the bound, NODE_OPTIONS cannot touch it', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const limit = async (nodeOptions: string[], env: Record<string, string>) => {
+    const statusPort = await freePort();
+    const ambassador = await world.start([...nodeOptions, `--etcd-prefix=${prefix}`, `--status=127.0.0.1:${statusPort}`], { binary: 'dist', env });
+    await ambassador.waitForLog(/status: serving/);
+    const text = await (await fetch(`http://127.0.0.1:${statusPort}/metrics`)).text();
+    await ambassador.cleanup();
+    return Number(/^ambassador_heap_limit_bytes (\S+)$/m.exec(text)![1]) / (1 << 20);
+  };
+  const baked = await limit([], {});
+  assert.ok(baked > 90 && baked < 110, `${baked} MB: --max-old-space-size=96 and a 1 MB semi-space are baked in`);
+  assert.is(await limit([], { NODE_OPTIONS: '--max-old-space-size=256' }), baked, 'NODE_OPTIONS is not read');
+  const raised = await limit(['--node-options=--max-old-space-size=256'], {});
+  assert.ok(raised > 250 && raised < 270, `${raised} MB with --node-options=--max-old-space-size=256`);
 });
 
 test('balances over all instances from the environment alone', async ({ world }) => {

@@ -127,4 +127,26 @@ test('answers --help and --version before checking anything else', () => {
   }
 });
 
+test('--layout=patroni with a replica port and a lag bound; the instances layout stays the default', () => {
+  assert.is(run(seed).layout, 'instances');
+  assert.is(run(seed).replicaPort, undefined);
+  const patroni = run(['--etcd-prefix=/service/demo', '--layout=patroni', '--master-only', '--port=5000', '--replica-port=5001', '--max-replica-lag=16MB']);
+  assert.is(patroni.layout, 'patroni');
+  assert.is(patroni.replicaPort, 5001);
+  assert.is(patroni.maxReplicaLag, 16 << 20);
+  assert.is(run(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--replica-port=5001', '--max-replica-lag=1048576']).maxReplicaLag, 1 << 20);
+  assert.is(run([...seed, '--replica-port=5433']).replicaPort, 5433);
+});
+
+test('a layout, replica port or lag that cannot work is a usage error', () => {
+  assert.match(usageError([...seed, '--layout=consul']), '--layout="consul" is not one of instances, patroni');
+  assert.match(usageError([...seed, '--replica-port=5432']), '--replica-port and --port are both 5432');
+  assert.match(usageError([...seed, '--replica-port=5433', '--max-replica-lag=16MB']), '--max-replica-lag needs --layout=patroni');
+  assert.match(usageError(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--max-replica-lag=16MB']), '--max-replica-lag needs --replica-port');
+  assert.match(usageError(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--replica-port=5001', '--max-replica-lag=lots']), 'is not a size');
+  assert.match(usageError(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--public']), '--public means nothing with --layout=patroni');
+  assert.match(usageError(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--backend-port=5433']), '--backend-port means nothing with --layout=patroni');
+  assert.match(usageError(['--etcd-prefix=/service/demo', '--layout=patroni', '--port=5000', '--replika-port=5001']), 'did you mean --replica-port?');
+});
+
 test.run();

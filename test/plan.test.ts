@@ -6,13 +6,14 @@ import { SERVER_CHECKS } from '../lib/render.ts';
 const ready = (address: string, port = 5432): LiveServer => ({ address, port, state: 'ready' });
 const maint = (address: string, port = 5432): LiveServer => ({ address, port, state: 'maint' });
 const drain = (address: string, port = 5432): LiveServer => ({ address, port, state: 'drain' });
-const table = (entries: Record<string, LiveServer>): ServerTable => new Map(Object.entries(entries));
+// Tables of the primary port's proxy, by server name: ids are service/<name>.
+const table = (entries: Record<string, LiveServer>): ServerTable => new Map(Object.entries(entries).map(([name, server]) => [`service/${name}`, server]));
 const masterOnly = { fence: true };
 const allInstances = { fence: false };
 
 function runtime(plan: Plan): { commands: string[]; next: Record<string, LiveServer> } {
   if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
-  return { commands: plan.commands, next: Object.fromEntries(plan.next) };
+  return { commands: plan.commands, next: Object.fromEntries([...plan.next].map(([id, server]) => [id.replace(/^service\//, ''), server])) };
 }
 
 test('does nothing when nothing changed', () => {
@@ -91,7 +92,7 @@ test('leaves a draining server alone, and takes it back if it returns', () => {
 
 test('reloads for a server added or moved by DNS name, which resolves only at load', () => {
   const byName = planChange(new Map(), table({ a: ready('db.example') }), allInstances);
-  assert.equal(byName, { kind: 'reload', reason: 'server a has a DNS name (db.example)' });
+  assert.equal(byName, { kind: 'reload', reason: 'server service/a has a DNS name (db.example)' });
   const moved = planChange(table({ a: ready('db.example') }), table({ a: ready('10.0.0.1') }), allInstances);
   assert.is(moved.kind, 'reload');
 });
@@ -106,7 +107,38 @@ test('builds the wanted table from the selected servers', () => {
     { name: '1', server: '1', address: '10.0.0.1', port: 5432, enabled: true },
     { name: 'a b', server: 'a_b:00', address: '10.0.0.2', port: 5433, enabled: false },
   ];
-  assert.equal(Object.fromEntries(serverTable(servers)), { '1': ready('10.0.0.1'), 'a_b:00': maint('10.0.0.2', 5433) });
+  assert.equal(Object.fromEntries(serverTable({ servers, replicas: undefined })), { 'service/1': ready('10.0.0.1'), 'service/a_b:00': maint('10.0.0.2', 5433) });
+  const replicas = servers.map((server) => ({ ...server, enabled: !server.enabled }));
+  assert.equal(Object.fromEntries(serverTable({ servers, replicas })), {
+    'service/1': ready('10.0.0.1'),
+    'service/a_b:00': maint('10.0.0.2', 5433),
+    'replicas/1': maint('10.0.0.1'),
+    'replicas/a_b:00': ready('10.0.0.2', 5433),
+  });
+});
+
+test('a failover moves both ports in one step: the primary fenced first, the replica port never fenced', () => {
+  const live = new Map([
+    ['service/1', ready('10.0.0.1')],
+    ['service/2', maint('10.0.0.2')],
+    ['replicas/1', maint('10.0.0.1')],
+    ['replicas/2', ready('10.0.0.2')],
+  ]);
+  const wanted = new Map([
+    ['service/1', maint('10.0.0.1')],
+    ['service/2', ready('10.0.0.2')],
+    ['replicas/1', ready('10.0.0.1')],
+    ['replicas/2', maint('10.0.0.2')],
+  ]);
+  const plan = planChange(live, wanted, masterOnly);
+  if (plan.kind !== 'runtime') throw new Error(plan.kind);
+  assert.equal(plan.commands, [
+    'set server service/1 state maint',
+    'shutdown sessions server service/1',
+    'set server replicas/2 state maint',
+    'set server service/2 state ready',
+    'set server replicas/1 state ready',
+  ]);
 });
 
 test.run();

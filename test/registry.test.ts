@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { describeChange, describeProblem, problemChanges, readService, selectServers, serverName } from '../lib/registry.ts';
 
 const P = '/services/mysql';
-const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false };
+const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false, replicas: false };
 const masterOnly = { ...settings, masterOnly: true };
 
 function mirror(entries: Record<string, string>): Map<string, string> {

@@ -115,7 +115,7 @@ test('an instance by DNS name is resolved by haproxy through a checked reload', 
     await world.routesTo(ambassador.port, 'node-2');
     await world.etcd.put(`${prefix}/instances/named/port`, String(port));
     await world.etcd.put(`${prefix}/instances/named/private_ip`, 'localhost');
-    await ambassador.waitForLog(/reloading, the runtime API cannot do this change: server named has a DNS name \(localhost\)/);
+    await ambassador.waitForLog(/reloading, the runtime API cannot do this change: server service\/named has a DNS name \(localhost\)/);
     await world.etcd.put(`${prefix}/master`, 'named');
     await ambassador.waitForLog(/master 2 -> named \(runtime, \d+ ms\)/);
     await world.routesTo(ambassador.port, 'node-localhost');

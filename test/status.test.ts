@@ -29,6 +29,7 @@ const snapshot = (over: Partial<StatusSnapshot> = {}): StatusSnapshot => ({
   etcd: { connected: true, staleSince: undefined, lastEventAt: undefined, events: 0, snapshots: 1, watchesLost: 0 },
   haproxy: { masterPid: 10, workers: 1, current: true, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0 },
   servers: [],
+  replicas: undefined,
   instancesRejected: 0,
   master: undefined,
   problems: [],

@@ -45,10 +45,10 @@ export function parseStat(csv: string): Record<string, string>[] {
   });
 }
 
-// Current sessions per server of one proxy.
-export async function serverSessions(socket: string, proxy: string): Promise<Map<string, number>> {
+// Current sessions per server, by `<proxy>/<server>`.
+export async function serverSessions(socket: string): Promise<Map<string, number>> {
   const rows = parseStat(await request(socket, 'show stat -1 4 -1'));
-  return new Map(rows.filter((row) => row.pxname === proxy).map((row) => [row.svname!, Number(row.scur)]));
+  return new Map(rows.map((row) => [`${row.pxname}/${row.svname}`, Number(row.scur)]));
 }
 
 // What the traffic does, per server of our proxies and for haproxy as a whole.

@@ -6,7 +6,6 @@
 import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
 import { planChange, type ServerTable } from '../plan.ts';
-import { PROXY_NAME } from '../render.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
 import { readTraffic, runtimeCommands, serverSessions, type Traffic } from './admin.ts';
 import { installChecked, replaceConfig } from './config.ts';
@@ -26,6 +25,8 @@ export interface HaproxySettings {
   apply: Options['apply'];
   // Master-only: fence a server that stops being the master (see lib/plan.ts).
   fence: boolean;
+  // The proxies the config has (lib/render.ts).
+  proxies: readonly string[];
   log: Logger;
   // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
   // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
@@ -140,7 +141,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
-    const loaded = await reload(proc, [PROXY_NAME], log);
+    const loaded = await reload(proc, settings.proxies, log);
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
 
@@ -148,14 +149,13 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const sweep = async (): Promise<boolean> => {
     const draining = [...liveServers].filter(([, server]) => server.state === 'drain').map(([name]) => name);
     if (draining.length === 0 || !child?.running()) return false;
-    const sessions = await serverSessions(adminSocket, PROXY_NAME).catch(() => new Map<string, number>());
+    const sessions = await serverSessions(adminSocket).catch(() => new Map<string, number>());
     const table = new Map(liveServers);
-    for (const name of draining) {
-      if ((sessions.get(name) ?? 1) > 0) continue;
-      const id = `${PROXY_NAME}/${name}`;
+    for (const id of draining) {
+      if ((sessions.get(id) ?? 1) > 0) continue;
       if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
-        table.delete(name);
-        log.debug(`haproxy: deleted drained server ${name}`);
+        table.delete(id);
+        log.debug(`haproxy: deleted drained server ${id}`);
       }
     }
     liveServers = table;
@@ -174,7 +174,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       workers: child?.workers().length ?? 0,
       runtimeFallbacks,
     }),
-    traffic: async () => (child?.running() ? readTraffic(adminSocket, [PROXY_NAME], TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
+    traffic: async () => (child?.running() ? readTraffic(adminSocket, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
       stopping = true;
       queue.stop();

@@ -9,10 +9,10 @@ import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
 import { installChecked } from './config.ts';
 import { reload } from './reload.ts';
 import { isAlive } from './process.ts';
-import { PROXY_NAME } from '../render.ts';
 
 export interface OnceSettings {
   binary: string;
+  proxies: readonly string[];
   configPath: string;
   runtimeDir: string;
   log: Logger;
@@ -21,7 +21,7 @@ export interface OnceSettings {
 const LAUNCH_TIMEOUT_MS = 60_000;
 
 export async function applyOnce(settings: OnceSettings, config: string): Promise<'reloaded' | 'started'> {
-  const { binary, configPath, runtimeDir, log } = settings;
+  const { binary, configPath, runtimeDir, log, proxies } = settings;
   const install = await installChecked(binary, configPath, config);
   if (install.kind === 'refused') throw new SetupError(`haproxy rejected the config: ${install.reason}`);
   if (install.kind === 'failed') throw new SetupError(install.reason);
@@ -29,7 +29,7 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
   const running = await readPid(haproxyPid);
   if (running !== undefined && (await commandLine(running)).includes(configPath)) {
     const target = { masterSocket, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
-    const loaded = await reload(target, [PROXY_NAME], log);
+    const loaded = await reload(target, proxies, log);
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy ${running} did not reload: ${loaded.reason}`);
     return 'reloaded';
   }

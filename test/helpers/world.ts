@@ -54,7 +54,9 @@ export async function createWorld(): Promise<World> {
       const port = options.port ?? (await freePort());
       const etcdFlag = options.replaceEtcd ? [] : [`--etcd=${etcd.endpoint}`];
       const bindFlag = flags.some((flag) => flag.startsWith('--bind=')) ? [] : ['--bind=127.0.0.1'];
-      const ambassador = await startAmbassador([...etcdFlag, `--port=${port}`, ...bindFlag, `--backend-port=${backendPort}`, ...flags], options);
+      // Patroni's members say their own ports.
+      const backendFlag = flags.includes('--layout=patroni') ? [] : [`--backend-port=${backendPort}`];
+      const ambassador = await startAmbassador([...etcdFlag, `--port=${port}`, ...bindFlag, ...backendFlag, ...flags], options);
       running.push(ambassador);
       return Object.assign(ambassador, { port });
     },

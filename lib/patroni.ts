@@ -1,0 +1,137 @@
+// Patroni's own layout under /service/<scope>: leader (a member name), members/<name> (JSON: conn_url, role,
+// state, tags, xlog_location) and status ({"optime": …}) → the servers each port routes to.
+// Pure: every value is validated here; a member that fails is a problem that keeps it out, never text in the config.
+
+import { checkAddress, parsePort } from './address.ts';
+import { serverName, type Instance, type Problem, type Selection, type Server } from './registry.ts';
+
+export interface PatroniSettings {
+  prefix: string;
+  masterOnly: boolean;
+  // There is a replica port.
+  replicas: boolean;
+  // Replicas whose xlog_location trails status.optime by more bytes than this are left out.
+  maxReplicaLag: number | undefined;
+}
+
+export interface Member extends Instance {
+  role: string;
+  state: string;
+  noloadbalance: boolean;
+  // WAL position in bytes, if the member says.
+  xlog: number | undefined;
+}
+
+export interface Cluster {
+  members: Member[];
+  leader: string | undefined;
+  // The leader's WAL position in bytes.
+  optime: number | undefined;
+  problems: Problem[];
+}
+
+// Patroni's values are small JSON; a bigger one is not Patroni's.
+const MAX_VALUE = 64 << 10;
+const MEMBER_KEY = /^members\/([^/]+)$/;
+const DEFAULT_POSTGRES_PORT = 5432;
+// A member that says so is no longer the primary, whatever the leader key says: fence it. ('replica' is not
+// among them: a new leader's member key says replica for ~1.3 s after it took the leader key.)
+const NOT_PRIMARY_ROLES = new Set(['demoted', 'uninitialized']);
+
+export function readCluster(mirror: ReadonlyMap<string, string>, prefix: string): Cluster {
+  const base = prefix + '/';
+  const members: Member[] = [];
+  const problems: Problem[] = [];
+  let leader: string | undefined;
+  let optime: number | undefined;
+  for (const [key, value] of mirror) {
+    if (!key.startsWith(base)) continue;
+    const relative = key.slice(base.length);
+    if (value.length > MAX_VALUE) {
+      if (relative === 'leader' || relative === 'status' || MEMBER_KEY.test(relative)) problems.push({ key, value, reason: `${value.length} bytes: too big for Patroni's value` });
+      continue;
+    }
+    if (relative === 'leader') {
+      leader = value.trim();
+    } else if (relative === 'status') {
+      const status = parseJson(value);
+      const position = typeof status === 'object' && status !== null ? (status as Record<string, unknown>).optime : undefined;
+      if (typeof position === 'number' && Number.isSafeInteger(position) && position >= 0) optime = position;
+      else problems.push({ key, value, reason: 'not Patroni status JSON with a numeric optime' });
+    } else {
+      const match = MEMBER_KEY.exec(relative);
+      if (!match) continue;
+      const member = readMember(match[1]!, value);
+      if (typeof member === 'string') problems.push({ key, value, reason: member, instance: match[1]! });
+      else members.push(member);
+    }
+  }
+  members.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+  const unique = members.filter((member, i) => {
+    const clash = i > 0 && members[i - 1]!.server === member.server;
+    if (clash) problems.push({ key: `${base}members/${member.name}`, reason: `server name ${member.server} is taken by another member`, instance: member.name });
+    return !clash;
+  });
+  problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  return { members: unique, leader, optime, problems };
+}
+
+// A member's JSON, or why it cannot be routed.
+function readMember(name: string, value: string): Member | string {
+  if (!/^[A-Za-z0-9_.@-]{1,128}$/.test(name)) return 'not a member name Patroni writes (letters, digits, _ . @ -)';
+  const data = parseJson(value);
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) return 'not a JSON object';
+  const record = data as Record<string, unknown>;
+  if (typeof record.conn_url !== 'string') return 'no conn_url';
+  const url = /^postgres(?:ql)?:\/\/(?:[^@/]*@)?(\[[0-9a-fA-F:.]+\]|[^:/?#[\]]+)(?::(\d{1,5}))?(?:[/?].*)?$/.exec(record.conn_url);
+  if (!url) return 'conn_url is not postgres://host:port/...';
+  const host = url[1]!.startsWith('[') ? url[1]!.slice(1, -1) : url[1]!;
+  const address = checkAddress(host);
+  if (!address.ok) return `conn_url host: ${address.reason}`;
+  const port = url[2] === undefined ? DEFAULT_POSTGRES_PORT : parsePort(url[2]);
+  if (port === undefined) return 'conn_url port is not a port (1-65535)';
+  if (typeof record.role !== 'string' || typeof record.state !== 'string') return 'role and state must be strings';
+  if (record.tags !== undefined && (typeof record.tags !== 'object' || record.tags === null || Array.isArray(record.tags))) return 'tags must be an object';
+  const tags = (record.tags ?? {}) as Record<string, unknown>;
+  if (record.xlog_location !== undefined && !(typeof record.xlog_location === 'number' && Number.isSafeInteger(record.xlog_location))) return 'xlog_location must be a number';
+  return {
+    name,
+    server: serverName(name),
+    address: address.address,
+    port,
+    role: record.role,
+    state: record.state,
+    noloadbalance: tags.noloadbalance === true,
+    xlog: record.xlog_location as number | undefined,
+  };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+// The primary port: with masterOnly, the member the leader key names, while it runs and does not say it is no
+// longer primary (the leader key alone is enough: see the README, "PostgreSQL with Patroni"); else every
+// running member. The replica port: running replicas not tagged noloadbalance, within the lag allowed.
+export function selectPatroni(cluster: Cluster, settings: PatroniSettings): Selection {
+  const problems = [...cluster.problems];
+  const running = (member: Member) => member.state === 'running';
+  const primary = (member: Member) => member.name === cluster.leader && running(member) && !NOT_PRIMARY_ROLES.has(member.role);
+  if (settings.masterOnly) {
+    const key = `${settings.prefix}/leader`;
+    const leader = cluster.members.find((member) => member.name === cluster.leader);
+    if (cluster.leader === undefined) problems.push({ key, reason: 'no leader: no member is routed' });
+    else if (leader === undefined) problems.push({ key, value: cluster.leader, reason: 'names no routable member: no member is routed' });
+  }
+  const withinLag = (member: Member) =>
+    settings.maxReplicaLag === undefined || (member.xlog !== undefined && cluster.optime !== undefined && cluster.optime - member.xlog <= settings.maxReplicaLag);
+  const replica = (member: Member) => member.role === 'replica' && running(member) && !member.noloadbalance && member.name !== cluster.leader && withinLag(member);
+  const server = (member: Member, enabled: boolean): Server => ({ name: member.name, server: member.server, address: member.address, port: member.port, enabled });
+  const servers = cluster.members.map((member) => server(member, settings.masterOnly ? primary(member) : running(member)));
+  const replicas = settings.replicas ? cluster.members.map((member) => server(member, replica(member))) : undefined;
+  return { servers, replicas, master: cluster.leader, problems };
+}

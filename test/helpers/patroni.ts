@@ -1,0 +1,210 @@
+// A real Patroni cluster for the tests: three members (Debian's patroni 3.0.2 and PostgreSQL 15) on
+// 127.0.0.31-33, ports 5432 (PostgreSQL) and 8008 (Patroni's REST API), data in memory (/dev/shm), run as the
+// postgres user against the suite's etcd, with small ttl/loop_wait. Every Patroni and postmaster is stopped by
+// its pid, pass or fail, and a postmaster killed on purpose has its shared memory removed by exact id and name.
+
+import { execFile, execFileSync } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { requireCommand } from './etcd.ts';
+import { signal, startProcess, stopPid, track } from './processes.ts';
+
+const BIN = '/usr/lib/postgresql/15/bin';
+
+export interface PatroniMember {
+  name: string;
+  host: string;
+  config: string;
+}
+
+export interface PatroniCluster {
+  scope: string;
+  prefix: string;
+  members: PatroniMember[];
+  // The member a host belongs to.
+  memberAt(host: string): PatroniMember | undefined;
+  // Runs SQL through host:port as postgres; its output, or an error.
+  sql(host: string, port: number, query: string, timeoutMs?: number): Promise<string>;
+  // The member name the leader key holds now, if any.
+  leader(): Promise<string | undefined>;
+  // Waits until a member leads and the other two run as replicas.
+  healthy(timeoutMs?: number): Promise<string>;
+  switchover(from: string, to: string): Promise<void>;
+  // SIGKILL of a member's Patroni and postmaster, as a crash would; its shared memory is removed.
+  crash(name: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface PatroniOptions {
+  // Tags per member name, e.g. { pg3: { noloadbalance: true } }.
+  tags?: Record<string, Record<string, boolean>>;
+}
+
+interface Running {
+  member: PatroniMember;
+  dataDir: string;
+  patroni: ReturnType<typeof startProcess> | undefined;
+}
+
+export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) => Promise<string | undefined>, options: PatroniOptions = {}): Promise<PatroniCluster> {
+  requireCommand('patroni', 'apt-get install -y patroni postgresql-15 postgresql-client');
+  if (!existsSync(`${BIN}/postgres`)) throw new Error(`PostgreSQL 15 is not installed (${BIN}): apt-get install -y postgresql-15`);
+  if (process.getuid?.() !== 0) throw new Error('the Patroni tests run PostgreSQL as the postgres user: they need root');
+  const postgres = { uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' })) };
+  const root = mkdtempSync('/dev/shm/ambassador-patroni-');
+  chownSync(root, postgres.uid, postgres.gid);
+  const scope = `t${process.pid}`;
+  const prefix = `/service/${scope}`;
+  const running: Running[] = [1, 2, 3].map((i) => {
+    const name = `pg${i}`;
+    const host = `127.0.0.3${i}`;
+    const dir = join(root, name);
+    mkdirSync(dir, { mode: 0o700 });
+    chownSync(dir, postgres.uid, postgres.gid);
+    const config = join(dir, 'patroni.yml');
+    const tags = options.tags?.[name];
+    writeFileSync(config, [
+      `scope: ${scope}`,
+      'namespace: /service/',
+      `name: ${name}`,
+      `restapi: {listen: '${host}:8008', connect_address: '${host}:8008'}`,
+      `etcd3: {hosts: '${etcdEndpoint}'}`,
+      'bootstrap:',
+      '  dcs: {ttl: 10, loop_wait: 2, retry_timeout: 4, maximum_lag_on_failover: 1048576, postgresql: {use_pg_rewind: true, use_slots: true}}',
+      '  initdb: [{encoding: UTF8}]',
+      '  pg_hba: [local all all trust, host all all 127.0.0.0/8 trust, host replication all 127.0.0.0/8 trust]',
+      'postgresql:',
+      `  listen: '${host}:5432'`,
+      `  connect_address: '${host}:5432'`,
+      `  data_dir: ${join(dir, 'data')}`,
+      `  bin_dir: ${BIN}`,
+      `  pgpass: ${join(dir, 'pgpass')}`,
+      '  authentication:',
+      '    superuser: {username: postgres, password: postgres}',
+      '    replication: {username: replicator, password: rep}',
+      '    rewind: {username: postgres, password: postgres}',
+      `  parameters: {unix_socket_directories: '${dir}', max_connections: 50, shared_buffers: 16MB}`,
+      ...(tags ? [`tags: ${JSON.stringify(tags)}`] : []),
+      '',
+    ].join('\n'));
+    chownSync(config, postgres.uid, postgres.gid);
+    return { member: { name, host, config }, dataDir: join(dir, 'data'), patroni: undefined };
+  });
+
+  const launch = (entry: Running) => {
+    const child = startProcess('/usr/bin/patroni', [entry.member.config], { uid: postgres.uid, gid: postgres.gid, env: { PATH: '/usr/bin:/bin', HOME: root, LANG: 'C.UTF-8' } });
+    child.stdout!.resume();
+    child.stderr!.resume();
+    entry.patroni = child;
+  };
+  // The postmaster of a member, from its pid file; tracked so that the suite's leak check sees it.
+  const postmaster = (entry: Running): number | undefined => {
+    try {
+      const pid = Number(readFileSync(join(entry.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      if (pid > 1) track(pid, 'postgres');
+      return pid > 1 ? pid : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const memberKey = async (name: string) => {
+    const value = await etcdGet(`${prefix}/members/${name}`);
+    return value === undefined ? undefined : (JSON.parse(value) as { role: string; state: string });
+  };
+  const leader = () => etcdGet(`${prefix}/leader`);
+
+  const cluster: PatroniCluster = {
+    scope,
+    prefix,
+    members: running.map((entry) => entry.member),
+    memberAt: (host) => running.find((entry) => entry.member.host === host)?.member,
+    sql: (host, port, query, timeoutMs = 5000) =>
+      new Promise((resolve, reject) => {
+        execFile(`${BIN}/psql`, ['-h', host, '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-XAtc', query], {
+          timeout: timeoutMs,
+          killSignal: 'SIGKILL',
+          env: { PGCONNECT_TIMEOUT: '3', PGPASSWORD: 'postgres', PATH: '/usr/bin:/bin' },
+        }, (err, stdout, stderr) => (err ? reject(new Error(`${stderr.trim() || err.message}`)) : resolve(stdout.trim())));
+      }),
+    leader,
+    healthy: async (timeoutMs = 60_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const name = await leader();
+        if (name !== undefined) {
+          const states = await Promise.all(running.map((entry) => memberKey(entry.member.name)));
+          const ok = states.every((state, i) => state?.state === 'running' && (running[i]!.member.name === name ? state.role === 'master' || state.role === 'primary' : state.role === 'replica'));
+          if (ok) {
+            for (const entry of running) postmaster(entry);
+            return name;
+          }
+        }
+        if (Date.now() > deadline) throw new Error(`the Patroni cluster did not become healthy within ${timeoutMs} ms (leader ${name})`);
+        await sleep(250);
+      }
+    },
+    switchover: async (from, to) => {
+      await new Promise<void>((resolve, reject) =>
+        execFile('/usr/bin/patronictl', ['-c', running[0]!.member.config, 'switchover', '--master', from, '--candidate', to, '--force'], { timeout: 30_000 }, (err, stdout, stderr) =>
+          err ? reject(new Error(`patronictl switchover: ${stdout}${stderr}`)) : resolve(),
+        ),
+      );
+    },
+    crash: async (name) => {
+      const entry = running.find((e) => e.member.name === name)!;
+      const pid = postmaster(entry);
+      // What it holds in shared memory, read while it runs: the System V segment and the /dev/shm files.
+      const ids = readFileSync(join(entry.dataDir, 'postmaster.pid'), 'utf8').split('\n')[6]?.trim().split(/\s+/) ?? [];
+      const processes = pid === undefined ? [] : [pid, ...childrenOf(pid)];
+      const maps = processes.map((p) => readIfThere(`/proc/${p}/maps`)).join('\n');
+      const shmFiles = [...new Set([...maps.matchAll(/\/dev\/shm\/PostgreSQL\.\d+/g)].map((m) => m[0]))];
+      if (entry.patroni?.pid !== undefined) signal(entry.patroni.pid, 'SIGKILL');
+      if (pid !== undefined) signal(pid, 'SIGKILL');
+      await Promise.all([entry.patroni?.pid, pid].map((p) => (p === undefined ? undefined : stopPid(p, 100))));
+      entry.patroni = undefined;
+      // The backends follow their postmaster out within a moment; then the segment has no one attached.
+      for (let tries = 0; tries < 40; tries++) {
+        if (ids[1] === undefined) break;
+        try {
+          execFileSync('ipcrm', ['-m', ids[1]], { stdio: 'ignore' });
+          break;
+        } catch {
+          await sleep(100);
+        }
+      }
+      for (const file of shmFiles) if (existsSync(file)) unlinkSync(file);
+    },
+    stop: async () => {
+      await Promise.all(
+        running.map(async (entry) => {
+          const pid = postmaster(entry);
+          if (entry.patroni?.pid !== undefined) await stopPid(entry.patroni.pid, 20_000);
+          if (pid !== undefined) await stopPid(pid, 10_000);
+        }),
+      );
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+
+  for (const entry of running) launch(entry);
+  try {
+    await cluster.healthy(90_000);
+  } catch (err) {
+    await cluster.stop();
+    throw err;
+  }
+  return cluster;
+}
+
+function readIfThere(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function childrenOf(pid: number): number[] {
+  return readIfThere(`/proc/${pid}/task/${pid}/children`).trim().split(/\s+/).filter(Boolean).map(Number);
+}
