@@ -17,6 +17,7 @@ import { startEtcd } from '../test/helpers/etcd.ts';
 import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
 import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
 import { stopAll } from '../test/helpers/processes.ts';
+import { patroniWorkload } from './patroni.ts';
 
 type Mode = 'runtime' | 'reload';
 const MODES: Mode[] = ['runtime', 'reload'];
@@ -412,9 +413,10 @@ const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   'long-lived': longLived,
   scale,
   memory,
+  patroni: () => patroniWorkload(etcd, (metric, value, unit, target) => record(metric, 'runtime', value, unit, target)),
 };
 // Runtime API only: with reloads these measure haproxy's reload storm, not ambassador.
-const RUNTIME_ONLY = new Set(['memory', 'scraped']);
+const RUNTIME_ONLY = new Set(['memory', 'scraped', 'patroni']);
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
 for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
 

@@ -33,6 +33,8 @@ export interface PatroniCluster {
   switchover(from: string, to: string): Promise<void>;
   // SIGKILL of a member's Patroni and postmaster, as a crash would; its shared memory is removed.
   crash(name: string): Promise<void>;
+  // Starts a crashed member's Patroni again: it comes back as a replica.
+  restart(name: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -174,6 +176,10 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
         }
       }
       for (const file of shmFiles) if (existsSync(file)) unlinkSync(file);
+    },
+    restart: async (name) => {
+      const entry = running.find((e) => e.member.name === name)!;
+      if (entry.patroni === undefined) launch(entry);
     },
     stop: async () => {
       await Promise.all(

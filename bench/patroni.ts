@@ -1,0 +1,206 @@
+// The Patroni workload of npm run bench: one real Patroni cluster (3 members, PostgreSQL 15) with two things in
+// front of it at once: ambassador (--layout=patroni) and an haproxy configured as Patroni's documentation and
+// its confd template recommend (the anchor: REST health checks every 3 s, fall 3, rise 2). A client makes a
+// new connection and an insert every ~10 ms through each, and directly on the nodes (Patroni's own floor),
+// across planned switchovers and crashes of the primary.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { startAmbassador } from '../test/helpers/ambassador.ts';
+import type { TestEtcd } from '../test/helpers/etcd.ts';
+import { freePort, openSession } from '../test/helpers/net.ts';
+import { startPatroni, type PatroniCluster } from '../test/helpers/patroni.ts';
+import { startProcess, stopPid } from '../test/helpers/processes.ts';
+
+type Record = (metric: string, value: number, unit: string, target?: string) => void;
+
+interface Outcome {
+  at: number;
+  ok: boolean;
+  readOnly: boolean;
+}
+
+// One insert over a new connection; what happened.
+async function insert(host: string, port: number): Promise<{ ok: boolean; readOnly: boolean }> {
+  const client = new pg.Client({ host, port, user: 'postgres', password: 'postgres', database: 'postgres', connectionTimeoutMillis: 1000, query_timeout: 2000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query('insert into bench_writes (at) values (now())');
+    return { ok: true, readOnly: false };
+  } catch (err) {
+    return { ok: false, readOnly: (err as { code?: string }).code === '25006' };
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+// Inserts every ~10 ms until stopped, each on a new connection through `target`.
+function writer(target: () => { host: string; port: number }[]) {
+  const outcomes: Outcome[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const started = performance.now();
+      let result = { ok: false, readOnly: false };
+      // Directly on the nodes: any node that takes the write.
+      for (const { host, port } of target()) {
+        const attempt = await insert(host, port);
+        result = { ok: attempt.ok, readOnly: result.readOnly || attempt.readOnly };
+        if (attempt.ok) break;
+      }
+      outcomes.push({ at: performance.now(), ...result });
+      await sleep(Math.max(0, 10 - (performance.now() - started)));
+    }
+  })();
+  return {
+    outcomes,
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+  };
+}
+
+// Longest stretch between two successful inserts within [from, to].
+function writeGap(outcomes: Outcome[], from: number, to: number): number {
+  const ok = outcomes.filter((o) => o.ok && o.at >= from - 1000 && o.at <= to).map((o) => o.at);
+  let gap = 0;
+  for (let i = 1; i < ok.length; i++) gap = Math.max(gap, ok[i]! - ok[i - 1]!);
+  return gap;
+}
+
+function anchorConfig(cluster: PatroniCluster, primaryPort: number, replicaPort: number): string {
+  const servers = cluster.members.map((member) => `    server ${member.name} ${member.host}:5432 maxconn 100 check port 8008`);
+  const listen = (name: string, port: number, check: string) => [
+    `listen ${name}`,
+    `    bind 127.0.0.1:${port}`,
+    `    option httpchk OPTIONS ${check}`,
+    '    http-check expect status 200',
+    '    default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions',
+    ...servers,
+    '',
+  ];
+  return [
+    'global',
+    '    maxconn 100',
+    '',
+    'defaults',
+    '    mode tcp',
+    '    retries 2',
+    '    timeout client 30m',
+    '    timeout connect 4s',
+    '    timeout server 30m',
+    '    timeout check 5s',
+    '',
+    ...listen('primary', primaryPort, '/primary'),
+    ...listen('replicas', replicaPort, '/replica'),
+  ].join('\n');
+}
+
+export async function patroniWorkload(etcd: TestEtcd, record: Record, switchovers = 10, crashes = 3): Promise<void> {
+  const cluster = await startPatroni(etcd.endpoint, (key) => etcd.client.get(key).string().then((v) => v ?? undefined));
+  const dir = mkdtempSync(join(tmpdir(), 'ambassador-anchor-'));
+  const stops: (() => Promise<unknown>)[] = [];
+  try {
+    let leader = await cluster.healthy();
+    await cluster.sql(cluster.members.find((member) => member.name === leader)!.host, 5432, 'create table if not exists bench_writes (at timestamptz)');
+    const [ambassadorPort, ambassadorReplicas, anchorPort, anchorReplicas] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+    const ambassador = await startAmbassador(
+      ['--layout=patroni', `--etcd=${etcd.endpoint}`, `--etcd-prefix=${cluster.prefix}`, '--master-only', `--port=${ambassadorPort}`, `--replica-port=${ambassadorReplicas}`, '--bind=127.0.0.1'],
+      { binary: 'dist' },
+    );
+    stops.push(() => ambassador.cleanup());
+    writeFileSync(join(dir, 'anchor.cfg'), anchorConfig(cluster, anchorPort, anchorReplicas));
+    const anchor = startProcess('haproxy', ['-db', '-f', join(dir, 'anchor.cfg')]);
+    anchor.stdout!.resume();
+    anchor.stderr!.resume();
+    stops.push(() => stopPid(anchor.pid!));
+    // Both in front and healthy before the clock runs: the anchor needs rise 2 × inter 3 s.
+    const healthy = async (port: number) => {
+      for (let tries = 0; tries < 200; tries++) {
+        if ((await insert('127.0.0.1', port)).ok) return;
+        await sleep(100);
+      }
+      throw new Error(`no write through port ${port}`);
+    };
+    await Promise.all([healthy(ambassadorPort), healthy(anchorPort)]);
+
+    const paths = {
+      nodes: writer(() => cluster.members.map((member) => ({ host: member.host, port: 5432 }))),
+      ambassador: writer(() => [{ host: '127.0.0.1', port: ambassadorPort }]),
+      anchor: writer(() => [{ host: '127.0.0.1', port: anchorPort }]),
+    };
+    stops.push(...Object.values(paths).map((path) => path.stop));
+    const gaps: { [kind: string]: { [path: string]: number[] } } = { switchover: {}, crash: {} };
+    const stale: { [kind: string]: { [path: string]: number } } = { switchover: {}, crash: {} };
+    const readOnly: { [kind: string]: { [path: string]: number } } = { switchover: {}, crash: {} };
+
+    const event = async (kind: 'switchover' | 'crash', run: () => Promise<void>) => {
+      // A session held to the primary through each front, to see whether it outlives the demotion.
+      const held = { ambassador: await openSession(ambassadorPort), anchor: await openSession(anchorPort) };
+      const from = performance.now();
+      const before = leader;
+      await run();
+      // The demotion, as etcd says it: the leader key no longer names the old primary.
+      let demotedAt: number | undefined;
+      for (let tries = 0; tries < 600 && demotedAt === undefined; tries++) {
+        if ((await cluster.leader()) !== before) demotedAt = performance.now();
+        else await sleep(50);
+      }
+      await sleep(1000);
+      for (const [path, session] of Object.entries(held)) {
+        stale[kind]![path] = (stale[kind]![path] ?? 0) + (session.isClosed() ? 0 : 1);
+        session.close();
+      }
+      leader = await cluster.healthy(120_000);
+      // Past the anchor's rise of 2 checks 3 s apart, so each event starts from a settled state.
+      await sleep(7000);
+      const to = performance.now();
+      for (const [path, writes] of Object.entries(paths)) {
+        (gaps[kind]![path] ??= []).push(writeGap(writes.outcomes, from, to));
+        readOnly[kind]![path] = (readOnly[kind]![path] ?? 0) + writes.outcomes.filter((o) => o.readOnly && o.at >= from && o.at <= to).length;
+      }
+    };
+
+    for (let i = 0; i < switchovers; i++) {
+      process.stderr.write(`bench: patroni: switchover ${i + 1} of ${switchovers}\n`);
+      const candidate = cluster.members.find((member) => member.name !== leader)!.name;
+      const from = leader;
+      await event('switchover', () => cluster.switchover(from, candidate));
+    }
+    for (let i = 0; i < crashes; i++) {
+      process.stderr.write(`bench: patroni: crash ${i + 1} of ${crashes}\n`);
+      const victim = leader;
+      await event('crash', async () => {
+        await cluster.crash(victim);
+        // Patroni elects a new leader once the lease ends; the crashed member then comes back as a replica.
+        for (let tries = 0; tries < 600 && (await cluster.leader()) === victim; tries++) await sleep(50);
+        await cluster.restart(victim);
+      });
+    }
+    for (const stop of stops.splice(2)) await stop();
+
+    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+    for (const kind of ['switchover', 'crash'] as const) {
+      const count = kind === 'switchover' ? switchovers : crashes;
+      for (const path of ['nodes', 'ambassador', 'anchor']) {
+        const values = gaps[kind]![path] ?? [];
+        const label = path === 'nodes' ? 'on the nodes (the floor)' : path === 'ambassador' ? 'through ambassador' : "through Patroni's haproxy";
+        record(`patroni ${kind} write gap ${label}, median (of ${count})`, median(values), 'ms');
+        record(`patroni ${kind} write gap ${label}, max (of ${count})`, Math.max(...values), 'ms');
+        record(`patroni ${kind}: writes refused as read-only ${label}`, readOnly[kind]![path] ?? 0, '');
+      }
+      for (const path of ['ambassador', 'anchor']) {
+        record(`patroni ${kind}: sessions to the old primary open 1 s after its demotion, ${path === 'ambassador' ? 'through ambassador' : "through Patroni's haproxy"}`, stale[kind]![path] ?? 0, `of ${count}`);
+      }
+    }
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
