@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { startAmbassador } from '../test/helpers/ambassador.ts';
 import type { TestEtcd } from '../test/helpers/etcd.ts';
-import { freePort, openSession } from '../test/helpers/net.ts';
+import { freePort } from '../test/helpers/net.ts';
 import { startPatroni, type PatroniCluster } from '../test/helpers/patroni.ts';
 import { startProcess, stopPid } from '../test/helpers/processes.ts';
 
@@ -38,20 +38,21 @@ async function insert(host: string, port: number): Promise<{ ok: boolean; readOn
   }
 }
 
-// Inserts every ~10 ms until stopped, each on a new connection through `target`.
+// Inserts every ~10 ms until stopped, each on a new connection through `target` (directly on the nodes: any
+// node that takes the write; a node that refuses it as read-only is then no news).
 function writer(target: () => { host: string; port: number }[]) {
   const outcomes: Outcome[] = [];
   let running = true;
   const loop = (async () => {
     while (running) {
       const started = performance.now();
+      const targets = target();
       let result = { ok: false, readOnly: false };
-      // Directly on the nodes: any node that takes the write.
-      for (const { host, port } of target()) {
-        const attempt = await insert(host, port);
-        result = { ok: attempt.ok, readOnly: result.readOnly || attempt.readOnly };
-        if (attempt.ok) break;
+      for (const { host, port } of targets) {
+        result = await insert(host, port);
+        if (result.ok) break;
       }
+      if (targets.length > 1) result.readOnly = false;
       outcomes.push({ at: performance.now(), ...result });
       await sleep(Math.max(0, 10 - (performance.now() - started)));
     }
@@ -71,6 +72,17 @@ function writeGap(outcomes: Outcome[], from: number, to: number): number {
   let gap = 0;
   for (let i = 1; i < ok.length; i++) gap = Math.max(gap, ok[i]! - ok[i - 1]!);
   return gap;
+}
+
+// A PostgreSQL session, connected and idle, that notices when the far side closes it.
+async function holdSession(port: number) {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: 'postgres', connectionTimeoutMillis: 2000 });
+  let closed = false;
+  client.on('error', () => (closed = true));
+  client.on('end', () => (closed = true));
+  await client.connect();
+  await client.query('select 1');
+  return { isClosed: () => closed, close: () => client.end().catch(() => {}) };
 }
 
 function anchorConfig(cluster: PatroniCluster, primaryPort: number, replicaPort: number): string {
@@ -141,7 +153,7 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
 
     const event = async (kind: 'switchover' | 'crash', run: () => Promise<void>) => {
       // A session held to the primary through each front, to see whether it outlives the demotion.
-      const held = { ambassador: await openSession(ambassadorPort), anchor: await openSession(anchorPort) };
+      const held = { ambassador: await holdSession(ambassadorPort), anchor: await holdSession(anchorPort) };
       const from = performance.now();
       const before = leader;
       await run();
@@ -154,7 +166,7 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
       await sleep(1000);
       for (const [path, session] of Object.entries(held)) {
         stale[kind]![path] = (stale[kind]![path] ?? 0) + (session.isClosed() ? 0 : 1);
-        session.close();
+        await session.close();
       }
       leader = await cluster.healthy(120_000);
       // Past the anchor's rise of 2 checks 3 s apart, so each event starts from a settled state.
