@@ -77,6 +77,7 @@ const renderSettings: RenderSettings = {
   bind: options.bind,
   port: options.port,
   replicaPort: options.replicaPort,
+  masterOnly: options.masterOnly,
   hardStopAfter: options.hardStopAfter,
   adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
 };

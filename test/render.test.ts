@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { renderConfig, type RenderSettings } from '../lib/render.ts';
 
-const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
+const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
 const servers = [
   { name: '1', server: '1', address: '10.0.19.22', port: 5432, enabled: true },
   { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433, enabled: true },
@@ -42,6 +42,13 @@ test('a replica port is a second listen section on the same bind address, its se
   assert.match(config, '\nlisten replicas\n    bind 0.0.0.0:5433\n    balance leastconn\n');
   assert.match(config, /\nlisten replicas\n[\s\S]*\n    server 1 10\.0\.19\.22:5432 disabled\n    server db_2:0123456789abcdef \[fd00::2\]:5433\n$/);
   assert.not.match(renderConfig(settings, { servers, replicas: undefined }), 'listen replicas');
+});
+
+test('with --master-only the primary port does not retry a refused connection: there is no other server to try', () => {
+  const single = renderConfig({ ...settings, masterOnly: true, replicaPort: 5433 }, { servers, replicas: servers });
+  assert.match(single, /\nlisten service\n    bind 0\.0\.0\.0:5432\n    retries 0\n/);
+  assert.not.match(single.slice(single.indexOf('listen replicas')), 'retries 0');
+  assert.not.match(renderConfig(settings, { servers, replicas: undefined }), 'retries 0');
 });
 
 test.run();
