@@ -33,12 +33,11 @@ if (parsed.kind === 'version') {
   process.stdout.write(`ambassador ${version}\n`);
   process.exit(0);
 }
-const usageError = (message: string): never => {
+function usageError(message: string): never {
   process.stderr.write(`ambassador: ${message}\nTry 'ambassador --help' for the flags and their defaults.\n`);
   process.exit(2);
-};
+}
 if (parsed.kind === 'usage-error') usageError(parsed.message);
-if (parsed.kind !== 'run') throw new Error('unreachable');
 
 const options = parsed.options;
 const log = createLogger({ format: options.logFormat, level: options.logLevel });
@@ -136,7 +135,7 @@ try {
   if (options.once) {
     await refuseIfOwned(options.runtimeDir);
     const { revision, selection, config } = await readOnce();
-    const done = await applyOnce({ binary: haproxyBinary, configPath: options.haproxyConfig, runtimeDir: options.runtimeDir, proxies: haproxySettings.proxies, log }, config);
+    const done = await applyOnce(haproxySettings, config);
     log.info(`once: revision ${revision} applied, haproxy ${done}`, { servers: selection.servers.length, config: options.haproxyConfig });
     process.exit(0);
   }

@@ -3,7 +3,7 @@
 // Pure: every value is validated here; a member that fails is a problem that keeps it out, never text in the config.
 
 import { checkAddress, parsePort } from './address.ts';
-import { serverName, type Instance, type Problem, type Selection, type Server } from './registry.ts';
+import { serverName, sortProblems, uniqueServers, type Instance, type Problem, type Selection, type Server } from './registry.ts';
 
 export interface PatroniSettings {
   prefix: string;
@@ -66,14 +66,8 @@ export function readCluster(mirror: ReadonlyMap<string, string>, prefix: string)
       else members.push(member);
     }
   }
-  members.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
-  const unique = members.filter((member, i) => {
-    const clash = i > 0 && members[i - 1]!.server === member.server;
-    if (clash) problems.push({ key: `${base}members/${member.name}`, reason: `server name ${member.server} is taken by another member`, instance: member.name });
-    return !clash;
-  });
-  problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  return { members: unique, leader, optime, problems };
+  const unique = uniqueServers(members, (name) => `${base}members/${name}`, problems);
+  return { members: unique, leader, optime, problems: sortProblems(problems) };
 }
 
 // A member's JSON, or why it cannot be routed.

@@ -97,14 +97,22 @@ export function readService(mirror: ReadonlyMap<string, string>, settings: Regis
     if (routable && address.ok) instances.push({ name, server: serverName(name), address: address.address, port });
   }
 
-  instances.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
-  const unique = instances.filter((instance, i) => {
-    const clash = i > 0 && instances[i - 1]!.server === instance.server;
-    if (clash) problems.push({ key: `${base}instances/${instance.name}`, reason: `server name ${instance.server} is taken by another instance`, instance: instance.name });
+  const unique = uniqueServers(instances, (name) => `${base}instances/${name}`, problems);
+  return { instances: unique, master, problems: sortProblems(problems) };
+}
+
+// Sorted by haproxy server name, two never on one name: the later one is a problem, kept out.
+export function uniqueServers<T extends Instance>(items: readonly T[], keyOf: (name: string) => string, problems: Problem[]): T[] {
+  const sorted = [...items].sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+  return sorted.filter((item, i) => {
+    const clash = i > 0 && sorted[i - 1]!.server === item.server;
+    if (clash) problems.push({ key: keyOf(item.name), reason: `server name ${item.server} is taken by another instance`, instance: item.name });
     return !clash;
   });
-  problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  return { instances: unique, master, problems };
+}
+
+export function sortProblems(problems: Problem[]): Problem[] {
+  return problems.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
 }
 
 // All routable instances enabled, or with masterOnly only the master; a master that is missing or not routable
