@@ -146,12 +146,24 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
         await sleep(250);
       }
     },
+    // patronictl exits 0 when Patroni refuses a switchover (a candidate not ready yet, say): the leader key
+    // tells whether it happened; it is asked again, a few times, once the cluster is settled.
     switchover: async (from, to) => {
-      await new Promise<void>((resolve, reject) =>
-        execFile('/usr/bin/patronictl', ['-c', running[0]!.member.config, 'switchover', '--master', from, '--candidate', to, '--force'], { timeout: 30_000 }, (err, stdout, stderr) =>
-          err ? reject(new Error(`patronictl switchover: ${stdout}${stderr}`)) : resolve(),
-        ),
-      );
+      let said = '';
+      for (let attempt = 0; attempt < 5; attempt++) {
+        said = await new Promise<string>((resolve, reject) =>
+          execFile('/usr/bin/patronictl', ['-c', running[0]!.member.config, 'switchover', '--master', from, '--candidate', to, '--force'], { timeout: 30_000 }, (err, stdout, stderr) =>
+            err ? reject(new Error(`patronictl switchover: ${stdout}${stderr}`)) : resolve(stdout + stderr),
+          ),
+        );
+        for (let waited = 0; waited < 20_000; waited += 250) {
+          if ((await leader()) === to) return;
+          await sleep(250);
+        }
+        if ((await leader()) !== from) break;
+        await cluster.healthy(60_000);
+      }
+      throw new Error(`the switchover from ${from} to ${to} did not happen; patronictl said: ${said.trim()}`);
     },
     crash: async (name) => {
       const entry = running.find((e) => e.member.name === name)!;
