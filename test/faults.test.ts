@@ -302,6 +302,7 @@ test('no failed connection under sustained load while 200 changes are applied', 
   let output = '';
   load.stdout.on('data', (data) => (output += data));
   const done = new Promise((resolve) => load.on('exit', resolve));
+  // The sleeps here pace the scenario (load before, between and after the changes); none waits for an event.
   await sleep(300);
   const names = ['d', 'e', 'f', 'g'];
   for (let i = 0; i < 200; i++) {

@@ -4,22 +4,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readCluster, selectPatroni, type PatroniSettings } from '../lib/patroni.ts';
 import { renderConfig } from '../lib/render.ts';
+import { patroniMember } from './helpers/patroni-keys.ts';
 import { readService, selectServers } from '../lib/registry.ts';
 
 const P = '/service/demo';
 const settings: PatroniSettings = { prefix: P, masterOnly: true, replicas: true, maxReplicaLag: undefined };
 
-const member = (name: string, over: Record<string, unknown> = {}) =>
-  JSON.stringify({
-    conn_url: `postgres://127.0.0.3${name.slice(-1)}:5432/postgres`,
-    api_url: `http://127.0.0.3${name.slice(-1)}:8008/patroni`,
-    state: 'running',
-    role: 'replica',
-    version: '3.0.2',
-    xlog_location: 67108864,
-    timeline: 1,
-    ...over,
-  });
+const member = (name: string, over: Record<string, unknown> = {}) => patroniMember(`127.0.0.3${name.slice(-1)}`, 5432, over);
 
 function cluster(entries: Record<string, string>) {
   return new Map(Object.entries(entries).map(([key, value]) => [`${P}/${key}`, value]));

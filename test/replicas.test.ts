@@ -5,23 +5,13 @@ import { readFileSync, statSync } from 'node:fs';
 import * as assert from 'uvu/assert';
 import { answeredBy, freePort, openSession, whoAnswers } from './helpers/net.ts';
 import { within } from './helpers/limits.ts';
+import { patroniMember } from './helpers/patroni-keys.ts';
 import { worldSuite, type World } from './helpers/world.ts';
 
 const { test, run } = worldSuite('replica port and Patroni layout');
 
-// Patroni 3.0.2's member JSON for member pg<i>, on backend node-<i>.
-function member(world: World, i: number, over: Record<string, unknown> = {}): string {
-  return JSON.stringify({
-    conn_url: `postgres://127.0.0.1${i}:${world.backendPort}/postgres`,
-    api_url: `http://127.0.0.1${i}:8008/patroni`,
-    state: 'running',
-    role: 'replica',
-    version: '3.0.2',
-    xlog_location: 67108864,
-    timeline: 1,
-    ...over,
-  });
-}
+// Member pg<i>, on backend node-<i>.
+const member = (world: World, i: number, over: Record<string, unknown> = {}) => patroniMember(`127.0.0.1${i}`, world.backendPort, over);
 
 async function patroniCluster(world: World, scope: string, leader = 2) {
   const prefix = `/service/${scope}`;
