@@ -14,8 +14,8 @@ import { applyOnce } from './lib/haproxy/once.ts';
 import { createLogger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
 import { readCluster, selectPatroni } from './lib/patroni.ts';
-import { describeProblem, readService, selectServers, type Selection } from './lib/registry.ts';
-import { proxyNames, renderConfig, type RenderSettings } from './lib/render.ts';
+import { createServiceSelector, describeProblem, type Selection } from './lib/registry.ts';
+import { createRenderer, proxyNames, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
 import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
@@ -81,11 +81,11 @@ const renderSettings: RenderSettings = {
   adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
 };
 
-// The layout decides how keys become servers; everything after it is the same.
-const select = (mirror: ReadonlyMap<string, string>): Selection =>
-  options.layout === 'patroni'
-    ? selectPatroni(readCluster(mirror, options.etcdPrefix), patroniSettings)
-    : selectServers(readService(mirror, registrySettings), registrySettings);
+// The layout decides how keys become servers; everything after it is the same. A Patroni cluster has a few
+// members and is read whole; the instances layout may have thousands and is read by the instances that changed.
+const serviceSelector = createServiceSelector(registrySettings);
+const select = (mirror: ReadonlyMap<string, string>, changed?: ReadonlySet<string>): Selection =>
+  options.layout === 'patroni' ? selectPatroni(readCluster(mirror, options.etcdPrefix), patroniSettings) : serviceSelector.select(mirror, changed);
 
 // --dry-run and --once: one consistent read of etcd, then the config it gives.
 const readOnce = async () => {
@@ -93,7 +93,7 @@ const readOnce = async () => {
     const { mirror, revision } = await readSnapshot(etcd, 5_000);
     const selection = select(mirror);
     for (const problem of selection.problems) log.warn(describeProblem(problem));
-    return { revision, selection, config: renderConfig(renderSettings, selection) };
+    return { revision, selection, config: createRenderer(renderSettings)(selection) };
   } catch (err) {
     log.error(`etcd unreachable: ${(err as Error).message}`, { endpoints: options.etcd.join(',') });
     process.exit(1);
@@ -156,14 +156,14 @@ const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs,
 const follower = createFollower({
   state: () => watch.state(),
   select,
-  render: (selection) => renderConfig(renderSettings, selection),
+  render: createRenderer(renderSettings),
   apply: (wanted) => haproxy.apply(wanted),
   log,
   masterOnly: options.masterOnly,
   problemsFound: (count) => status?.problemsFound(count),
   changeApplied: (path, seconds) => status?.changeApplied(path, seconds),
 });
-const watch = watchPrefix(etcd, log, () => follower.changed());
+const watch = watchPrefix(etcd, log, (keys) => follower.changed(keys));
 
 function statusSnapshot(): StatusSnapshot {
   const { selection, revision } = follower.newest();

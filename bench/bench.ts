@@ -17,6 +17,7 @@ import { startEtcd } from '../test/helpers/etcd.ts';
 import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
 import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
 import { stopAll } from '../test/helpers/processes.ts';
+import { V8_FLAGS } from '../build/heap.ts';
 import { patroniWorkload } from './patroni.ts';
 
 type Mode = 'runtime' | 'reload';
@@ -403,6 +404,26 @@ function table(): string {
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...lines.map(line)].join('\n');
 }
 
+// The pure pipeline of one change, in process from source (bench/pipeline.ts), at 100 and at 10,000 instances:
+// the heap it allocates and the CPU it takes, under the executable's own heap flags for the time.
+function pipelineRun(instances: number, what: 'bytes' | 'time'): { median: number; p99: number; max: number; configBytes: number } {
+  const flags = what === 'bytes' ? ['--expose-gc', '--max-semi-space-size=64'] : [...V8_FLAGS];
+  const output = execFileSync(process.execPath, [...flags, join(root, 'bench/pipeline.ts'), String(instances), String(PIPELINE_CHANGES), what], { encoding: 'utf8', timeout: 120_000 });
+  return JSON.parse(output);
+}
+const PIPELINE_CHANGES = 400;
+async function pipeline(mode: Mode) {
+  for (const instances of [100, 10_000]) {
+    const bytes = pipelineRun(instances, 'bytes');
+    const time = pipelineRun(instances, 'time');
+    const name = `pipeline, ${instances} instances, one change`;
+    record(`${name}: heap allocated, median (of ${PIPELINE_CHANGES})`, mode, bytes.median / 1024, 'KiB');
+    record(`${name}: of which the config text`, mode, bytes.configBytes / 1024, 'KiB');
+    record(`${name}: CPU, median (of ${PIPELINE_CHANGES})`, mode, Math.round(time.median * 1000), 'µs');
+    record(`${name}: CPU, p99 (of ${PIPELINE_CHANGES})`, mode, Math.round(time.p99 * 1000), 'µs');
+  }
+}
+
 // Workloads named on the command line (npm run bench -- memory failover), or all of them.
 const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   startup,
@@ -412,11 +433,12 @@ const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   scraped,
   'long-lived': longLived,
   scale,
+  pipeline,
   memory,
   patroni: () => patroniWorkload(etcd, (metric, value, unit, target) => record(metric, 'runtime', value, unit, target)),
 };
 // Runtime API only: with reloads these measure haproxy's reload storm, not ambassador.
-const RUNTIME_ONLY = new Set(['memory', 'scraped', 'patroni']);
+const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni']);
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
 for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
 

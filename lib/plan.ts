@@ -1,23 +1,27 @@
 // The one place that decides how a change reaches haproxy: from the servers live in haproxy and the servers
 // wanted, either runtime API commands (no reload) and the live table they leave, or "reload" and why.
-// Pure: it sends nothing; lib/haproxy.ts carries the plan out and falls back to a reload if a command fails.
+// Pure: it sends nothing; lib/haproxy/driver.ts carries the plan out and falls back to a reload if a command fails.
+// A change costs what it changed, not what is registered: both sides are lists sorted by server name, walked
+// side by side, and a server object found on both (createServiceSelector keeps unchanged ones) is passed over.
 
 import { isIP } from 'node:net';
 import { hostPort, PROXY_NAME, REPLICA_PROXY_NAME, SERVER_CHECKS } from './render.ts';
-import type { Selection } from './registry.ts';
+import type { Selection, Server } from './registry.ts';
 
-// ready: takes connections. maint: takes none (a master-only standby). drain: removed from etcd, takes no
-// new connection, and is deleted (del server) once its last session ends; never in the config file.
-export type ServerState = 'ready' | 'maint' | 'drain';
-
-export interface LiveServer {
+// A server removed from etcd that haproxy still has: it takes no new connection and is deleted (del server)
+// once its last session ends. Never in the config file.
+export interface DrainingServer {
   address: string;
   port: number;
-  state: ServerState;
 }
 
-// `<proxy>/<server>` (the id haproxy's commands take, e.g. service/2) → server.
-export type ServerTable = ReadonlyMap<string, LiveServer>;
+// What haproxy runs, or should: each proxy's servers sorted by server name, as a Selection lists them (enabled:
+// ready; not enabled: in maintenance, a master-only standby), and the servers still draining, by the id
+// haproxy's commands take (`<proxy>/<server>`, e.g. service/2).
+export interface ServerTable {
+  proxies: ReadonlyMap<string, readonly Server[]>;
+  draining: ReadonlyMap<string, DrainingServer>;
+}
 
 export type Plan =
   | { kind: 'none' }
@@ -33,64 +37,90 @@ export interface PlanSettings {
 // Beyond this many commands one reload is quicker, and atomic.
 export const MAX_RUNTIME_COMMANDS = 1000;
 
+// The table a selection asks for: its lists as they are, nothing draining.
 export function serverTable(selection: Pick<Selection, 'servers' | 'replicas'>): ServerTable {
-  const table = new Map<string, LiveServer>();
-  for (const [proxy, servers] of [[PROXY_NAME, selection.servers], [REPLICA_PROXY_NAME, selection.replicas ?? []]] as const) {
-    for (const s of servers) table.set(`${proxy}/${s.server}`, { address: s.address, port: s.port, state: s.enabled ? 'ready' : 'maint' });
-  }
-  return table;
+  const proxies = new Map<string, readonly Server[]>([[PROXY_NAME, selection.servers]]);
+  if (selection.replicas !== undefined) proxies.set(REPLICA_PROXY_NAME, selection.replicas);
+  return { proxies, draining: new Map() };
 }
+
+type State = 'ready' | 'maint' | 'drain';
+const stateOf = (server: Server): State => (server.enabled ? 'ready' : 'maint');
 
 export function planChange(live: ServerTable, wanted: ServerTable, settings: PlanSettings): Plan {
   // Fences run first, so an old master is cut off before a new one takes a connection; enables run last.
   const fences: string[] = [];
   const changes: string[] = [];
   const enables: string[] = [];
-  const next = new Map(live);
-  const fenced = (id: string) => settings.fence && id.startsWith(`${PROXY_NAME}/`);
+  const draining = new Map(live.draining);
+  let differs = false;
+  let reload: string | undefined;
 
-  // A removed server takes no new connection at once and is deleted by the drain sweep once it has no
-  // session left: at once when fenced (its sessions are cut), when its clients close them otherwise.
-  for (const [id, was] of live) {
-    if (wanted.has(id) || was.state === 'drain') continue;
-    if (was.state === 'ready' && fenced(id)) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
-    else if (was.state === 'ready') changes.push(`set server ${id} state drain`);
-    next.set(id, { ...was, state: 'drain' });
-  }
+  for (const proxy of new Set([...live.proxies.keys(), ...wanted.proxies.keys()])) {
+    const fenced = settings.fence && proxy === PROXY_NAME;
 
-  for (const [id, want] of wanted) {
-    const was = live.get(id);
-    if (was === undefined) {
+    // A removed server takes no new connection at once and is deleted by the drain sweep once it has no
+    // session left: at once when fenced (its sessions are cut), when its clients close them otherwise.
+    const remove = (was: Server) => {
+      const id = `${proxy}/${was.server}`;
+      differs = true;
+      draining.set(id, { address: was.address, port: was.port });
+      if (was.enabled && fenced) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+      else if (was.enabled) changes.push(`set server ${id} state drain`);
+    };
+
+    const update = (id: string, was: DrainingServer & { state: State }, want: Server) => {
+      const moved = was.address !== want.address || was.port !== want.port;
+      if (!moved && was.state === stateOf(want)) return;
+      differs = true;
+      if (moved && (isIP(want.address) === 0 || isIP(was.address) === 0)) reload ??= `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})`;
+      const cut = fenced && was.state === 'ready' && (!want.enabled || moved);
+      if (cut) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+      if (moved) changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
+      if (want.enabled && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
+      if (!want.enabled && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
+    };
+
+    // A server haproxy does not have is added; one still draining is taken back.
+    const add = (want: Server) => {
+      const id = `${proxy}/${want.server}`;
+      const drained = draining.get(id);
+      if (drained !== undefined) {
+        draining.delete(id);
+        return update(id, { ...drained, state: 'drain' }, want);
+      }
+      differs = true;
       // Names resolve only when haproxy loads its config.
-      if (isIP(want.address) === 0) return { kind: 'reload', reason: `server ${id} has a DNS name (${want.address})` };
+      if (isIP(want.address) === 0) reload ??= `server ${id} has a DNS name (${want.address})`;
       changes.push(`add server ${id} ${hostPort(want.address, want.port)} ${SERVER_CHECKS}`, `enable health ${id}`);
-      if (want.state === 'ready') enables.push(`set server ${id} state ready`);
-      next.set(id, want);
-      continue;
+      if (want.enabled) enables.push(`set server ${id} state ready`);
+    };
+
+    const was = live.proxies.get(proxy) ?? [];
+    const now = wanted.proxies.get(proxy) ?? [];
+    for (let i = 0, j = 0; i < was.length || j < now.length; ) {
+      const a = was[i];
+      const b = now[j];
+      if (a !== undefined && a === b) {
+        i++;
+        j++;
+      } else if (b === undefined || (a !== undefined && a.server < b.server)) {
+        remove(a!);
+        i++;
+      } else if (a === undefined || b.server < a.server) {
+        add(b);
+        j++;
+      } else {
+        update(`${proxy}/${b.server}`, { address: a.address, port: a.port, state: stateOf(a) }, b);
+        i++;
+        j++;
+      }
     }
-    const moved = was.address !== want.address || was.port !== want.port;
-    if (moved && (isIP(want.address) === 0 || isIP(was.address) === 0)) {
-      return { kind: 'reload', reason: `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})` };
-    }
-    const cut = fenced(id) && was.state === 'ready' && (want.state !== 'ready' || moved);
-    if (cut) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
-    if (moved) changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
-    if (want.state === 'ready' && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
-    if (want.state === 'maint' && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
-    next.set(id, want);
   }
 
+  if (reload !== undefined) return { kind: 'reload', reason: reload };
   const commands = [...fences, ...changes, ...enables];
-  if (commands.length === 0 && sameTable(live, next)) return { kind: 'none' };
+  if (!differs) return { kind: 'none' };
   if (commands.length > MAX_RUNTIME_COMMANDS) return { kind: 'reload', reason: `${commands.length} runtime commands` };
-  return { kind: 'runtime', commands, next };
-}
-
-function sameTable(a: ServerTable, b: ServerTable): boolean {
-  if (a.size !== b.size) return false;
-  for (const [name, x] of a) {
-    const y = b.get(name);
-    if (!y || x.address !== y.address || x.port !== y.port || x.state !== y.state) return false;
-  }
-  return true;
+  return { kind: 'runtime', commands, next: { proxies: wanted.proxies, draining } };
 }

@@ -55,55 +55,167 @@ export interface SelectSettings {
 type Field = 'private_ip' | 'public_ip' | 'port';
 const INSTANCE_KEY = /^instances\/([^/]+)\/(private_ip|public_ip|port)$/;
 
+// One instance as its keys have it: routable, kept out by problems, or neither (partly written: not routed
+// yet, and not an error).
+interface InstanceRead {
+  instance?: Instance;
+  problems: Problem[];
+}
+
 export function readService(mirror: ReadonlyMap<string, string>, settings: RegistrySettings): Service {
   const base = settings.prefix + '/';
-  const fields = new Map<string, Partial<Record<Field, string>>>();
   let master: string | undefined;
-  for (const [key, value] of mirror) {
+  const names = new Set<string>();
+  for (const key of mirror.keys()) {
     if (!key.startsWith(base)) continue;
     const relative = key.slice(base.length);
-    if (relative === 'master') {
-      master = value.trim();
-      continue;
-    }
-    const match = INSTANCE_KEY.exec(relative);
-    if (!match) continue;
-    const [, name, field] = match as unknown as [string, string, Field];
-    const entry = fields.get(name) ?? {};
-    entry[field] = value;
-    fields.set(name, entry);
+    if (relative === 'master') master = mirror.get(key)!.trim();
+    else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
   }
-
-  const addressField: Field = settings.public ? 'public_ip' : 'private_ip';
+  names.delete('');
   const instances: Instance[] = [];
   const problems: Problem[] = [];
-  const keyOf = (name: string, field: Field) => `${base}instances/${name}/${field}`;
-  for (const [name, entry] of fields) {
-    const rawAddress = entry[addressField];
-    if (rawAddress === undefined) continue; // partly written: not routed yet, and not an error
-    const address = checkAddress(rawAddress.trim());
-    let routable = address.ok;
-    if (!address.ok) problems.push({ key: keyOf(name, addressField), value: rawAddress, reason: address.reason, instance: name });
-    let port = settings.backendPort;
-    if (entry.port !== undefined) {
-      const parsed = parsePort(entry.port.trim());
-      if (parsed === undefined) {
-        problems.push({ key: keyOf(name, 'port'), value: entry.port, reason: 'not a port (1-65535)', instance: name });
-        routable = false;
-      } else {
-        port = parsed;
-      }
-    }
-    if (routable && address.ok) instances.push({ name, server: serverName(name), address: address.address, port });
+  for (const name of names) {
+    const read = readInstance(mirror, settings, name);
+    if (read.instance) instances.push(read.instance);
+    problems.push(...read.problems);
   }
-
   const unique = uniqueServers(instances, (name) => `${base}instances/${name}`, problems);
   return { instances: unique, master, problems: sortProblems(problems) };
 }
 
-// Sorted by haproxy server name, two never on one name: the later one is a problem, kept out.
+function readInstance(mirror: ReadonlyMap<string, string>, settings: RegistrySettings, name: string): InstanceRead {
+  const keyOf = (field: Field) => `${settings.prefix}/instances/${name}/${field}`;
+  const addressField: Field = settings.public ? 'public_ip' : 'private_ip';
+  const rawAddress = mirror.get(keyOf(addressField));
+  if (rawAddress === undefined) return { problems: [] };
+  const problems: Problem[] = [];
+  const address = checkAddress(rawAddress.trim());
+  if (!address.ok) problems.push({ key: keyOf(addressField), value: rawAddress, reason: address.reason, instance: name });
+  let port = settings.backendPort;
+  const rawPort = mirror.get(keyOf('port'));
+  if (rawPort !== undefined) {
+    const parsed = parsePort(rawPort.trim());
+    if (parsed === undefined) problems.push({ key: keyOf('port'), value: rawPort, reason: 'not a port (1-65535)', instance: name });
+    else port = parsed;
+  }
+  if (!address.ok || problems.length > 0) return { problems };
+  return { instance: { name, server: serverName(name), address: address.address, port }, problems };
+}
+
+// What selectServers(readService(mirror)) gives, kept up to date as etcd changes: only the instances whose
+// keys changed are read again, and every instance or server that did not change is the same object as
+// before, so that what comes after (plan, render) can tell unchanged servers by identity. A change to one
+// instance of 10,000 costs about what it costs with 10; `changed` undefined means anything may have changed
+// (a fresh snapshot). A clash of server names, which only a hash collision can cause, is left to a full read.
+export function createServiceSelector(settings: RegistrySettings & SelectSettings) {
+  const base = settings.prefix + '/';
+  const reads = new Map<string, InstanceRead>();
+  // The names of instances with problems: few, so collecting them costs nothing per change.
+  const troubled = new Set<string>();
+  const servers = new ServerCache();
+  // Routable instances, sorted by server name, one per name.
+  let instances: Instance[] = [];
+  let master: string | undefined;
+  let clashes: Problem[] = [];
+
+  // Reads the instance again; false if its routable form changed. An unchanged one keeps its object.
+  const reread = (mirror: ReadonlyMap<string, string>, name: string): boolean => {
+    const was = reads.get(name);
+    const now = readInstance(mirror, settings, name);
+    if (was?.instance && now.instance && sameInstance(was.instance, now.instance)) now.instance = was.instance;
+    if (now.instance || now.problems.length > 0) reads.set(name, now);
+    else reads.delete(name);
+    if (now.problems.length > 0) troubled.add(name);
+    else troubled.delete(name);
+    return was?.instance !== now.instance;
+  };
+
+  const readAll = (mirror: ReadonlyMap<string, string>) => {
+    const names = new Set(reads.keys());
+    master = undefined;
+    for (const key of mirror.keys()) {
+      if (!key.startsWith(base)) continue;
+      const relative = key.slice(base.length);
+      if (relative === 'master') master = mirror.get(key)!.trim();
+      else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
+    }
+    names.delete('');
+    for (const name of names) reread(mirror, name);
+    clashes = [];
+    const routable = [...reads.values()].flatMap((read) => read.instance ?? []);
+    instances = uniqueServers(routable, (name) => `${base}instances/${name}`, clashes);
+  };
+
+  // Only the named keys changed: each changed instance leaves or takes its place in the sorted list.
+  const readChanged = (mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string>): boolean => {
+    const names = new Set<string>();
+    for (const key of changed) {
+      if (!key.startsWith(base)) continue;
+      const relative = key.slice(base.length);
+      if (relative === 'master') master = mirror.get(key)?.trim();
+      else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
+    }
+    names.delete('');
+    let next: Instance[] | undefined;
+    for (const name of names) {
+      const was = reads.get(name)?.instance;
+      if (!reread(mirror, name)) continue;
+      next ??= instances.slice();
+      if (was) next.splice(slotOf(next, was.server), 1);
+      const now = reads.get(name)?.instance;
+      if (!now) continue;
+      const slot = slotOf(next, now.server);
+      if (next[slot]?.server === now.server) return false;
+      next.splice(slot, 0, now);
+    }
+    if (next) instances = next;
+    return true;
+  };
+
+  return {
+    select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection {
+      if (changed === undefined || clashes.length > 0 || !readChanged(mirror, changed)) readAll(mirror);
+      const problems = [...clashes];
+      for (const name of troubled) problems.push(...reads.get(name)!.problems);
+      return selectServers({ instances, master, problems: sortProblems(problems) }, settings, servers);
+    },
+  };
+}
+
+function sameInstance(a: Instance, b: Instance): boolean {
+  return a.name === b.name && a.server === b.server && a.address === b.address && a.port === b.port;
+}
+
+// Where a server name is, or would go, in a list sorted by server name.
+function slotOf(sorted: readonly Instance[], server: string): number {
+  let low = 0;
+  let high = sorted.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (sorted[middle]!.server < server) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+// An instance's two forms as a server, made once each, so that an unchanged server is the same object.
+class ServerCache {
+  private readonly enabled = new WeakMap<Instance, Server>();
+  private readonly disabled = new WeakMap<Instance, Server>();
+
+  of(instance: Instance, enabled: boolean): Server {
+    const cache = enabled ? this.enabled : this.disabled;
+    let server = cache.get(instance);
+    if (server === undefined) cache.set(instance, (server = { ...instance, enabled }));
+    return server;
+  }
+}
+
+// Sorted by haproxy server name, two never on one name: the one with the later instance name is a problem, kept out.
 export function uniqueServers<T extends Instance>(items: readonly T[], keyOf: (name: string) => string, problems: Problem[]): T[] {
-  const sorted = [...items].sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+  const order = (a: T, b: T) => (a.server < b.server ? -1 : a.server > b.server ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  const sorted = [...items].sort(order);
   return sorted.filter((item, i) => {
     const clash = i > 0 && sorted[i - 1]!.server === item.server;
     if (clash) problems.push({ key: keyOf(item.name), reason: `server name ${item.server} is taken by another instance`, instance: item.name });
@@ -117,17 +229,17 @@ export function sortProblems(problems: Problem[]): Problem[] {
 
 // All routable instances enabled, or with masterOnly only the master; a master that is missing or not routable
 // enables nobody. The replica port: every routable instance but the one `master` names.
-export function selectServers(service: Service, settings: SelectSettings): Selection {
-  const replicas = settings.replicas ? service.instances.map((instance) => ({ ...instance, enabled: instance.name !== service.master })) : undefined;
+export function selectServers(service: Service, settings: SelectSettings, cache = new ServerCache()): Selection {
+  const replicas = settings.replicas ? service.instances.map((instance) => cache.of(instance, instance.name !== service.master)) : undefined;
   if (!settings.masterOnly) {
-    return { servers: service.instances.map((instance) => ({ ...instance, enabled: true })), replicas, master: service.master, problems: service.problems };
+    return { servers: service.instances.map((instance) => cache.of(instance, true)), replicas, master: service.master, problems: service.problems };
   }
   const key = `${settings.prefix}/master`;
   const problems = [...service.problems];
   const master = service.instances.find((instance) => instance.name === service.master);
   if (service.master === undefined) problems.push({ key, reason: 'no master is set: no instance is routed' });
   else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
-  const servers = service.instances.map((instance) => ({ ...instance, enabled: instance === master }));
+  const servers = service.instances.map((instance) => cache.of(instance, instance === master));
   return { servers, replicas, master: service.master, problems };
 }
 

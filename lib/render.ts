@@ -33,7 +33,32 @@ const SERVER_DEFAULTS = `${SERVER_CHECKS} init-addr libc,none`;
 
 // Servers not enabled (master-only standbys) are written `disabled`, so a failover is a state change at run time.
 export function renderConfig(settings: RenderSettings, selection: Pick<Selection, 'servers' | 'replicas'>): string {
-  const lines = [
+  return createRenderer(settings)(selection);
+}
+
+// renderConfig for a stream of selections: the line of a server object seen before is not made again, so a
+// change formats only the servers it changed (see createServiceSelector).
+export function createRenderer(settings: RenderSettings): (selection: Pick<Selection, 'servers' | 'replicas'>) => string {
+  const serverLines = new WeakMap<Server, string>();
+  const serverLine = (server: Server) => {
+    let line = serverLines.get(server);
+    if (line === undefined) {
+      line = `    server ${server.server} ${hostPort(server.address, server.port)}${server.enabled ? '' : ' disabled'}`;
+      serverLines.set(server, line);
+    }
+    return line;
+  };
+  const listen = (lines: string[], name: string, port: number, servers: readonly Server[], singleServer: boolean) => {
+    lines.push('', `listen ${name}`, `    bind ${hostPort(settings.bind, port)}`);
+    // With one server routed, a retry can only go back to the server that just refused, after haproxy's
+    // 1 s turn-around: a client held that long while its old primary shuts down. Let it fail at once
+    // (measured on Patroni switchovers: the write gap through ambassador went from floor + ~760 ms to the floor).
+    if (singleServer) lines.push('    retries 0');
+    // Long-lived database sessions spread better by count than by turn.
+    lines.push('    balance leastconn', `    default-server ${SERVER_DEFAULTS}`);
+    for (const server of servers) lines.push(serverLine(server));
+  };
+  const head = [
     `# haproxy config for etcd prefix ${settings.prefix}, written by ambassador on every change: edits are lost.`,
     'global',
     `    stats socket ${settings.adminSocket} mode 600 level admin`,
@@ -51,26 +76,14 @@ export function renderConfig(settings: RenderSettings, selection: Pick<Selection
     '    option redispatch',
     '    option clitcpka',
     '    option srvtcpka',
-    ...listen(PROXY_NAME, settings.bind, settings.port, selection.servers, settings.masterOnly),
-    ...(settings.replicaPort === undefined ? [] : listen(REPLICA_PROXY_NAME, settings.bind, settings.replicaPort, selection.replicas ?? [], false)),
   ];
-  return lines.join('\n') + '\n';
-}
-
-function listen(name: string, bind: string, port: number, servers: readonly Server[], singleServer: boolean): string[] {
-  return [
-    '',
-    `listen ${name}`,
-    `    bind ${hostPort(bind, port)}`,
-    // With one server routed, a retry can only go back to the server that just refused, after haproxy's
-    // 1 s turn-around: a client held that long while its old primary shuts down. Let it fail at once
-    // (measured on Patroni switchovers: the write gap through ambassador went from floor + ~760 ms to the floor).
-    ...(singleServer ? ['    retries 0'] : []),
-    // Long-lived database sessions spread better by count than by turn.
-    '    balance leastconn',
-    `    default-server ${SERVER_DEFAULTS}`,
-    ...servers.map((server) => `    server ${server.server} ${hostPort(server.address, server.port)}${server.enabled ? '' : ' disabled'}`),
-  ];
+  return (selection) => {
+    const lines = head.slice();
+    listen(lines, PROXY_NAME, settings.port, selection.servers, settings.masterOnly);
+    if (settings.replicaPort !== undefined) listen(lines, REPLICA_PROXY_NAME, settings.replicaPort, selection.replicas ?? [], false);
+    lines.push('');
+    return lines.join('\n');
+  };
 }
 
 export function hostPort(address: string, port: number): string {

@@ -69,17 +69,17 @@ const RESYNC = 'resync requested';
 const STOPPING = 'stopping';
 
 // Applies a batch of watch events to the mirror: only those newer than the revision held (older ones were in
-// the snapshot already). Returns the new revision and how many events were applied.
-export function applyWatchEvents(mirror: Map<string, string>, revision: bigint, events: readonly WatchEvent[]): { revision: bigint; applied: number } {
-  let applied = 0;
+// the snapshot already). Returns the new revision and the keys of the events applied.
+export function applyWatchEvents(mirror: Map<string, string>, revision: bigint, events: readonly WatchEvent[]): { revision: bigint; keys: string[] } {
+  const keys: string[] = [];
   for (const event of events) {
     if (event.modRevision <= revision) continue;
     if (event.type === 'put') mirror.set(event.key, event.value);
     else mirror.delete(event.key);
     revision = event.modRevision;
-    applied++;
+    keys.push(event.key);
   }
-  return { revision, applied };
+  return { revision, keys };
 }
 
 // One consistent read of the prefix, for --dry-run and --once: gives up after `timeoutMs`.
@@ -99,7 +99,8 @@ export async function readSnapshot(settings: EtcdSettings, timeoutMs: number, co
   }
 }
 
-export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () => void, connect: Connect = connectEtcd3): PrefixWatch {
+// Calls onChange with the keys an event changed, or with none after a fresh snapshot (anything may have changed).
+export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: (keys?: readonly string[]) => void, connect: Connect = connectEtcd3): PrefixWatch {
   let mirror = new Map<string, string>();
   let revision = 0n;
   let stopped = false;
@@ -121,10 +122,10 @@ export function watchPrefix(settings: EtcdSettings, log: Logger, onChange: () =>
   const onEvents = (events: WatchEvent[]) => {
     const result = applyWatchEvents(mirror, revision, events);
     revision = result.revision;
-    if (result.applied === 0) return;
-    stats.events += result.applied;
+    if (result.keys.length === 0) return;
+    stats.events += result.keys.length;
     stats.lastEventAt = Date.now();
-    onChange();
+    onChange(result.keys);
   };
 
   const failed = (what: string, facts: Record<string, string | number | bigint>) => {

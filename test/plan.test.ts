@@ -1,24 +1,57 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MAX_RUNTIME_COMMANDS, planChange, serverTable, type LiveServer, type Plan, type ServerTable } from '../lib/plan.ts';
+import { MAX_RUNTIME_COMMANDS, planChange, serverTable, type Plan, type ServerTable } from '../lib/plan.ts';
+import type { Server } from '../lib/registry.ts';
 import { SERVER_CHECKS } from '../lib/render.ts';
 
-const ready = (address: string, port = 5432): LiveServer => ({ address, port, state: 'ready' });
-const maint = (address: string, port = 5432): LiveServer => ({ address, port, state: 'maint' });
-const drain = (address: string, port = 5432): LiveServer => ({ address, port, state: 'drain' });
-// Tables of the primary port's proxy, by server name: ids are service/<name>.
-const table = (entries: Record<string, LiveServer>): ServerTable => new Map(Object.entries(entries).map(([name, server]) => [`service/${name}`, server]));
+// A server as haproxy has it: ready, in maintenance (a master-only standby), or draining (removed from etcd).
+interface Entry {
+  address: string;
+  port: number;
+  state: 'ready' | 'maint' | 'drain';
+}
+const ready = (address: string, port = 5432): Entry => ({ address, port, state: 'ready' });
+const maint = (address: string, port = 5432): Entry => ({ address, port, state: 'maint' });
+const drain = (address: string, port = 5432): Entry => ({ address, port, state: 'drain' });
+
+// A table from entries by id (`<proxy>/<name>`, or a bare name for the primary port's proxy, service).
+function table(entries: Record<string, Entry>): ServerTable {
+  const proxies = new Map<string, Server[]>();
+  const draining = new Map<string, { address: string; port: number }>();
+  for (const [key, { address, port, state }] of Object.entries(entries)) {
+    const id = key.includes('/') ? key : `service/${key}`;
+    const [proxy, name] = id.split('/') as [string, string];
+    if (state === 'drain') draining.set(id, { address, port });
+    else proxies.set(proxy, [...(proxies.get(proxy) ?? []), { name, server: name, address, port, enabled: state === 'ready' }]);
+  }
+  for (const servers of proxies.values()) servers.sort((a, b) => (a.server < b.server ? -1 : 1));
+  return { proxies, draining };
+}
+const empty = table({});
+
+// Back to entries, primary port's servers by bare name.
+function entries(table: ServerTable): Record<string, Entry> {
+  const result: Record<string, Entry> = {};
+  const name = (id: string) => id.replace(/^service\//, '');
+  for (const [proxy, servers] of table.proxies) {
+    for (const server of servers) result[name(`${proxy}/${server.server}`)] = { address: server.address, port: server.port, state: server.enabled ? 'ready' : 'maint' };
+  }
+  for (const [id, server] of table.draining) result[name(id)] = { ...server, state: 'drain' };
+  return result;
+}
+
 const masterOnly = { fence: true };
 const allInstances = { fence: false };
 
-function runtime(plan: Plan): { commands: string[]; next: Record<string, LiveServer> } {
+function runtime(plan: Plan): { commands: string[]; next: Record<string, Entry> } {
   if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
-  return { commands: plan.commands, next: Object.fromEntries([...plan.next].map(([id, server]) => [id.replace(/^service\//, ''), server])) };
+  return { commands: plan.commands, next: entries(plan.next) };
 }
 
 test('does nothing when nothing changed', () => {
   const live = table({ a: ready('10.0.0.1'), b: maint('10.0.0.2') });
-  assert.equal(planChange(live, new Map(live), masterOnly), { kind: 'none' });
+  assert.equal(planChange(live, table({ a: ready('10.0.0.1'), b: maint('10.0.0.2') }), masterOnly), { kind: 'none' });
+  assert.equal(planChange(live, live, masterOnly), { kind: 'none' });
 });
 
 test('fails over by fencing the old master before enabling the new one', () => {
@@ -57,7 +90,7 @@ test('moves a server without cutting its sessions when not master-only', () => {
 });
 
 test('adds a server with its checks spelled out, enabled only if wanted so', () => {
-  const plan = runtime(planChange(new Map(), table({ a: ready('10.0.0.1'), b: maint('fd00::2', 6000) }), masterOnly));
+  const plan = runtime(planChange(empty, table({ a: ready('10.0.0.1'), b: maint('fd00::2', 6000) }), masterOnly));
   assert.equal(plan.commands, [
     `add server service/a 10.0.0.1:5432 ${SERVER_CHECKS}`,
     'enable health service/a',
@@ -78,7 +111,7 @@ test('drains a removed server when not master-only, keeping it until the sweep d
 
 test('fences a removed master, and marks a removed standby for deletion without a command', () => {
   const live = table({ a: ready('10.0.0.1'), b: maint('10.0.0.2') });
-  assert.equal(runtime(planChange(live, new Map(), masterOnly)), {
+  assert.equal(runtime(planChange(live, empty, masterOnly)), {
     commands: ['set server service/a state maint', 'shutdown sessions server service/a'],
     next: { a: drain('10.0.0.1'), b: drain('10.0.0.2') },
   });
@@ -86,20 +119,20 @@ test('fences a removed master, and marks a removed standby for deletion without 
 
 test('leaves a draining server alone, and takes it back if it returns', () => {
   const live = table({ a: drain('10.0.0.1') });
-  assert.equal(planChange(live, new Map(), allInstances), { kind: 'none' });
+  assert.equal(planChange(live, empty, allInstances), { kind: 'none' });
   assert.equal(runtime(planChange(live, table({ a: ready('10.0.0.1') }), allInstances)).commands, ['set server service/a state ready']);
 });
 
 test('reloads for a server added or moved by DNS name, which resolves only at load', () => {
-  const byName = planChange(new Map(), table({ a: ready('db.example') }), allInstances);
+  const byName = planChange(empty, table({ a: ready('db.example') }), allInstances);
   assert.equal(byName, { kind: 'reload', reason: 'server service/a has a DNS name (db.example)' });
   const moved = planChange(table({ a: ready('db.example') }), table({ a: ready('10.0.0.1') }), allInstances);
   assert.is(moved.kind, 'reload');
 });
 
 test('reloads rather than send more than MAX_RUNTIME_COMMANDS commands', () => {
-  const wanted = new Map(Array.from({ length: MAX_RUNTIME_COMMANDS }, (_, i) => [`s${i}`, ready(`10.0.${i >> 8}.${i & 255}`)] as const));
-  assert.is(planChange(new Map(), wanted, allInstances).kind, 'reload');
+  const wanted = table(Object.fromEntries(Array.from({ length: MAX_RUNTIME_COMMANDS }, (_, i) => [`s${i}`, ready(`10.0.${i >> 8}.${i & 255}`)])));
+  assert.is(planChange(empty, wanted, allInstances).kind, 'reload');
 });
 
 test('builds the wanted table from the selected servers', () => {
@@ -107,29 +140,19 @@ test('builds the wanted table from the selected servers', () => {
     { name: '1', server: '1', address: '10.0.0.1', port: 5432, enabled: true },
     { name: 'a b', server: 'a_b:00', address: '10.0.0.2', port: 5433, enabled: false },
   ];
-  assert.equal(Object.fromEntries(serverTable({ servers, replicas: undefined })), { 'service/1': ready('10.0.0.1'), 'service/a_b:00': maint('10.0.0.2', 5433) });
+  assert.equal(entries(serverTable({ servers, replicas: undefined })), { '1': ready('10.0.0.1'), 'a_b:00': maint('10.0.0.2', 5433) });
   const replicas = servers.map((server) => ({ ...server, enabled: !server.enabled }));
-  assert.equal(Object.fromEntries(serverTable({ servers, replicas })), {
-    'service/1': ready('10.0.0.1'),
-    'service/a_b:00': maint('10.0.0.2', 5433),
+  assert.equal(entries(serverTable({ servers, replicas })), {
+    '1': ready('10.0.0.1'),
+    'a_b:00': maint('10.0.0.2', 5433),
     'replicas/1': maint('10.0.0.1'),
     'replicas/a_b:00': ready('10.0.0.2', 5433),
   });
 });
 
 test('a failover moves both ports in one step: the primary fenced first, the replica port never fenced', () => {
-  const live = new Map([
-    ['service/1', ready('10.0.0.1')],
-    ['service/2', maint('10.0.0.2')],
-    ['replicas/1', maint('10.0.0.1')],
-    ['replicas/2', ready('10.0.0.2')],
-  ]);
-  const wanted = new Map([
-    ['service/1', maint('10.0.0.1')],
-    ['service/2', ready('10.0.0.2')],
-    ['replicas/1', ready('10.0.0.1')],
-    ['replicas/2', maint('10.0.0.2')],
-  ]);
+  const live = table({ '1': ready('10.0.0.1'), '2': maint('10.0.0.2'), 'replicas/1': maint('10.0.0.1'), 'replicas/2': ready('10.0.0.2') });
+  const wanted = table({ '1': maint('10.0.0.1'), '2': ready('10.0.0.2'), 'replicas/1': ready('10.0.0.1'), 'replicas/2': maint('10.0.0.2') });
   const plan = planChange(live, wanted, masterOnly);
   if (plan.kind !== 'runtime') throw new Error(plan.kind);
   assert.equal(plan.commands, [
@@ -138,6 +161,18 @@ test('a failover moves both ports in one step: the primary fenced first, the rep
     'set server replicas/2 state maint',
     'set server service/2 state ready',
     'set server replicas/1 state ready',
+  ]);
+});
+
+test('passes over the servers a change did not touch, and says only what it changed', () => {
+  const servers: Server[] = Array.from({ length: 10_000 }, (_, i) => ({ name: `i${i}`, server: `i${String(i).padStart(5, '0')}`, address: '10.0.0.1', port: 5432, enabled: i === 0 }));
+  const live = serverTable({ servers, replicas: undefined });
+  const failedOver = servers.map((server, i) => (i < 2 ? { ...server, enabled: i === 1 } : server));
+  failedOver.splice(5000, 1);
+  assert.equal(runtime(planChange(live, serverTable({ servers: failedOver, replicas: undefined }), masterOnly)).commands, [
+    'set server service/i00000 state maint',
+    'shutdown sessions server service/i00000',
+    'set server service/i00001 state ready',
   ]);
 });
 

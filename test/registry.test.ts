@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { describeChange, describeProblem, problemChanges, readService, selectServers, serverName } from '../lib/registry.ts';
+import { createServiceSelector, describeChange, describeProblem, problemChanges, readService, selectServers, serverName, uniqueServers, type Problem } from '../lib/registry.ts';
 
 const P = '/services/mysql';
 const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false, replicas: false };
@@ -165,6 +165,76 @@ test('problem changes: each problem is new once, and resolved once when it is go
   const gone = problemChanges(again.current, [missing]);
   assert.equal(gone.appeared, []);
   assert.equal(gone.resolved, [`resolved: ${bad.key} (not an address)`]);
+});
+
+test('keeps two instances off one server name: the later name is a problem', () => {
+  const problems: Problem[] = [];
+  const a = { name: 'a', server: 'x', address: '10.0.0.1', port: 1 };
+  const b = { name: 'b', server: 'x', address: '10.0.0.2', port: 1 };
+  assert.equal(uniqueServers([b, a], (name) => `${P}/instances/${name}`, problems), [a]);
+  assert.equal(problems, [{ key: `${P}/instances/b`, reason: 'server name x is taken by another instance', instance: 'b' }]);
+});
+
+// A small seeded generator, so a failure names a sequence that can be run again.
+function random(seed: number) {
+  return (below: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return Math.floor((seed / 2 ** 31) * below);
+  };
+}
+
+const selectorSettings = [
+  { ...settings },
+  { ...masterOnly, replicas: true },
+  { ...masterOnly, public: true },
+];
+
+for (const [n, options] of selectorSettings.entries()) {
+  test(`the selector, fed only the changed keys, gives what a full read gives (settings ${n})`, () => {
+    const next = random(n + 1);
+    const names = ['1', '2', 'a b', 'db-3', 'x'];
+    const fields = ['private_ip', 'public_ip', 'port'];
+    const values: Record<string, string[]> = {
+      private_ip: ['10.0.0.1', '10.0.0.2', 'fd00::1', 'db.example', 'not valid', ' 10.0.0.3 '],
+      public_ip: ['203.0.113.1', '203.0.113.2', 'bad value'],
+      port: ['5432', '6000', '0', 'x'],
+    };
+    const entries = new Map<string, string>();
+    const selector = createServiceSelector(options);
+    selector.select(entries, undefined);
+    for (let step = 0; step < 2000; step++) {
+      const changed = new Set<string>();
+      // A burst: one to three writes before the selector looks.
+      for (let write = 1 + next(3); write > 0; write--) {
+        const key = next(8) === 0 ? `${P}/master` : `${P}/instances/${names[next(names.length)]}/${fields[next(fields.length)]}`;
+        const field = key.slice(key.lastIndexOf('/') + 1);
+        if (next(4) === 0) entries.delete(key);
+        else entries.set(key, field === 'master' ? names[next(names.length)]! : values[field]![next(values[field]!.length)]!);
+        changed.add(key);
+      }
+      if (next(50) === 0) changed.add(`${P}/other`);
+      const incremental = selector.select(entries, next(100) === 0 ? undefined : changed);
+      const full = selectServers(readService(entries, options), options);
+      assert.equal(incremental, full, `step ${step}: ${JSON.stringify([...entries])}`);
+    }
+  });
+}
+
+test('the selector keeps the objects of servers a change did not touch', () => {
+  const entries = new Map<string, string>([[`${P}/master`, 'i0']]);
+  for (let i = 0; i < 1000; i++) entries.set(`${P}/instances/i${i}/private_ip`, `10.0.${i >> 8}.${i & 255}`);
+  const selector = createServiceSelector({ ...masterOnly, replicas: true });
+  const before = selector.select(entries, undefined);
+  entries.set(`${P}/instances/i500/private_ip`, '10.9.9.9');
+  entries.set(`${P}/master`, 'i1');
+  const after = selector.select(entries, new Set([`${P}/instances/i500/private_ip`, `${P}/master`]));
+  const changed = (list: typeof before.servers, other: typeof before.servers) => list.filter((server, i) => server !== other[i]).map((server) => server.name);
+  assert.equal(changed(after.servers, before.servers), ['i0', 'i1', 'i500']);
+  assert.equal(changed(after.replicas!, before.replicas!), ['i0', 'i1', 'i500']);
+  assert.equal(after.servers.find((server) => server.name === 'i500')!.address, '10.9.9.9');
+  // A fresh snapshot with the same values changes no object either.
+  const again = selector.select(new Map(entries), undefined);
+  assert.equal(changed(again.servers, after.servers), []);
 });
 
 test.run();

@@ -108,6 +108,8 @@ test('Patroni rewriting its member keys every loop_wait costs no haproxy command
   const ambassador = await startPatroni(world, prefix, ['--log-level=debug']);
   await world.routesTo(ambassador.port, 'node-2');
   await world.servedBy(ambassador.replicaPort, ['node-1', 'node-3']);
+  // haproxy serves a moment before ambassador has confirmed its start; the rewrites come after that.
+  await ambassador.waitForLog(/applied revision \d+: 3 server\(s\)/);
   const written = statSync(ambassador.configPath).mtimeMs;
   const from = ambassador.logs.length;
   for (let loop = 1; loop <= 5; loop++) {

@@ -13,13 +13,13 @@ const del = (key: string, modRevision: number): WatchEvent => ({ type: 'delete',
 test('applies only events newer than the revision held, and moves it', () => {
   const mirror = new Map([['/p/a', '1']]);
   const result = applyWatchEvents(mirror, 5n, [put('/p/a', 'old', 4), put('/p/a', '2', 6), put('/p/b', '3', 7), del('/p/a', 8), put('/p/b', 'stale', 7)]);
-  assert.equal(result, { revision: 8n, applied: 3 });
+  assert.equal(result, { revision: 8n, keys: ['/p/a', '/p/b', '/p/a'] });
   assert.equal([...mirror], [['/p/b', '3']]);
 });
 
 test('events already in the snapshot change nothing', () => {
   const mirror = new Map([['/p/a', '1']]);
-  assert.equal(applyWatchEvents(mirror, 9n, [put('/p/a', 'x', 9), del('/p/a', 3)]), { revision: 9n, applied: 0 });
+  assert.equal(applyWatchEvents(mirror, 9n, [put('/p/a', 'x', 9), del('/p/a', 3)]), { revision: 9n, keys: [] });
   assert.equal([...mirror], [['/p/a', '1']]);
 });
 
@@ -58,12 +58,15 @@ const quiet = () => {
   return { lines, log: createLogger({ format: 'text', level: 'debug', write: (line) => lines.push(line) }) };
 };
 
-// Counts the watch's change notifications; until(n) waits for the nth.
+// Counts the watch's change notifications and keeps the keys each named; until(n) waits for the nth.
 function changes() {
   let count = 0;
   let waiting: (() => void)[] = [];
+  const keys: (readonly string[] | undefined)[] = [];
   return {
-    notify: () => {
+    keys,
+    notify: (changed?: readonly string[]) => {
+      keys.push(changed);
       count++;
       for (const wake of waiting.splice(0)) wake();
     },
@@ -92,6 +95,7 @@ test('resumes from its own revision after a disconnect: a fresh snapshot, then w
   const watch = watchPrefix({ endpoints: ['http://127.0.0.1:9'], prefix: '/p' }, log, changed.notify, etcd.connect);
   try {
     await changed.until(3);
+    assert.equal(changed.keys, [undefined, ['/p/master'], undefined], 'a snapshot may change anything; an event names its key');
     assert.equal([...watch.state().mirror], [['/p/master', '3']]);
     assert.is(watch.state().revision, 20n);
     assert.equal(etcd.connections.map((c) => c.fromRevision), [11n, 21n]);

@@ -68,7 +68,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const { adminSocket, masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
   let child: HaproxyProcess | undefined;
   let stopping = false;
-  let liveServers: ServerTable = new Map();
+  let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
   let runtimeFallbacks = 0;
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
@@ -106,7 +106,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     }
     if (plan.kind === 'runtime') {
       const fences = plan.commands.some((command) => command.endsWith(' state maint'));
-      const served = [...plan.next.values()].some((server) => server.state === 'ready');
+      const served = [...plan.next.proxies.values()].some((servers) => servers.some((server) => server.enabled));
       fenceEchoUntil = fences && served ? performance.now() + FENCE_ECHO_MS : 0;
       for (let i = 0; i < plan.commands.length; i += COMMANDS_PER_REQUEST) {
         const batch = plan.commands.slice(i, i + COMMANDS_PER_REQUEST);
@@ -119,7 +119,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         for (const command of batch) log.debug(`haproxy: ${command}`);
       }
       liveServers = plan.next;
-      if ([...liveServers.values()].some((server) => server.state === 'drain')) queue.sweepSoon();
+      if (liveServers.draining.size > 0) queue.sweepSoon();
     }
     await replaceConfig(configPath, next.config);
     return true;
@@ -147,19 +147,18 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 
   // Deletes draining servers that have no session left; true while some still have sessions.
   const sweep = async (): Promise<boolean> => {
-    const draining = [...liveServers].filter(([, server]) => server.state === 'drain').map(([name]) => name);
-    if (draining.length === 0 || !child?.running()) return false;
+    if (liveServers.draining.size === 0 || !child?.running()) return false;
     const sessions = await serverSessions(adminSocket).catch(() => new Map<string, number>());
-    const table = new Map(liveServers);
-    for (const id of draining) {
+    const draining = new Map(liveServers.draining);
+    for (const id of liveServers.draining.keys()) {
       if ((sessions.get(id) ?? 1) > 0) continue;
       if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
-        table.delete(id);
+        draining.delete(id);
         log.debug(`haproxy: deleted drained server ${id}`);
       }
     }
-    liveServers = table;
-    return [...table.values()].some((server) => server.state === 'drain');
+    liveServers = { proxies: liveServers.proxies, draining };
+    return draining.size > 0;
   };
 
   const queue = createApplyQueue({ attempt, sweep, log });
