@@ -1,6 +1,7 @@
 // The pure pipeline one etcd change goes through (select → problems → render → server table → plan →
-// description), in process, from source: what one change costs with N instances registered. Run by
-// bench.ts in a child node with the flags it needs; prints one JSON line.
+// description), in process, from source: what one change costs with N instances registered, in the steady
+// state (the first WARM_UP changes, while V8 compiles the code, are not counted). Run by bench.ts in a child
+// node with the flags it needs; prints one JSON line.
 //
 // node --expose-gc bench/pipeline.ts <instances> <changes> bytes: heap bytes allocated per change, read as the
 //   growth of the heap in use over one change, with a young generation big enough that no GC runs inside it.
@@ -40,9 +41,12 @@ function change(n: number): void {
   applied = selection;
 }
 
+const WARM_UP = 100;
+for (let n = 0; n < WARM_UP; n++) change(n);
+
 const samples: number[] = [];
 const used = () => process.memoryUsage().heapUsed;
-for (let n = 0; n < changes; n++) {
+for (let n = WARM_UP; n < WARM_UP + changes; n++) {
   if (what === 'bytes') {
     (globalThis as { gc?: () => void }).gc!();
     const before = used();
