@@ -1,6 +1,6 @@
 // npm run bench: dist/ambassador against a real etcd and haproxy on loopback, each workload run twice,
 // with the runtime API (--apply=runtime) and with reloads only (--apply=reload). Prints a table and writes
-// it, with the commit and the machine, to bench/results/<commit>.json. Every loop is bounded; everything
+// it, with the commit and the machine, to bench/results/<commit>.json (<commit>-2.json for a second run, ...). Every loop is bounded; everything
 // started is stopped.
 //
 // What the figures mean: a clock starts when the client sends its etcd write; "served" means a new client
@@ -8,7 +8,7 @@
 // such, never a figure; a p99 is reported only over at least 200 samples, and the max separately.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -459,7 +459,10 @@ try {
   const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root, encoding: 'utf8' }).trim() !== '';
   const dir = join(root, 'bench/results');
   mkdirSync(dir, { recursive: true });
-  const file = join(dir, `${commit}${dirty ? '-dirty' : ''}.json`);
+  // A later run of the same commit never replaces an earlier one's results: it gets the next free name.
+  const base = `${commit}${dirty ? '-dirty' : ''}`;
+  let file = join(dir, `${base}.json`);
+  for (let run = 2; existsSync(file); run++) file = join(dir, `${base}-${run}.json`);
   const machine = { cores: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', memoryGb: Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)![1]) / 1e6) };
   writeFileSync(file, JSON.stringify({ commit, dirty, date: new Date().toISOString(), machine, workloads: chosen, rows }, null, 2) + '\n');
   writeFileSync(join(dir, 'latest.md'), text + '\n');
