@@ -1,7 +1,7 @@
 // npm run bench: dist/ambassador against a real etcd and haproxy on loopback, each workload run twice,
 // with the runtime API (--apply=runtime) and with reloads only (--apply=reload). Prints a table and writes
-// it, with the commit and the machine, to bench/results/<commit>.json (<commit>-2.json for a second run, ...). Every loop is bounded; everything
-// started is stopped.
+// it, with the commit and the machine, to bench/results/<commit>.json (<commit>-2.json for a second run of
+// the same commit, and so on). Every loop is bounded; everything started is stopped.
 //
 // What the figures mean: a clock starts when the client sends its etcd write; "served" means a new client
 // connection answered by the expected instance; a sample that times out is a miss, counted and shown as
