@@ -64,24 +64,25 @@ interface InstanceRead {
 
 export function readService(mirror: ReadonlyMap<string, string>, settings: RegistrySettings): Service {
   const base = settings.prefix + '/';
-  let master: string | undefined;
-  const names = new Set<string>();
-  for (const key of mirror.keys()) {
-    if (!key.startsWith(base)) continue;
-    const relative = key.slice(base.length);
-    if (relative === 'master') master = mirror.get(key)!.trim();
-    else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
-  }
-  names.delete('');
   const instances: Instance[] = [];
   const problems: Problem[] = [];
-  for (const name of names) {
+  for (const name of instanceNames(mirror.keys(), base)) {
     const read = readInstance(mirror, settings, name);
     if (read.instance) instances.push(read.instance);
     problems.push(...read.problems);
   }
   const unique = uniqueServers(instances, (name) => `${base}instances/${name}`, problems);
-  return { instances: unique, master, problems: sortProblems(problems) };
+  return { instances: unique, master: mirror.get(`${base}master`)?.trim(), problems: sortProblems(problems) };
+}
+
+// The names of the instances these keys belong to.
+function instanceNames(keys: Iterable<string>, base: string): Set<string> {
+  const names = new Set<string>();
+  for (const key of keys) {
+    const name = key.startsWith(base) ? INSTANCE_KEY.exec(key.slice(base.length))?.[1] : undefined;
+    if (name !== undefined) names.add(name);
+  }
+  return names;
 }
 
 function readInstance(mirror: ReadonlyMap<string, string>, settings: RegistrySettings, name: string): InstanceRead {
@@ -132,16 +133,9 @@ export function createServiceSelector(settings: RegistrySettings & SelectSetting
   };
 
   const readAll = (mirror: ReadonlyMap<string, string>) => {
-    const names = new Set(reads.keys());
-    master = undefined;
-    for (const key of mirror.keys()) {
-      if (!key.startsWith(base)) continue;
-      const relative = key.slice(base.length);
-      if (relative === 'master') master = mirror.get(key)!.trim();
-      else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
-    }
-    names.delete('');
-    for (const name of names) reread(mirror, name);
+    master = mirror.get(`${base}master`)?.trim();
+    // The instances read before too: those gone from etcd are dropped.
+    for (const name of new Set([...reads.keys(), ...instanceNames(mirror.keys(), base)])) reread(mirror, name);
     clashes = [];
     const routable = [...reads.values()].flatMap((read) => read.instance ?? []);
     instances = uniqueServers(routable, (name) => `${base}instances/${name}`, clashes);
@@ -149,16 +143,9 @@ export function createServiceSelector(settings: RegistrySettings & SelectSetting
 
   // Only the named keys changed: each changed instance leaves or takes its place in the sorted list.
   const readChanged = (mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string>): boolean => {
-    const names = new Set<string>();
-    for (const key of changed) {
-      if (!key.startsWith(base)) continue;
-      const relative = key.slice(base.length);
-      if (relative === 'master') master = mirror.get(key)?.trim();
-      else names.add(INSTANCE_KEY.exec(relative)?.[1] ?? '');
-    }
-    names.delete('');
+    if (changed.has(`${base}master`)) master = mirror.get(`${base}master`)?.trim();
     let next: Instance[] | undefined;
-    for (const name of names) {
+    for (const name of instanceNames(changed, base)) {
       const was = reads.get(name)?.instance;
       if (!reread(mirror, name)) continue;
       next ??= instances.slice();
