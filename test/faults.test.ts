@@ -302,17 +302,26 @@ test('no failed connection under sustained load while 200 changes are applied', 
   let output = '';
   load.stdout.on('data', (data) => (output += data));
   const done = new Promise((resolve) => load.on('exit', resolve));
-  // The sleeps here pace the scenario (load before, between and after the changes); none waits for an event.
-  await sleep(300);
+  // The load is known to run before, between and after the changes by the connections the backends take.
+  const served = () => world.backends.reduce((sum, backend) => sum + backend.accepted(), 0);
+  const moreConnections = (count: number, what: string) => {
+    const target = served() + count;
+    return eventually(served, (total) => total >= target, 10_000, `${count} connections ${what}`);
+  };
+  await moreConnections(100, 'before the changes');
   const names = ['d', 'e', 'f', 'g'];
   for (let i = 0; i < 200; i++) {
     const key = `${prefix}/instances/${names[i % 4]}/private_ip`;
     if (i % 5 === 0) await world.etcd.put(`${prefix}/master`, names[(i / 5) % 4]!); // master changes (not used without --master-only)
     else if (i % 5 === 1) await world.etcd.del(key); // removals
     else await world.etcd.put(key, `127.0.0.1${1 + (i % 3)}`); // additions and moves
-    await sleep(10);
+    await moreConnections(10, `after change ${i + 1}`);
   }
-  await sleep(300);
+  // A last change: once it is applied, every change before it was.
+  const from = ambassador.logs.length;
+  await world.etcd.put(`${prefix}/instances/z/private_ip`, '127.0.0.11');
+  await ambassador.waitForLog(/applied revision \d+: .*added [^ ]*\bz\b/, 10_000, from);
+  await moreConnections(100, 'after the last change was applied');
   load.stdin.end();
   await done;
   const { ok, failed, seconds } = JSON.parse(output) as { ok: number; failed: number; seconds: number };

@@ -18,13 +18,17 @@ export interface Backend {
   port: number;
   // Connections currently open to this backend.
   sockets: Set<Socket>;
+  // Connections it has accepted since it started.
+  accepted(): number;
   close(): Promise<void>;
 }
 
 // A backend that greets every connection with its name and keeps it open until the client closes.
 export async function startBackend(name: string, host: string, port: number): Promise<Backend> {
   const sockets = new Set<Socket>();
+  let accepted = 0;
   const server: Server = createServer((socket) => {
+    accepted++;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
@@ -36,6 +40,7 @@ export async function startBackend(name: string, host: string, port: number): Pr
     host,
     port,
     sockets,
+    accepted: () => accepted,
     close: async () => {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
