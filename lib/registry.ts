@@ -62,17 +62,9 @@ interface InstanceRead {
   problems: Problem[];
 }
 
+// The service as the keys under the prefix say it: one full read.
 export function readService(mirror: ReadonlyMap<string, string>, settings: RegistrySettings): Service {
-  const base = settings.prefix + '/';
-  const instances: Instance[] = [];
-  const problems: Problem[] = [];
-  for (const name of instanceNames(mirror.keys(), base)) {
-    const read = readInstance(mirror, settings, name);
-    if (read.instance) instances.push(read.instance);
-    problems.push(...read.problems);
-  }
-  const unique = uniqueServers(instances, (name) => `${base}instances/${name}`, problems);
-  return { instances: unique, master: mirror.get(`${base}master`)?.trim(), problems: sortProblems(problems) };
+  return createServiceReader(settings).read(mirror, undefined);
 }
 
 // The names of the instances these keys belong to.
@@ -104,23 +96,21 @@ function readInstance(mirror: ReadonlyMap<string, string>, settings: RegistrySet
   return { instance: { name, server: serverName(name), address: address.address, port }, problems };
 }
 
-// What selectServers(readService(mirror)) gives, kept up to date as etcd changes: only the instances whose
-// keys changed are read again, and every instance or server that did not change is the same object as
-// before, so that what comes after (plan, render) can tell unchanged servers by identity. A change to one
-// instance of 10,000 costs about what it costs with 10; `changed` undefined means anything may have changed
-// (a fresh snapshot). A clash of server names, which only a hash collision can cause, is left to a full read.
-export function createServiceSelector(settings: RegistrySettings & SelectSettings) {
+// The service kept up to date as etcd changes: only the instances whose keys changed are read again
+// (`changed` undefined: anything may have, as after a fresh snapshot, and all are), and an instance that did
+// not change keeps its object. A change to one instance of 10,000 costs about what it costs with 10. A clash
+// of server names, which only a hash collision can cause, is left to a full read.
+export function createServiceReader(settings: RegistrySettings) {
   const base = settings.prefix + '/';
   const reads = new Map<string, InstanceRead>();
   // The names of instances with problems: few, so collecting them costs nothing per change.
   const troubled = new Set<string>();
-  const servers = new ServerCache();
   // Routable instances, sorted by server name, one per name.
   let instances: Instance[] = [];
   let master: string | undefined;
   let clashes: Problem[] = [];
 
-  // Reads the instance again; false if its routable form changed. An unchanged one keeps its object.
+  // Reads the instance again; false if its routable form did not change. An unchanged one keeps its object.
   const reread = (mirror: ReadonlyMap<string, string>, name: string): boolean => {
     const was = reads.get(name);
     const now = readInstance(mirror, settings, name);
@@ -142,6 +132,7 @@ export function createServiceSelector(settings: RegistrySettings & SelectSetting
   };
 
   // Only the named keys changed: each changed instance leaves or takes its place in the sorted list.
+  // False on a clash of server names.
   const readChanged = (mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string>): boolean => {
     if (changed.has(`${base}master`)) master = mirror.get(`${base}master`)?.trim();
     let next: Instance[] | undefined;
@@ -161,12 +152,22 @@ export function createServiceSelector(settings: RegistrySettings & SelectSetting
   };
 
   return {
-    select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection {
+    read(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Service {
       if (changed === undefined || clashes.length > 0 || !readChanged(mirror, changed)) readAll(mirror);
       const problems = [...clashes];
       for (const name of troubled) problems.push(...reads.get(name)!.problems);
-      return selectServers({ instances, master, problems: sortProblems(problems) }, settings, servers);
+      return { instances, master, problems: sortProblems(problems) };
     },
+  };
+}
+
+// selectServers(readService(mirror)) kept up to date: the reader above, and the servers of instances that did
+// not change kept as the same objects, so that plan and render can pass over them by identity.
+export function createServiceSelector(settings: RegistrySettings & SelectSettings) {
+  const reader = createServiceReader(settings);
+  const servers = new ServerCache();
+  return {
+    select: (mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection => selectServers(reader.read(mirror, changed), settings, servers),
   };
 }
 
