@@ -106,7 +106,7 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
   gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
   gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
   gauge('ambassador_healthy', '1 when /healthz answers 200', (s) => (health(s, maxStaleMs).healthy ? 1 : 0));
-  gauge('ambassador_heap_limit_bytes', "V8's heap limit: the executable's baked-in --max-old-space-size and young generation, unless NODE_OPTIONS raised them", () => getHeapStatistics().heap_size_limit);
+  gauge('ambassador_heap_limit_bytes', "V8's heap limit: the executable's baked-in --max-old-space-size and young generation, unless --node-options changed them", () => getHeapStatistics().heap_size_limit);
   gauge('ambassador_max_stale_seconds', 'the --max-stale setting: how long the state may be stale or unapplied before /healthz says 503', () => maxStaleMs / 1000);
   gauge('ambassador_unapplied_seconds', 'seconds the newest etcd state has not been live in haproxy (0 while it is)', (s) =>
     s.haproxy.notLiveSince === undefined ? 0 : (Date.now() - s.haproxy.notLiveSince) / 1000,
