@@ -17,6 +17,8 @@ import { startEtcd } from '../test/helpers/etcd.ts';
 import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
 import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
 import { stopAll } from '../test/helpers/processes.ts';
+import { startCapture } from '../test/helpers/capture.ts';
+import { fenceOverlaps, startRecordingBackends } from '../test/helpers/recorder.ts';
 import { V8_FLAGS } from '../build/heap.ts';
 import { patroniWorkload } from './patroni.ts';
 
@@ -156,6 +158,56 @@ async function failover(mode: Mode, count = 200) {
   await stopRunning();
 }
 
+// The fence as the wire shows it: two backends, two sessions held to the master, a load client opening new
+// connections all along, 1,000 failovers, and a packet capture of haproxy's connections to the backends (the
+// kernel's own order of events). An overlap: haproxy connected a client to one backend while a session that
+// had carried a client's bytes to the other was not yet closed. Health checks carry no client byte.
+async function fenceOrder(mode: Mode, count = 1000) {
+  const port = await freePort('127.0.0.21');
+  const addresses = new Map([['node-a', '127.0.0.21'], ['node-b', '127.0.0.22']]);
+  const backends = await startRecordingBackends([...addresses].map(([name, host]) => ({ name, host, port })));
+  const capture = await startCapture(addresses, port);
+  const prefix = `/bench${++prefixes}/services/mysql`;
+  for (const [name, host] of [['a', '127.0.0.21'], ['b', '127.0.0.22']]) {
+    await etcd.put(`${prefix}/instances/${name}/private_ip`, host!);
+    await etcd.put(`${prefix}/instances/${name}/port`, String(port));
+  }
+  await etcd.put(`${prefix}/master`, 'a');
+  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--master-only', '--log-level=info']);
+  try {
+    if ((await timeUntil(performance.now(), answeredBy(ambassador.port, 'node-a'), 10_000)) === undefined) throw new Error('fence order: ambassador did not route to the first master');
+    const load = startLoad(ambassador.port, 2);
+    let master = 'a';
+    let misses = 0;
+    for (let i = 0; i < count; i++) {
+      const next = master === 'a' ? 'b' : 'a';
+      const held = await Promise.all([openSession(ambassador.port), openSession(ambassador.port)]);
+      await etcd.put(`${prefix}/master`, next);
+      const put = performance.now();
+      const switched = await timeUntil(put, answeredBy(ambassador.port, `node-${next}`), 5_000);
+      const cut = await timeUntil(put, async () => held.every((s) => s.isClosed()), 2_000);
+      if (switched === undefined || cut === undefined) misses++;
+      for (const session of held) session.close();
+      master = next;
+    }
+    const { ok } = await load.stop();
+    await capture.stop();
+    const overlaps = fenceOverlaps(capture.events);
+    const sessions = capture.events.filter((event) => event.kind === 'session').length;
+    const worst = overlaps.reduce((max, o) => (o.overlapNs > max ? o.overlapNs : max), 0n);
+    record('fence order: failovers, each with 2 sessions held and a client connecting all along', mode, count, '');
+    record('fence order: client sessions seen on the wire', mode, sessions, '', `≥ ${count * 3}`);
+    record('fence order: overlaps (new master connected before the old one\'s last session closed)', mode, overlaps.length, `of ${count}`, '0');
+    record('fence order: longest overlap', mode, Number(worst) / 1e6, 'ms');
+    record('fence order: failovers not done within 5 s', mode, misses, `of ${count}`, '0');
+    if (ok === 0) throw new Error('fence order: the load client made no connection');
+  } finally {
+    await capture.stop();
+    await backends.stop();
+    await stopRunning();
+  }
+}
+
 // Burst: 1,000 membership writes as fast as etcd takes them → the final state live. The clock starts when
 // the last write is sent; the final state is known from the writes themselves, not read back.
 async function burst(mode: Mode, writes = 1000) {
@@ -215,8 +267,8 @@ async function writeStable(prefix: string) {
 }
 
 // A load client in its own process: new connections as fast as it can make them, until stopped.
-function startLoad(port: number) {
-  const load = spawn(process.execPath, [join(root, 'bench/load.ts'), String(port), '120000', '24'], { stdio: ['pipe', 'pipe', 'inherit'] });
+function startLoad(port: number, concurrency = 24) {
+  const load = spawn(process.execPath, [join(root, 'bench/load.ts'), String(port), '600000', String(concurrency)], { stdio: ['pipe', 'pipe', 'inherit'] });
   let output = '';
   load.stdout.on('data', (data) => (output += data));
   const done = new Promise((resolve) => load.on('exit', resolve));
@@ -428,6 +480,7 @@ async function pipeline(mode: Mode) {
 const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   startup,
   failover,
+  'fence-order': fenceOrder,
   burst,
   'zero-loss': zeroLoss,
   scraped,
@@ -438,7 +491,7 @@ const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   patroni: () => patroniWorkload(etcd, (metric, value, unit, target) => record(metric, 'runtime', value, unit, target)),
 };
 // Runtime API only: with reloads these measure haproxy's reload storm, not ambassador.
-const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni']);
+const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni', 'fence-order']);
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
 for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
 

@@ -23,10 +23,20 @@ export interface ServerTable {
   draining: ReadonlyMap<string, DrainingServer>;
 }
 
+// A runtime plan runs in two steps. First the fence: servers that stop taking the master's traffic are put in
+// maintenance and their sessions shut down; then, once haproxy shows none of their sessions left (`fenced`),
+// the rest. haproxy closes shut-down sessions in a later turn of its loop, so without that wait a new master
+// enabled in the same request could take a connection while the old one's sessions were still open.
+// A server fenced, and the address its sessions went to.
+export interface FencedServer extends DrainingServer {
+  id: string;
+}
+
 export type Plan =
   | { kind: 'none' }
-  | { kind: 'runtime'; commands: string[]; next: ServerTable }
-  | { kind: 'reload'; reason: string };
+  | { kind: 'runtime'; fence: string[]; fenced: FencedServer[]; commands: string[]; next: ServerTable }
+  // A reload keeps the old worker's sessions until they end: a fence it needs is made at run time first.
+  | { kind: 'reload'; reason: string; fence: string[]; fenced: FencedServer[] };
 
 export interface PlanSettings {
   // Master-only: a server of the primary port that stops being the master is fenced (no new connection,
@@ -50,6 +60,7 @@ const stateOf = (server: Server): State => (server.enabled ? 'ready' : 'maint');
 export function planChange(live: ServerTable, wanted: ServerTable, settings: PlanSettings): Plan {
   // Fences run first, so an old master is cut off before a new one takes a connection; enables run last.
   const fences: string[] = [];
+  const fenced: FencedServer[] = [];
   const changes: string[] = [];
   const enables: string[] = [];
   const draining = new Map(live.draining);
@@ -57,7 +68,11 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
   let reload: string | undefined;
 
   for (const proxy of new Set([...live.proxies.keys(), ...wanted.proxies.keys()])) {
-    const fenced = settings.fence && proxy === PROXY_NAME;
+    const fencing = settings.fence && proxy === PROXY_NAME;
+    const fence = (id: string, was: DrainingServer) => {
+      fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+      fenced.push({ id, address: was.address, port: was.port });
+    };
 
     // A removed server takes no new connection at once and is deleted by the drain sweep once it has no
     // session left: at once when fenced (its sessions are cut), when its clients close them otherwise.
@@ -65,7 +80,7 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
       const id = `${proxy}/${was.server}`;
       differs = true;
       draining.set(id, { address: was.address, port: was.port });
-      if (was.enabled && fenced) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+      if (was.enabled && fencing) fence(id, was);
       else if (was.enabled) changes.push(`set server ${id} state drain`);
     };
 
@@ -74,8 +89,8 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
       if (!moved && was.state === stateOf(want)) return;
       differs = true;
       if (moved && (isIP(want.address) === 0 || isIP(was.address) === 0)) reload ??= `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})`;
-      const cut = fenced && was.state === 'ready' && (!want.enabled || moved);
-      if (cut) fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
+      const cut = fencing && was.state === 'ready' && (!want.enabled || moved);
+      if (cut) fence(id, was);
       if (moved) changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
       if (want.enabled && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
       if (!want.enabled && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
@@ -118,9 +133,18 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
     }
   }
 
-  if (reload !== undefined) return { kind: 'reload', reason: reload };
-  const commands = [...fences, ...changes, ...enables];
+  if (reload !== undefined) return { kind: 'reload', reason: reload, fence: fences, fenced };
+  const commands = [...changes, ...enables];
   if (!differs) return { kind: 'none' };
-  if (commands.length > MAX_RUNTIME_COMMANDS) return { kind: 'reload', reason: `${commands.length} runtime commands` };
-  return { kind: 'runtime', commands, next: { proxies: wanted.proxies, draining } };
+  const count = fences.length + commands.length;
+  if (count > MAX_RUNTIME_COMMANDS) return { kind: 'reload', reason: `${count} runtime commands`, fence: fences, fenced };
+  return { kind: 'runtime', fence: fences, fenced, commands, next: { proxies: wanted.proxies, draining } };
+}
+
+// The live table once `fenced` servers are in maintenance: what haproxy runs after a fence whose reload has
+// not (yet) happened.
+export function afterFence(live: ServerTable, fenced: readonly FencedServer[]): ServerTable {
+  const ids = new Set(fenced.map(({ id }) => id));
+  const proxies = new Map([...live.proxies].map(([proxy, servers]) => [proxy, servers.map((server) => (ids.has(`${proxy}/${server.server}`) ? { ...server, enabled: false } : server))]));
+  return { proxies, draining: live.draining };
 }

@@ -103,6 +103,7 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
   mirrored('ambassador_haproxy_refused_total', 'configs haproxy refused (check or load failed); the previous one kept serving', (s) => s.haproxy.refused);
   mirrored('ambassador_apply_failures_total', 'tries at applying a change that failed in a way worth retrying (a timeout, a spawn error, a full disk)', (s) => s.haproxy.failures);
   mirrored('ambassador_runtime_fallbacks_total', 'changes where a runtime command failed and a reload was done instead', (s) => s.haproxy.runtimeFallbacks);
+  mirrored('ambassador_fences_unconfirmed_total', 'failovers where haproxy still showed sessions on the old master 1 s after the fence, and the new master was opened anyway', (s) => s.haproxy.fencesUnconfirmed);
   gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
   gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
   gauge('ambassador_healthy', '1 when /healthz answers 200', (s) => (health(s, maxStaleMs).healthy ? 1 : 0));
@@ -264,6 +265,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       runtimeChanges: snapshot.haproxy.applied.runtime,
       reloads: snapshot.haproxy.applied.reload,
       refused: snapshot.haproxy.refused,
+      fencesUnconfirmed: snapshot.haproxy.fencesUnconfirmed,
       failing: snapshot.haproxy.failing ?? null,
     },
   };

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MAX_RUNTIME_COMMANDS, planChange, serverTable, type Plan, type ServerTable } from '../lib/plan.ts';
+import { afterFence, MAX_RUNTIME_COMMANDS, planChange, serverTable, type Plan, type ServerTable } from '../lib/plan.ts';
 import type { Server } from '../lib/registry.ts';
 import { SERVER_CHECKS } from '../lib/render.ts';
 
@@ -45,7 +45,12 @@ const allInstances = { fence: false };
 
 function runtime(plan: Plan): { commands: string[]; next: Record<string, Entry> } {
   if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
-  return { commands: plan.commands, next: entries(plan.next) };
+  return { commands: [...plan.fence, ...plan.commands], next: entries(plan.next) };
+}
+
+function steps(plan: Plan): { fence: string[]; fenced: string[]; then: string[] } {
+  if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
+  return { fence: plan.fence, fenced: plan.fenced.map(({ id, address, port }) => `${id} ${address}:${port}`), then: plan.commands };
 }
 
 test('does nothing when nothing changed', () => {
@@ -61,6 +66,26 @@ test('fails over by fencing the old master before enabling the new one', () => {
     commands: ['set server service/1 state maint', 'shutdown sessions server service/1', 'set server service/2 state ready'],
     next: { '1': maint('10.0.0.1'), '2': ready('10.0.0.2') },
   });
+});
+
+test('a failover is two steps: the fence and the servers it must empty, then the new master', () => {
+  const live = table({ '1': ready('10.0.0.1'), '2': maint('10.0.0.2') });
+  const wanted = table({ '1': maint('10.0.0.1'), '2': ready('10.0.0.2') });
+  assert.equal(steps(planChange(live, wanted, masterOnly)), {
+    fence: ['set server service/1 state maint', 'shutdown sessions server service/1'],
+    fenced: ['service/1 10.0.0.1:5432'],
+    then: ['set server service/2 state ready'],
+  });
+});
+
+test('nothing waits on a fence when no master is fenced', () => {
+  const live = table({ a: ready('10.0.0.1'), b: ready('10.0.0.2') });
+  assert.equal(steps(planChange(live, table({ a: ready('10.0.0.1') }), allInstances)), { fence: [], fenced: [], then: ['set server service/b state drain'] });
+});
+
+test('a master that moves is fenced at the address it leaves', () => {
+  const live = table({ '1': ready('10.0.0.1') });
+  assert.equal(steps(planChange(live, table({ '1': ready('10.0.0.9', 6000) }), masterOnly)).fenced, ['service/1 10.0.0.1:5432']);
 });
 
 test('fences the master when no master is wanted', () => {
@@ -125,9 +150,17 @@ test('leaves a draining server alone, and takes it back if it returns', () => {
 
 test('reloads for a server added or moved by DNS name, which resolves only at load', () => {
   const byName = planChange(empty, table({ a: ready('db.example') }), allInstances);
-  assert.equal(byName, { kind: 'reload', reason: 'server service/a has a DNS name (db.example)' });
+  assert.equal(byName, { kind: 'reload', reason: 'server service/a has a DNS name (db.example)', fence: [], fenced: [] });
   const moved = planChange(table({ a: ready('db.example') }), table({ a: ready('10.0.0.1') }), allInstances);
   assert.is(moved.kind, 'reload');
+});
+
+test('a failover that needs a reload still fences the old master at run time first', () => {
+  const live = table({ '1': ready('10.0.0.1'), '2': maint('10.0.0.2') });
+  const plan = planChange(live, table({ '1': maint('10.0.0.1'), '2': maint('10.0.0.2'), named: ready('db.example') }), masterOnly);
+  if (plan.kind !== 'reload') throw new Error(plan.kind);
+  assert.equal(plan.fence, ['set server service/1 state maint', 'shutdown sessions server service/1']);
+  assert.equal(entries(afterFence(live, plan.fenced)), { '1': maint('10.0.0.1'), '2': maint('10.0.0.2') });
 });
 
 test('reloads rather than send more than MAX_RUNTIME_COMMANDS commands', () => {
@@ -153,15 +186,11 @@ test('builds the wanted table from the selected servers', () => {
 test('a failover moves both ports in one step: the primary fenced first, the replica port never fenced', () => {
   const live = table({ '1': ready('10.0.0.1'), '2': maint('10.0.0.2'), 'replicas/1': maint('10.0.0.1'), 'replicas/2': ready('10.0.0.2') });
   const wanted = table({ '1': maint('10.0.0.1'), '2': ready('10.0.0.2'), 'replicas/1': ready('10.0.0.1'), 'replicas/2': maint('10.0.0.2') });
-  const plan = planChange(live, wanted, masterOnly);
-  if (plan.kind !== 'runtime') throw new Error(plan.kind);
-  assert.equal(plan.commands, [
-    'set server service/1 state maint',
-    'shutdown sessions server service/1',
-    'set server replicas/2 state maint',
-    'set server service/2 state ready',
-    'set server replicas/1 state ready',
-  ]);
+  assert.equal(steps(planChange(live, wanted, masterOnly)), {
+    fence: ['set server service/1 state maint', 'shutdown sessions server service/1'],
+    fenced: ['service/1 10.0.0.1:5432'],
+    then: ['set server replicas/2 state maint', 'set server service/2 state ready', 'set server replicas/1 state ready'],
+  });
 });
 
 test('passes over the servers a change did not touch, and says only what it changed', () => {

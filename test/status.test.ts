@@ -27,7 +27,7 @@ const snapshot = (over: Partial<StatusSnapshot> = {}): StatusSnapshot => ({
   masterOnly: true,
   revision: 7n,
   etcd: { connected: true, staleSince: undefined, lastEventAt: undefined, events: 0, snapshots: 1, watchesLost: 0 },
-  haproxy: { masterPid: 10, workers: 1, current: true, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0 },
+  haproxy: { masterPid: 10, workers: 1, current: true, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0, fencesUnconfirmed: 0 },
   servers: [],
   replicas: undefined,
   instancesRejected: 0,

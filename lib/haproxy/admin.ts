@@ -51,6 +51,19 @@ export async function serverSessions(socket: string): Promise<Map<string, number
   return new Map(rows.map((row) => [`${row.pxname}/${row.svname}`, Number(row.scur)]));
 }
 
+// Current sessions of the given servers (`<proxy>/<server>`), read with one `show stat` per proxy they are in,
+// so that a large registry's other proxy is not read. A server haproxy does not list has none.
+export async function proxySessions(socket: string, ids: readonly string[]): Promise<Map<string, number>> {
+  const proxies = new Set(ids.map((id) => id.slice(0, id.indexOf('/'))));
+  const sessions = new Map<string, number>();
+  for (const proxy of proxies) {
+    const answer = await request(socket, `show stat ${proxy} 4 -1`);
+    if (!answer.startsWith('# ')) throw new Error(`show stat ${proxy}: ${answer.trim().split('\n')[0]}`);
+    for (const row of parseStat(answer)) sessions.set(`${row.pxname}/${row.svname}`, Number(row.scur));
+  }
+  return sessions;
+}
+
 // What the traffic does, per server of our proxies and for haproxy as a whole.
 export interface ServerTraffic {
   proxy: string;

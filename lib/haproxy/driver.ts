@@ -3,13 +3,15 @@
 // `haproxy -c` → rename → reload confirmed by the master CLI. The apply queue keeps one change in flight and
 // decides about failures; an exit of the haproxy master is reported once, for ambassador to stop.
 
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
-import { planChange, type ServerTable } from '../plan.ts';
+import { afterFence, planChange, type FencedServer, type ServerTable } from '../plan.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { readTraffic, runtimeCommands, serverSessions, type Traffic } from './admin.ts';
+import { proxySessions, readTraffic, runtimeCommands, serverSessions, showProc, type Traffic } from './admin.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
+import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
 import { firstLoad, reload } from './reload.ts';
 
@@ -39,6 +41,8 @@ export interface HaproxyStats extends QueueStats {
   masterPid: number | undefined;
   workers: number;
   runtimeFallbacks: number;
+  // Fences after which haproxy still showed sessions on the old master when the wait for them ended.
+  fencesUnconfirmed: number;
 }
 
 export interface Haproxy {
@@ -59,6 +63,13 @@ const KILL_AFTER_MS = 2_000;
 const COMMANDS_PER_REQUEST = 40;
 // A scrape must never hang on a slow admin socket.
 const TRAFFIC_TIMEOUT_MS = 1_000;
+// haproxy closes the sessions of a fenced server within a turn or two of its loop (well under a millisecond);
+// this bounds the wait for one it cannot close.
+const FENCE_CONFIRM_MS = 1_000;
+const FENCE_POLL_MS = 1;
+// A live instance answers haproxy's close at once, and then haproxy's count drops; the kernel's tables, slower
+// to read (all of the host's sockets), are asked only once that has not happened this long after the fence.
+const KERNEL_AFTER_MS = 20;
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
@@ -70,6 +81,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let stopping = false;
   let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
   let runtimeFallbacks = 0;
+  let fencesUnconfirmed = 0;
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -96,33 +108,100 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
   };
 
-  // The runtime path: commands in order, then the file rewritten to describe what is now live.
-  // False when the change needs a reload instead.
+  // The runtime path: the fence, confirmed; then the other commands in order; then the file rewritten to
+  // describe what is now live. False when the change needs a reload instead.
   const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
     const plan = planChange(liveServers, next.servers, { fence: settings.fence });
+    if (plan.kind === 'none') {
+      await replaceConfig(configPath, next.config);
+      return true;
+    }
+    const served = [...next.servers.proxies.values()].some((servers) => servers.some((server) => server.enabled));
+    fenceEchoUntil = plan.fence.length > 0 && served ? performance.now() + FENCE_ECHO_MS : 0;
+    if (!(await sendCommands(plan.fence))) return false;
+    if (plan.fenced.length > 0) await confirmFence(plan.fenced);
     if (plan.kind === 'reload') {
+      liveServers = afterFence(liveServers, plan.fenced);
       log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
       return false;
     }
-    if (plan.kind === 'runtime') {
-      const fences = plan.commands.some((command) => command.endsWith(' state maint'));
-      const served = [...plan.next.proxies.values()].some((servers) => servers.some((server) => server.enabled));
-      fenceEchoUntil = fences && served ? performance.now() + FENCE_ECHO_MS : 0;
-      for (let i = 0; i < plan.commands.length; i += COMMANDS_PER_REQUEST) {
-        const batch = plan.commands.slice(i, i + COMMANDS_PER_REQUEST);
-        const failure = await runtimeCommands(adminSocket, batch);
-        if (failure !== undefined) {
-          log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
-          runtimeFallbacks++;
-          return false;
-        }
-        for (const command of batch) log.debug(`haproxy: ${command}`);
-      }
-      liveServers = plan.next;
-      if (liveServers.draining.size > 0) queue.sweepSoon();
-    }
+    if (!(await sendCommands(plan.commands))) return false;
+    liveServers = plan.next;
+    if (liveServers.draining.size > 0) queue.sweepSoon();
     await replaceConfig(configPath, next.config);
     return true;
+  };
+
+  const sendCommands = async (commands: readonly string[]): Promise<boolean> => {
+    for (let i = 0; i < commands.length; i += COMMANDS_PER_REQUEST) {
+      const batch = commands.slice(i, i + COMMANDS_PER_REQUEST);
+      const failure = await runtimeCommands(adminSocket, batch);
+      if (failure !== undefined) {
+        log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
+        runtimeFallbacks++;
+        return false;
+      }
+      for (const command of batch) log.debug(`haproxy: ${command}`);
+    }
+    return true;
+  };
+
+  // Waits until no session to a fenced server is left open, within FENCE_CONFIRM_MS; past that, the rest of
+  // the change goes ahead: a session haproxy cannot close must not keep the new master closed.
+  const confirmFence = async (fenced: readonly FencedServer[]) => {
+    const began = performance.now();
+    const deadline = began + FENCE_CONFIRM_MS;
+    const stopped = new Set<number>();
+    let open: string[];
+    for (;;) {
+      open = await openAfterFence(fenced, stopped, performance.now() - began >= KERNEL_AFTER_MS);
+      if (open.length === 0) return;
+      if (performance.now() >= deadline) break;
+      await sleep(FENCE_POLL_MS);
+    }
+    fencesUnconfirmed++;
+    log.warn(`haproxy: sessions to ${open.join(', ')} still open ${FENCE_CONFIRM_MS} ms after the fence; opening the new master anyway`);
+  };
+
+  // The fenced servers some session of which may still carry a client's bytes. haproxy's own count is exact
+  // from 3.2 on; before, a killed session stays counted until the far end closes too (never, if its host is
+  // down), so then the kernel says whether haproxy has closed its side of each connection. A worker a reload
+  // left behind cannot be told to shut sessions (its proxies are stopping): one that still holds a connection
+  // to a fenced server is stopped, with its sessions.
+  const openAfterFence = async (fenced: readonly FencedServer[], stopped: Set<number>, askKernel: boolean): Promise<string[]> => {
+    const sessions = await proxySessions(adminSocket, fenced.map(({ id }) => id)).catch(() => undefined);
+    const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
+    const workers = child?.workers() ?? [];
+    if (counted.length === 0 && workers.length <= 1) return [];
+    if (!askKernel && workers.length <= 1) return counted.map(({ id }) => id);
+    const endpoints = new Map(fenced.flatMap((server) => {
+      const endpoint = kernelEndpoint(server.address, server.port);
+      return endpoint === undefined ? [] : [[endpoint, server] as const];
+    }));
+    // The current worker has outlived the fewest reloads; without the master's answer none is taken for old.
+    const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
+    const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
+    const old = (pid: number) => list !== undefined && pid !== current;
+    const open = new Set<FencedServer>();
+    for (const pid of workers) {
+      const connections = await kernelOpenConnections([pid], new Set(endpoints.keys())).catch(() => undefined);
+      if (connections === undefined) {
+        if (!old(pid)) for (const server of counted) open.add(server);
+        continue;
+      }
+      for (const [endpoint, count] of connections) {
+        if (count === 0) continue;
+        open.add(endpoints.get(endpoint)!);
+        if (old(pid) && !stopped.has(pid)) {
+          stopped.add(pid);
+          log.warn(`haproxy: stopping worker ${pid}, left by a reload, which holds ${count} session(s) to fenced ${endpoints.get(endpoint)!.id}`);
+          process.kill(pid, 'SIGTERM');
+        }
+      }
+    }
+    // A server by DNS name has no address the kernel knows: haproxy's count is all there is.
+    for (const server of counted) if (kernelEndpoint(server.address, server.port) === undefined) open.add(server);
+    return [...open].map(({ id }) => id);
   };
 
   const attempt = async (next: Wanted, liveConfig: string | undefined): Promise<Attempt> => {
@@ -172,6 +251,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       masterPid: child?.running() ? child.pid : undefined,
       workers: child?.workers().length ?? 0,
       runtimeFallbacks,
+      fencesUnconfirmed,
     }),
     traffic: async () => (child?.running() ? readTraffic(adminSocket, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {

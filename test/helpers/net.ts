@@ -23,7 +23,8 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-// A backend that greets every connection with its name and keeps it open until the client closes.
+// A backend that greets every connection with its name and keeps it open until the client closes, as a
+// database does: it reads what comes, and closes its side when the client (or haproxy) closes.
 export async function startBackend(name: string, host: string, port: number): Promise<Backend> {
   const sockets = new Set<Socket>();
   let accepted = 0;
@@ -32,6 +33,7 @@ export async function startBackend(name: string, host: string, port: number): Pr
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => {});
+    socket.resume();
     socket.write(`${name}\n`);
   });
   await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, resolve));
@@ -52,6 +54,8 @@ export async function startBackend(name: string, host: string, port: number): Pr
 export function whoAnswers(port: number, host = '127.0.0.1', timeoutMs = 3000): Promise<string> {
   return new Promise((resolve) => {
     const socket = connect(port, host);
+    // Clients speak first, so that recording backends can tell a session from a health check (recorder.ts).
+    socket.write('hello\n');
     let received = '';
     const done = (answer: string) => {
       clearTimeout(timer);
@@ -78,6 +82,7 @@ export interface Session {
 
 export async function openSession(port: number, host = '127.0.0.1'): Promise<Session> {
   const socket = connect(port, host);
+  socket.write('hello\n');
   let closed = false;
   const closedPromise = new Promise<void>((resolve) => socket.on('close', () => ((closed = true), resolve())));
   socket.on('error', () => {});

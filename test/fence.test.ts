@@ -1,0 +1,102 @@
+// The fence, seen from outside: on the wire (a packet capture of haproxy's connections to the backends), no
+// client reaches the new master before every session to the old one is closed; and the fence holds, without
+// waiting out its bound, when the old master does not answer the close, or when a reload left a worker behind.
+
+import * as assert from 'uvu/assert';
+import { startCapture } from './helpers/capture.ts';
+import { within } from './helpers/limits.ts';
+import { freePort, openSession, whoAnswers } from './helpers/net.ts';
+import { fenceOverlaps, startRecordingBackends, type RecordingBackends } from './helpers/recorder.ts';
+import { workerPids } from './helpers/haproxy.ts';
+import { worldSuite, type World } from './helpers/world.ts';
+
+const { test, run } = worldSuite('the fence');
+
+// Instances a and b on recording backends; a deaf one reads nothing after its greeting.
+async function twoMasters(world: World, prefix: string, deafA = false) {
+  const port = await freePort('127.0.0.31');
+  const addresses = new Map([['node-a', '127.0.0.31'], ['node-b', '127.0.0.32']]);
+  const backends: RecordingBackends[] = [];
+  for (const [name, host] of addresses) backends.push(await startRecordingBackends([{ name, host, port, deaf: deafA && name === 'node-a' }]));
+  for (const [name, host] of [['a', '127.0.0.31'], ['b', '127.0.0.32']] as const) {
+    await world.etcd.put(`${prefix}/instances/${name}/private_ip`, host);
+    await world.etcd.put(`${prefix}/instances/${name}/port`, String(port));
+  }
+  await world.etcd.put(`${prefix}/master`, 'a');
+  return { port, addresses, backends, stop: () => Promise.all(backends.map((backend) => backend.stop())) };
+}
+
+test('no client reaches the new master before every session to the old one is closed, on the wire (100 failovers)', async ({ world }) => {
+  const prefix = world.prefix();
+  const masters = await twoMasters(world, prefix);
+  const capture = await startCapture(masters.addresses, masters.port);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-a');
+    let master = 'a';
+    for (let i = 0; i < 100; i++) {
+      const next = master === 'a' ? 'b' : 'a';
+      const held = await Promise.all([openSession(ambassador.port), openSession(ambassador.port)]);
+      // New connections while the master moves, so that one may race the fence.
+      const racing = Array.from({ length: 4 }, () => whoAnswers(ambassador.port, '127.0.0.1', 2000));
+      await world.etcd.put(`${prefix}/master`, next);
+      await within(Promise.all(held.map((session) => session.closed)), 5_000, `failover ${i}: the held sessions cut`);
+      await world.routesTo(ambassador.port, `node-${next}`, 5_000);
+      await Promise.all(racing);
+      master = next;
+    }
+    await capture.stop();
+    const sessions = capture.events.filter((event) => event.kind === 'session').length;
+    assert.ok(sessions >= 300, `the capture saw client sessions on the wire (${sessions})`);
+    const overlaps = fenceOverlaps(capture.events);
+    assert.equal(overlaps.length, 0, `overlaps: ${JSON.stringify(overlaps.slice(0, 3), (_, v) => (typeof v === 'bigint' ? String(v) : v))}`);
+    assert.not.ok(ambassador.logs.some((line) => line.includes('still open')), 'every fence confirmed');
+  } finally {
+    await capture.stop();
+    await masters.stop();
+  }
+});
+
+test('an old master busy with a statement (it reads nothing): the fence is confirmed by the kernel, not waited out', async ({ world }) => {
+  const prefix = world.prefix();
+  // haproxy before 3.2 counts such a session until the far end closes its side too, which it never does.
+  const masters = await twoMasters(world, prefix, true);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-a');
+    const session = await openSession(ambassador.port);
+    assert.is(session.greeting, 'node-a');
+    const from = ambassador.logs.length;
+    await world.etcd.put(`${prefix}/master`, 'b');
+    await within(session.closed, 5_000, 'the session to the busy master cut');
+    await world.routesTo(ambassador.port, 'node-b', 5_000);
+    await ambassador.waitForLog(/applied revision \d+: master a -> b \(runtime, \d+ ms\)/, 5_000, from);
+    assert.not.ok(ambassador.logs.slice(from).some((line) => line.includes('still open')), 'confirmed, not waited out');
+  } finally {
+    await masters.stop();
+  }
+});
+
+test('a worker that a reload left holding a session to the master is stopped by the failover', async ({ world }) => {
+  const prefix = world.prefix();
+  const masters = await twoMasters(world, prefix);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-a');
+    const session = await openSession(ambassador.port);
+    // An instance by DNS name needs a reload: the session stays with the worker it replaces.
+    await world.etcd.put(`${prefix}/instances/named/private_ip`, 'localhost');
+    await ambassador.waitForLog(/applied revision \d+: .*\(reload, \d+ ms\)/);
+    assert.is(workerPids(ambassador.haproxyPid()!).length, 2, 'the old worker holds the session');
+    const from = ambassador.logs.length;
+    await world.etcd.put(`${prefix}/master`, 'b');
+    await within(session.closed, 5_000, 'the old worker\'s session to the old master cut');
+    await ambassador.waitForLog(/stopping worker \d+, left by a reload, which holds 1 session\(s\) to fenced service\/a/, 5_000, from);
+    await world.routesTo(ambassador.port, 'node-b', 5_000);
+    assert.not.ok(ambassador.logs.slice(from).some((line) => line.includes('still open')), 'confirmed, not waited out');
+  } finally {
+    await masters.stop();
+  }
+});
+
+run();
