@@ -18,7 +18,7 @@ import { createServiceSelector, describeProblem, type Selection } from './lib/re
 import { createRenderer, proxyNames, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
-import { readSnapshot, watchPrefix, type EtcdSettings } from './lib/watch.ts';
+import { readSnapshot, watchPrefix, type WatchSettings } from './lib/watch.ts';
 
 // Set by the build (build/build.ts); absent when run from source.
 declare const BUILD_COMMIT: string | undefined;
@@ -53,8 +53,9 @@ const lastResort = (kind: string) => (err: unknown) => {
 process.on('uncaughtException', lastResort('uncaught exception'));
 process.on('unhandledRejection', lastResort('unhandled rejection'));
 
-const etcd: EtcdSettings = {
+const etcd: WatchSettings = {
   endpoints: options.etcd,
+  checkEveryMs: options.etcdCheckMs,
   prefix: options.etcdPrefix,
   ca: options.etcdCa,
   cert: options.etcdCert,

@@ -13,6 +13,8 @@ import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
+import { connectEtcd3 } from '../lib/etcd.ts';
+import { startCluster } from '../test/helpers/cluster.ts';
 import { startEtcd } from '../test/helpers/etcd.ts';
 import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
 import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
@@ -38,6 +40,8 @@ const record = (metric: string, mode: Mode, value: number, unit: string, target 
   if (!row) rows.push((row = { metric, target, values: {}, unit }));
   row.values[mode] = value;
 };
+
+const rowValue = (metric: string) => rows.find((r) => r.metric === metric)?.values.runtime ?? 0;
 
 const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -205,6 +209,80 @@ async function fenceOrder(mode: Mode, count = 1000) {
     await capture.stop();
     await backends.stop();
     await stopRunning();
+  }
+}
+
+// The check's cost to etcd: a 3-member cluster, a prefix of 10 instances and a master (21 keys), and the
+// check ambassador makes (lib/etcd.ts, one read-only transaction) sent at the rate 1,000 ambassadors would
+// send it (1,000/s, spread over the members), for 20 s, against none; etcd's CPU (all members, from /proc)
+// and the latency of a put every 50 ms meanwhile.
+async function checkCost() {
+  const cluster = await startCluster(3);
+  const prefix = '/bench-check/services/mysql';
+  try {
+    for (let i = 0; i < 10; i++) await cluster.client.put(`${prefix}/instances/i${i}/private_ip`).value(`10.0.0.${i + 1}`);
+    await cluster.client.put(`${prefix}/master`).value('i0');
+    const connections = await Promise.all(cluster.endpoints.map((endpoint) => connectEtcd3({ endpoints: [], prefix }, { url: `http://${endpoint}`, serverName: '127.0.0.1' })));
+    const cpuSeconds = (): number =>
+      cluster.pids().reduce<number>((sum, pid) => {
+        const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        return sum + (Number(fields[11]) + Number(fields[12])) / 100;
+      }, 0);
+    const WINDOW_MS = 20_000;
+    for (const rate of [0, 1000]) {
+      let checks = 0;
+      let failures = 0;
+      let running = true;
+      const checker = (async () => {
+        // 10 ms ticks, rate / 100 checks each.
+        for (let tick = 0; running && rate > 0; tick++) {
+          const due = performance.now() + 10;
+          for (let n = 0; n < rate / 100; n++) {
+            connections[(tick + n) % connections.length]!.check(0n, 1000).then(() => checks++, () => failures++);
+          }
+          await sleep(Math.max(0, due - performance.now()));
+        }
+      })();
+      const cpuBefore = cpuSeconds();
+      const began = performance.now();
+      const puts: number[] = [];
+      while (performance.now() - began < WINDOW_MS) {
+        const put = performance.now();
+        await cluster.client.put(`${prefix}/churn`).value(String(puts.length));
+        puts.push(performance.now() - put);
+        await sleep(50);
+      }
+      const seconds = (performance.now() - began) / 1000;
+      const cpu = cpuSeconds() - cpuBefore;
+      running = false;
+      await checker;
+      const label = rate === 0 ? 'no checks' : `${rate} checks/s`;
+      record(`check cost, ${label}: etcd CPU, all 3 members`, 'runtime', (cpu / seconds) * 100, '% of a core');
+      record(`check cost, ${label}: checks answered / failed`, 'runtime', checks, `/ ${failures}`);
+      recordLatencies(`check cost, ${label}: put latency`, 'runtime', puts);
+      if (rate > 0) record(`check cost: etcd CPU per check`, 'runtime', ((cpu - (rowValue(`check cost, no checks: etcd CPU, all 3 members`) / 100) * seconds) / checks) * 1e6, 'µs');
+    }
+    for (const connection of connections) connection.close();
+  } finally {
+    await cluster.stop();
+  }
+}
+
+// The cluster workload (bench/cluster.ts) in a private network, pid and mount namespace of its own.
+async function clusterFaults() {
+  const output = execFileSync(
+    'unshare',
+    ['--net', '--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sh', '-c', 'ip link set lo up && "$@"', 'sh', process.execPath, join(root, 'bench/cluster.ts'), '20', '20'],
+    { encoding: 'utf8', env: { ...process.env, AMBASSADOR_TEST_NETNS: '1' }, timeout: 1_800_000, stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 16 << 20 },
+  );
+  const { etcd: version, result } = JSON.parse(output.trim().split('\n').at(-1)!) as { etcd: string; result: Record<string, { fromWrite: (number | null)[]; fromFault: (number | null)[] }> };
+  for (const [name, { fromWrite, fromFault }] of Object.entries(result)) {
+    const hits = fromWrite.filter((s): s is number => s !== null);
+    const faultHits = fromFault.filter((s): s is number => s !== null);
+    record(`cluster (${version}), ${name}: write → routed, median (of ${fromWrite.length})`, 'runtime', hits.length ? percentile(hits, 50) : Infinity, 'ms', name.includes('partition') ? '≤ 6000' : '≤ 8000');
+    record(`cluster (${version}), ${name}: write → routed, max`, 'runtime', hits.length ? Math.max(...hits) : Infinity, 'ms', name.includes('partition') ? '≤ 6000' : '≤ 8000');
+    record(`cluster (${version}), ${name}: fault → routed, median`, 'runtime', faultHits.length ? percentile(faultHits, 50) : Infinity, 'ms');
+    record(`cluster (${version}), ${name}: misses (not routed in 30 s)`, 'runtime', fromWrite.length - hits.length, `of ${fromWrite.length}`, '0');
   }
 }
 
@@ -488,10 +566,12 @@ const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   scale,
   pipeline,
   memory,
+  'check-cost': checkCost,
+  cluster: clusterFaults,
   patroni: () => patroniWorkload(etcd, (metric, value, unit, target) => record(metric, 'runtime', value, unit, target)),
 };
 // Runtime API only: with reloads these measure haproxy's reload storm, not ambassador.
-const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni', 'fence-order']);
+const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni', 'fence-order', 'check-cost', 'cluster']);
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
 for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
 

@@ -30,6 +30,8 @@ export interface Options {
   once: boolean;
   status: { host: string; port: number } | undefined;
   maxStaleMs: number;
+  // How often the etcd member watched on is checked against the cluster; 0: never.
+  etcdCheckMs: number;
   etcdCa: string | undefined;
   etcdCert: string | undefined;
   etcdKey: string | undefined;
@@ -75,6 +77,7 @@ const FLAGS: readonly Flag[] = [
   { name: 'once', boolean: true, help: 'apply the current etcd state once (check, write, start or reload haproxy), then exit, leaving haproxy running' },
   { name: 'status', value: 'ADDR:PORT', help: 'serve /healthz, /metrics and /state over HTTP there, e.g. 127.0.0.1:9110 (off by default)' },
   { name: 'max-stale', value: 'TIME', default: '60s', help: 'how long the etcd watch may be down before /healthz says 503' },
+  { name: 'etcd-check-interval', value: 'TIME', default: '1s', help: 'how often the etcd member watched is asked a linearizable question about the prefix, to leave one that lost its leader and catch a watch that fell behind (0: never)' },
   { name: 'etcd-ca', value: 'FILE', help: 'CA certificate to verify etcd (implies https)' },
   { name: 'etcd-cert', value: 'FILE', help: 'client certificate for etcd (with --etcd-key)' },
   { name: 'etcd-key', value: 'FILE', help: 'client private key for etcd (with --etcd-cert)' },
@@ -221,6 +224,9 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
   }
   const maxStale = durationMs(required('max-stale'));
   if (maxStale === undefined || maxStale <= 0) throw new UsageError(`${source('max-stale')}=${JSON.stringify(raw('max-stale'))} is not a duration (e.g. 30s, 2m)`);
+  const etcdCheck = durationMs(required('etcd-check-interval'));
+  if (etcdCheck === undefined) throw new UsageError(`${source('etcd-check-interval')}=${JSON.stringify(raw('etcd-check-interval'))} is not a duration (e.g. 1s, 500ms; 0 turns the check off)`);
+  if (etcdCheck > 0 && etcdCheck < 100) throw new UsageError(`${source('etcd-check-interval')}=${JSON.stringify(raw('etcd-check-interval'))} is too often for etcd: 100ms at least (or 0, off)`);
   const apply = required('apply');
   if (apply !== 'runtime' && apply !== 'reload') throw new UsageError(`${source('apply')}=${JSON.stringify(apply)} is not one of runtime, reload`);
   const logFormat = required('log-format');
@@ -268,6 +274,7 @@ function parse(argv: readonly string[], env: Readonly<Record<string, string | un
     once: bool('once'),
     status: statusHost !== undefined && statusPort !== undefined ? { host: statusHost, port: statusPort } : undefined,
     maxStaleMs: maxStale,
+    etcdCheckMs: etcdCheck,
     etcdCa,
     etcdCert,
     etcdKey,

@@ -55,8 +55,12 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
     return { healthy: false, reason: `the newest etcd state (revision ${snapshot.revision}) has not been live for ${(notLiveMs / 1000).toFixed(0)} s (${why}); an older one is serving` };
   }
   const staleMs = etcd.staleSince === undefined ? 0 : now - etcd.staleSince;
-  if (staleMs >= maxStaleMs) return { healthy: false, reason: `etcd watch down for ${(staleMs / 1000).toFixed(0)} s; serving revision ${snapshot.revision}` };
-  const stale = staleMs > 0 ? `, etcd watch down for ${(staleMs / 1000).toFixed(0)} s` : '';
+  if (staleMs >= maxStaleMs) {
+    const problems = Object.entries(etcd.memberProblems).map(([member, why]) => `${member}: ${why}`);
+    const why = problems.length > 0 ? ` (${problems.join('; ')})` : '';
+    return { healthy: false, reason: `the etcd state has not been confirmed current for ${(staleMs / 1000).toFixed(0)} s${why}; serving revision ${snapshot.revision}` };
+  }
+  const stale = staleMs > 0 ? `, etcd state not confirmed for ${(staleMs / 1000).toFixed(0)} s` : '';
   const pending = haproxy.current ? '' : haproxy.failing ? `, retrying a change (${haproxy.failing})` : ', a change is being applied';
   return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}` };
 }
@@ -92,12 +96,29 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
   mirrored('ambassador_etcd_events_total', 'etcd changes (key puts and deletes) seen under the prefix', (s) => s.etcd.events);
   mirrored('ambassador_etcd_snapshots_total', 'full reads of the prefix: the first, and one after each reconnect or resync', (s) => s.etcd.snapshots);
   mirrored('ambassador_etcd_watches_lost_total', 'etcd watches lost after working (disconnect, compaction, auth, partition)', (s) => s.etcd.watchesLost);
+  mirrored('ambassador_etcd_members_left_total', 'etcd members left because they could not confirm the state (no leader, paused, cut off) or their watch fell behind', (s) => s.etcd.membersLeft);
+  mirrored('ambassador_etcd_watches_behind_total', 'etcd watches a check found behind what etcd holds (then dropped for a fresh snapshot)', (s) => s.etcd.watchesBehind);
   gauge('ambassador_etcd_connected', '1 while the etcd watch is live', (s) => (s.etcd.connected ? 1 : 0));
+  gauge('ambassador_etcd_seconds_since_confirmed', 'seconds since the state was last confirmed current against etcd (a snapshot, or a check that agreed; -1 if never)', (s) =>
+    s.etcd.confirmedAt === undefined ? -1 : (Date.now() - s.etcd.confirmedAt) / 1000,
+  );
+  new Gauge({
+    name: 'ambassador_etcd_member',
+    help: 'per etcd member: 1 for the one watched, 0 for one that could not serve when last tried (the reason is in /state), labelled by its URL',
+    labelNames: ['member'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const { etcd } = source();
+      for (const member of Object.keys(etcd.memberProblems)) this.set({ member }, 0);
+      if (etcd.member !== undefined) this.set({ member: etcd.member }, 1);
+    },
+  });
   gauge('ambassador_etcd_revision', 'etcd revision of the newest state', (s) => Number(s.revision));
   gauge('ambassador_seconds_since_etcd_event', 'seconds since the last change seen under the prefix (-1 if none yet)', (s) =>
     s.etcd.lastEventAt === undefined ? -1 : (Date.now() - s.etcd.lastEventAt) / 1000,
   );
-  gauge('ambassador_seconds_since_sync', 'seconds the state has not been known current (0 while the etcd watch is live)', (s) =>
+  gauge('ambassador_seconds_since_sync', 'seconds the state has not been known current (0 while the etcd watch is live and confirmed)', (s) =>
     s.etcd.staleSince === undefined ? 0 : (Date.now() - s.etcd.staleSince) / 1000,
   );
   mirrored('ambassador_haproxy_refused_total', 'configs haproxy refused (check or load failed); the previous one kept serving', (s) => s.haproxy.refused);
@@ -254,7 +275,11 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
     lastChange: snapshot.lastChange ? { ...snapshot.lastChange, revision: snapshot.lastChange.revision.toString() } : null,
     etcd: {
       connected: snapshot.etcd.connected,
+      member: snapshot.etcd.member ?? null,
       staleSeconds: snapshot.etcd.staleSince === undefined ? 0 : Math.round((Date.now() - snapshot.etcd.staleSince) / 1000),
+      confirmedSecondsAgo: snapshot.etcd.confirmedAt === undefined ? null : Math.round((Date.now() - snapshot.etcd.confirmedAt) / 100) / 10,
+      memberProblems: snapshot.etcd.memberProblems,
+      membersLeft: snapshot.etcd.membersLeft,
       events: snapshot.etcd.events,
       snapshots: snapshot.etcd.snapshots,
     },

@@ -14,6 +14,7 @@ import { startEtcd } from './helpers/etcd.ts';
 import { workerPids } from './helpers/haproxy.ts';
 import { answeredBy, answers, eventually, freePort, whoAnswers } from './helpers/net.ts';
 import { processOf, startProcess, stopPid } from './helpers/processes.ts';
+import { startH2Proxy } from './helpers/h2-proxy.ts';
 import { startRelay } from './helpers/relay.ts';
 import { remotePorts } from './helpers/sockets.ts';
 import { makeCertificates } from './helpers/tls.ts';
@@ -64,24 +65,52 @@ test('etcd SIGKILLed and restarted: the last state keeps serving, writes right a
   report('etcd back, write → routed', await convergence(world, ambassador.port, 'node-3'));
 });
 
-test('a silent partition is noticed by keepalive, and healing it converges', async ({ world }) => {
+test('a silent partition is noticed by the check within ~2 s (keepalive, with the check off), and healing it converges', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
-  const relay = await startRelay(world.etcd.endpoint);
+  for (const [check, boundMs] of [['1s', 3_000], ['0', 20_000]] as const) {
+    const relay = await startRelay(world.etcd.endpoint);
+    try {
+      const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`, `--etcd-check-interval=${check}`], { replaceEtcd: true });
+      await world.etcd.put(`${prefix}/master`, '2');
+      await world.routesTo(ambassador.port, 'node-2');
+      const from = ambassador.logs.length;
+      const cut = performance.now();
+      relay.partition();
+      await world.etcd.put(`${prefix}/master`, '3');
+      await ambassador.waitForLog(/WARN .*etcd: (leaving member|disconnected|unreachable|watch)/, boundMs + 1_000, from);
+      const noticed = performance.now() - cut;
+      report(`partition → noticed, --etcd-check-interval=${check}`, noticed);
+      assert.ok(noticed <= boundMs, `noticed in ${noticed.toFixed(0)} ms, bound ${boundMs}`);
+      assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state serves meanwhile');
+      relay.heal();
+      report('healed → routed', await convergence(world, ambassador.port, 'node-3'));
+    } finally {
+      await relay.close();
+      await world.afterEach();
+    }
+  }
+});
+
+test('a watch that stays open but stops delivering (a proxy that drops it) is caught by the check and resynced', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const proxy = await startH2Proxy(world.etcd.endpoint);
   try {
-    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`], { replaceEtcd: true });
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${proxy.endpoint}`], { replaceEtcd: true });
     await world.routesTo(ambassador.port, 'node-2');
+    await world.etcd.put(`${prefix}/instances/1/port`, String(world.backendPort));
+    await ambassador.waitForLog(/applied revision/, 5_000, ambassador.logs.length - 1);
     const from = ambassador.logs.length;
-    const cut = performance.now();
-    relay.partition();
+    proxy.muteWatches();
     await world.etcd.put(`${prefix}/master`, '3');
-    await ambassador.waitForLog(/etcd: (disconnected|unreachable|watch)/, 40_000, from);
-    report('partition → noticed', performance.now() - cut);
-    assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state serves meanwhile');
-    relay.heal();
-    report('healed → routed', await convergence(world, ambassador.port, 'node-3'));
+    const routed = await convergence(world, ambassador.port, 'node-3', 10_000);
+    report('watch muted, write → routed', routed);
+    assert.ok(routed <= 4_000, `routed in ${routed.toFixed(0)} ms: two checks (1 s apart) and a snapshot, bound 4 s`);
+    assert.match(await ambassador.waitForLog(/leaving member .*the watch fell behind etcd/, 1000, from), 'WARN');
+    assert.ok(proxy.watchStreams() >= 2, 'a new watch was opened');
   } finally {
-    await relay.close();
+    await proxy.close();
   }
 });
 

@@ -102,7 +102,7 @@ test("the README's quick start runs as root, where there is no sudo", ({ root })
   const calls = runQuickStart(root, 'root');
   assert.equal(calls.filter((call) => !call.startsWith('apt-get install -y docker.io') && !call.startsWith('apt-get install -y npm')), [
     'apt-get update',
-    'apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd',
+    'apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15',
     'npm ci',
     'npm run demo',
     'npm test',
@@ -112,7 +112,7 @@ test("the README's quick start runs as root, where there is no sudo", ({ root })
 test("the README's quick start runs as a user through sudo", ({ root }) => {
   const calls = runQuickStart(root, 'haproxy');
   assert.ok(calls.includes('sudo apt-get update'), calls.join('\n'));
-  assert.ok(calls.includes('sudo apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd'));
+  assert.ok(calls.includes('sudo apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15'));
   assert.ok(calls.includes('npm ci') && !calls.includes('sudo npm ci'), 'npm ci as the user');
   assert.ok(calls.includes('sudo npm test'));
 });

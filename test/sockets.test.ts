@@ -6,7 +6,7 @@ const test = suite('kernel sockets');
 
 test('writes addresses as /proc/net/tcp does: IPv4 little-endian, IPv6 by little-endian words, port in hex', () => {
   assert.is(kernelEndpoint('127.0.0.1', 8080), '0100007F:1F90');
-  assert.is(kernelEndpoint('10.0.19.22', 5432), '16130A0A:1538');
+  assert.is(kernelEndpoint('10.0.19.22', 5432), '1613000A:1538');
   assert.is(kernelEndpoint('::1', 5432), '00000000000000000000000001000000:1538');
   assert.is(kernelEndpoint('fd00::1:2', 80), '000000FD000000000000000002000100:0050');
   assert.is(kernelEndpoint('db.example', 5432), undefined);

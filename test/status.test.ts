@@ -26,7 +26,7 @@ const snapshot = (over: Partial<StatusSnapshot> = {}): StatusSnapshot => ({
   prefix: '/p',
   masterOnly: true,
   revision: 7n,
-  etcd: { connected: true, staleSince: undefined, lastEventAt: undefined, events: 0, snapshots: 1, watchesLost: 0 },
+  etcd: { connected: true, member: 'http://127.0.0.1:2379', staleSince: undefined, confirmedAt: Date.now(), lastEventAt: undefined, events: 0, snapshots: 1, watchesLost: 0, membersLeft: 0, watchesBehind: 0, memberProblems: {} },
   haproxy: { masterPid: 10, workers: 1, current: true, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0, fencesUnconfirmed: 0 },
   servers: [],
   replicas: undefined,
@@ -42,7 +42,9 @@ test('health: healthy, stale within bounds, stale too long, haproxy down, config
   assert.ok(health(snapshot(), 60_000, now).healthy);
   const stale = (ms: number) => snapshot({ etcd: { ...snapshot().etcd, connected: false, staleSince: now - ms } });
   assert.ok(health(stale(59_000), 60_000, now).healthy);
-  assert.equal(health(stale(61_000), 60_000, now), { healthy: false, reason: 'etcd watch down for 61 s; serving revision 7' });
+  assert.equal(health(stale(61_000), 60_000, now), { healthy: false, reason: 'the etcd state has not been confirmed current for 61 s; serving revision 7' });
+  const unserved = snapshot({ etcd: { ...stale(61_000).etcd, memberProblems: { 'http://10.0.0.5:2379': 'no leader' } } });
+  assert.equal(health(unserved, 60_000, now).reason, 'the etcd state has not been confirmed current for 61 s (http://10.0.0.5:2379: no leader); serving revision 7');
   assert.not.ok(health(snapshot({ haproxy: { ...snapshot().haproxy, masterPid: undefined } }), 60_000, now).healthy);
   assert.match(health(snapshot({ haproxy: { ...snapshot().haproxy, refusedNewest: true } }), 60_000, now).reason, 'refused');
 });
@@ -128,7 +130,7 @@ test('/healthz turns 503 when etcd is down longer than --max-stale, and 200 once
     await world.etcd.kill();
     await eventually(() => get(statusPort, '/healthz'), (r) => r.status === 503, 10_000, '503');
     const down = await get(statusPort, '/healthz');
-    assert.match(down.body, /^etcd watch down for \d+ s; serving revision \d+/);
+    assert.match(down.body, /^the etcd state has not been confirmed current for \d+ s \(http:\/\/127\.0\.0\.1:\d+: .+\); serving revision \d+/);
     assert.is(metric((await get(statusPort, '/metrics')).body, 'ambassador_etcd_connected'), 0);
     assert.is(await whoAnswers(ambassador.port), 'node-2', 'still serving the last state');
   } finally {

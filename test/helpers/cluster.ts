@@ -13,6 +13,8 @@ import { signal, startProcess, stopPid } from './processes.ts';
 export interface TestCluster {
   endpoints: string[];
   client: Etcd3;
+  // The members' pids (undefined for one not running).
+  pids(): (number | undefined)[];
   // SIGKILL member i, as a crash would.
   kill(i: number): Promise<void>;
   start(i: number): Promise<void>;
@@ -64,6 +66,7 @@ export async function startCluster(size = 3): Promise<TestCluster> {
   return {
     endpoints,
     client,
+    pids: () => members.map((m) => (m.child?.exitCode === null ? m.child.pid : undefined)),
     kill: async (i) => {
       const child = members[i]!.child;
       if (!child || child.exitCode !== null) return;

@@ -1,10 +1,15 @@
-// A minimal Debian bookworm root filesystem with nothing but haproxy on top of the essential packages:
-// what the official haproxy image has. Built once with debootstrap and kept outside the clone
-// ($AMBASSADOR_TEST_CACHE, else ~/.cache/ambassador-test), so that runs on one machine share it;
-// built again when it is missing.
+// Debian root filesystems for the tests, built with debootstrap and kept outside the clone
+// ($AMBASSADOR_TEST_CACHE, else ~/.cache/ambassador-test), so that runs on one machine share them; built
+// again when missing or when what they should hold changed. They carry what users install:
+//   bookworm-haproxy  minimal Debian 12 with its haproxy (2.6): what the official 2.6 image had
+//   trixie            Debian 13: haproxy 3.0, etcd 3.5.16, Patroni 4, PostgreSQL 17
+//   sid               Debian sid: haproxy 3.2, etcd 3.5.30
+//   trixie-haproxy-3.4  Debian 13 with haproxy 3.4 (Debian experimental's, with the newer pcre2 it needs):
+//                     what the official haproxy:3.4 image is, and the image's stand-in base
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { requireCommand } from './etcd.ts';
@@ -13,16 +18,87 @@ export const TEST_CACHE = process.env.AMBASSADOR_TEST_CACHE ?? join(homedir(), '
 const cache = join(TEST_CACHE, 'rootfs');
 const MIRROR = process.env.AMBASSADOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
 
-export function bookwormWithHaproxy(): string {
-  const root = join(cache, 'bookworm-haproxy');
-  if (existsSync(join(root, '.complete'))) return root;
+// What the integration suites use inside a root, besides haproxy and etcd.
+const SUITE_TOOLS = ['etcd-server', 'etcd-client', 'iproute2', 'iptables', 'tcpdump', 'openssl', 'procps', 'ca-certificates'];
+
+interface RootSpec {
+  suite: string;
+  include: string[];
+  // Run in the root once it is bootstrapped, with apt given extra sources (sid and experimental's Release
+  // files are served past their Valid-Until, hence the option).
+  after?: string[];
+}
+
+const APT = 'apt-get -o Acquire::Check-Valid-Until=false -o APT::Get::Assume-Yes=true -o Dpkg::Options::=--force-confnew';
+
+export const ROOTS = {
+  'bookworm-haproxy': { suite: 'bookworm', include: ['haproxy'] },
+  trixie: {
+    suite: 'trixie',
+    include: ['haproxy', ...SUITE_TOOLS],
+    // Patroni pulls python3-grpcio, whose unpacking debootstrap cannot finish alone.
+    after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni postgresql-17 || DEBIAN_FRONTEND=noninteractive ${APT} --fix-broken install`],
+  },
+  sid: { suite: 'sid', include: ['haproxy', ...SUITE_TOOLS] },
+  'trixie-haproxy-3.4': {
+    suite: 'trixie',
+    include: ['ca-certificates'],
+    after: [
+      `echo 'deb ${MIRROR} sid main' > /etc/apt/sources.list.d/sid.list`,
+      `echo 'deb ${MIRROR} experimental main' > /etc/apt/sources.list.d/experimental.list`,
+      // Debian 13 first; from sid only the pcre2 haproxy 3.4 needs, from experimental haproxy itself.
+      `printf 'Package: *\\nPin: release n=sid\\nPin-Priority: 100\\n' > /etc/apt/preferences.d/sid`,
+      `${APT} update`,
+      `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t sid libpcre2-8-0`,
+      `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t experimental haproxy`,
+      'rm /etc/apt/sources.list.d/sid.list /etc/apt/sources.list.d/experimental.list /etc/apt/preferences.d/sid',
+      `${APT} update || true`,
+    ],
+  },
+} satisfies Record<string, RootSpec>;
+
+export type RootName = keyof typeof ROOTS;
+
+// The root, built if it is missing or was built to another spec.
+export function debianRoot(name: RootName): string {
+  const spec: RootSpec = ROOTS[name];
+  const root = join(cache, name);
+  const stamp = createHash('sha256').update(JSON.stringify([spec, MIRROR])).digest('hex').slice(0, 16);
+  const marker = join(root, '.complete');
+  if (existsSync(marker) && readFileSync(marker, 'utf8').includes(stamp)) return root;
   if (process.getuid?.() !== 0) throw new Error('building and entering a root filesystem needs root (debootstrap, chroot, mount)');
   requireCommand('debootstrap', 'apt-get install -y debootstrap');
   const building = `${root}.partial`;
   rmSync(building, { recursive: true, force: true });
-  execFileSync('debootstrap', ['--variant=minbase', '--include=haproxy', 'bookworm', building, MIRROR], { stdio: ['ignore', 'ignore', 'inherit'] });
-  writeFileSync(join(building, '.complete'), `${new Date().toISOString()} ${MIRROR}\n`);
+  const log = join(cache, `${name}.log`);
+  const run = (command: string, args: string[]) => {
+    try {
+      execFileSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 << 20, timeout: 1_200_000 });
+    } catch (err) {
+      const { stdout, stderr } = err as { stdout?: Buffer; stderr?: Buffer };
+      writeFileSync(log, `${stdout ?? ''}\n${stderr ?? ''}`);
+      throw new Error(`building the ${name} root: ${command} ${args.slice(0, 4).join(' ')}… failed (${log})`);
+    }
+  };
+  // An unpacking error of a package in --include is finished by `after` (see trixie's).
+  try {
+    run('debootstrap', ['--variant=minbase', `--include=${spec.include.join(',')}`, spec.suite, building, MIRROR]);
+  } catch (err) {
+    if (spec.after === undefined) throw err;
+  }
+  for (const step of spec.after ?? []) run('chroot', [building, 'sh', '-c', step]);
+  run('chroot', [building, 'sh', '-c', 'apt-get clean']);
+  writeFileSync(join(building, '.complete'), `${stamp} ${new Date().toISOString()} ${MIRROR}\n`);
   rmSync(root, { recursive: true, force: true });
   renameSync(building, root);
   return root;
+}
+
+export function bookwormWithHaproxy(): string {
+  return debianRoot('bookworm-haproxy');
+}
+
+// The version line of a program inside a root, e.g. "HAProxy version 3.0.11-1+deb13u4 …".
+export function versionIn(root: string, command: string[]): string {
+  return execFileSync('chroot', [root, ...command], { encoding: 'utf8' }).split('\n')[0]!.trim();
 }
