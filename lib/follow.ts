@@ -18,6 +18,8 @@ export interface FollowSettings {
   masterOnly: boolean;
   // Counts for the status page.
   problemsFound?(count: number): void;
+  // How long a brief problem may last before it is said at warn (BRIEF_MS).
+  briefMs?: number;
   changeApplied?(path: ApplyPath, convergenceSeconds: number): void;
 }
 
@@ -37,12 +39,19 @@ export interface Follower {
   lastChange(): LastChange | undefined;
 }
 
+// Patroni leaves the leader key empty for ~100 ms in a switchover; a crashed leader's key is replaced within
+// a second of its expiry. Longer than this, no leader is news.
+export const BRIEF_MS = 3_000;
+
 export function createFollower(settings: FollowSettings): Follower {
   const { log } = settings;
+  const briefMs = settings.briefMs ?? BRIEF_MS;
   let newest: { revision: bigint; selection: Selection } = { revision: 0n, selection: { servers: [], replicas: undefined, master: undefined, problems: [] } };
   let applied: Selection | undefined;
   let lastChange: LastChange | undefined;
   let knownProblems = new Map<string, Problem>();
+  // A brief problem is said at warn once it has lasted BRIEF_MS.
+  const briefTimers = new Map<string, NodeJS.Timeout>();
   let changeSeenAt: number | undefined;
   // The keys changed since the last update; undefined once anything may have.
   let changedKeys: Set<string> | undefined;
@@ -57,8 +66,20 @@ export function createFollower(settings: FollowSettings): Follower {
     newest = { revision, selection };
     const problems = problemChanges(knownProblems, selection.problems);
     knownProblems = problems.current;
-    for (const text of problems.appeared) log.warn(text);
+    for (const text of problems.appeared) {
+      if (!problems.current.get(text)?.brief) {
+        log.warn(text);
+        continue;
+      }
+      log.info(`${text} (a normal step of a switchover, if it ends within ${briefMs / 1000} s)`);
+      briefTimers.set(text, setTimeout(() => knownProblems.has(text) && log.warn(`${text}, for ${briefMs / 1000} s now`), briefMs).unref());
+    }
     for (const text of problems.resolved) log.info(text);
+    for (const [text, timer] of briefTimers) {
+      if (knownProblems.has(text)) continue;
+      clearTimeout(timer);
+      briefTimers.delete(text);
+    }
     if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
     const wanted = { config: settings.render(selection), servers: serverTable(selection) };
     void settings.apply(wanted).then(({ outcome, path, ms }) => {

@@ -118,7 +118,7 @@ export function selectPatroni(cluster: Cluster, settings: PatroniSettings): Sele
   if (settings.masterOnly) {
     const key = `${settings.prefix}/leader`;
     const leader = cluster.members.find((member) => member.name === cluster.leader);
-    if (cluster.leader === undefined) problems.push({ key, reason: 'no leader: no member is routed' });
+    if (cluster.leader === undefined) problems.push({ key, reason: 'no leader: no member is routed', brief: true });
     else if (leader === undefined) problems.push({ key, value: cluster.leader, reason: 'names no routable member: no member is routed' });
   }
   const withinLag = (member: Member) =>

@@ -23,20 +23,22 @@ export interface ServerTable {
   draining: ReadonlyMap<string, DrainingServer>;
 }
 
-// A runtime plan runs in two steps. First the fence: servers that stop taking the master's traffic are put in
-// maintenance and their sessions shut down; then, once haproxy shows none of their sessions left (`fenced`),
-// the rest. haproxy closes shut-down sessions in a later turn of its loop, so without that wait a new master
-// enabled in the same request could take a connection while the old one's sessions were still open.
-// A server fenced, and the address its sessions went to.
-export interface FencedServer extends DrainingServer {
+// A runtime plan runs in steps, each waited on before the next. First the fence: servers that stop taking the
+// master's traffic are put in maintenance and their sessions shut down; once none of their sessions is left
+// open (`fenced`), the changes (servers added, moved, drained); once haproxy runs the addresses `moved` to
+// (from haproxy 2.9 it applies an address in a later task, after its answer), the enables. haproxy closes
+// shut-down sessions in a later turn of its loop, so without the first wait a new master enabled in the same
+// request could take a connection while the old one's sessions were still open.
+// A server and an address of its: where a fenced one's sessions went, or where a moved one now goes.
+export interface ServerAddress extends DrainingServer {
   id: string;
 }
 
 export type Plan =
   | { kind: 'none' }
-  | { kind: 'runtime'; fence: string[]; fenced: FencedServer[]; commands: string[]; next: ServerTable }
+  | { kind: 'runtime'; fence: string[]; fenced: ServerAddress[]; changes: string[]; moved: ServerAddress[]; enables: string[]; next: ServerTable }
   // A reload keeps the old worker's sessions until they end: a fence it needs is made at run time first.
-  | { kind: 'reload'; reason: string; fence: string[]; fenced: FencedServer[] };
+  | { kind: 'reload'; reason: string; fence: string[]; fenced: ServerAddress[] };
 
 export interface PlanSettings {
   // Master-only: a server of the primary port that stops being the master is fenced (no new connection,
@@ -60,7 +62,8 @@ const stateOf = (server: Server): State => (server.enabled ? 'ready' : 'maint');
 export function planChange(live: ServerTable, wanted: ServerTable, settings: PlanSettings): Plan {
   // Fences run first, so an old master is cut off before a new one takes a connection; enables run last.
   const fences: string[] = [];
-  const fenced: FencedServer[] = [];
+  const fenced: ServerAddress[] = [];
+  const moved: ServerAddress[] = [];
   const changes: string[] = [];
   const enables: string[] = [];
   const draining = new Map(live.draining);
@@ -85,13 +88,16 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
     };
 
     const update = (id: string, was: DrainingServer & { state: State }, want: Server) => {
-      const moved = was.address !== want.address || was.port !== want.port;
-      if (!moved && was.state === stateOf(want)) return;
+      const changed = was.address !== want.address || was.port !== want.port;
+      if (!changed && was.state === stateOf(want)) return;
       differs = true;
-      if (moved && (isIP(want.address) === 0 || isIP(was.address) === 0)) reload ??= `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})`;
-      const cut = fencing && was.state === 'ready' && (!want.enabled || moved);
+      if (changed && (isIP(want.address) === 0 || isIP(was.address) === 0)) reload ??= `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})`;
+      const cut = fencing && was.state === 'ready' && (!want.enabled || changed);
       if (cut) fence(id, was);
-      if (moved) changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
+      if (changed) {
+        changes.push(`set server ${id} addr ${want.address} port ${want.port}`);
+        moved.push({ id, address: want.address, port: want.port });
+      }
       if (want.enabled && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
       if (!want.enabled && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
     };
@@ -134,16 +140,15 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
   }
 
   if (reload !== undefined) return { kind: 'reload', reason: reload, fence: fences, fenced };
-  const commands = [...changes, ...enables];
   if (!differs) return { kind: 'none' };
-  const count = fences.length + commands.length;
+  const count = fences.length + changes.length + enables.length;
   if (count > MAX_RUNTIME_COMMANDS) return { kind: 'reload', reason: `${count} runtime commands`, fence: fences, fenced };
-  return { kind: 'runtime', fence: fences, fenced, commands, next: { proxies: wanted.proxies, draining } };
+  return { kind: 'runtime', fence: fences, fenced, changes, moved, enables, next: { proxies: wanted.proxies, draining } };
 }
 
 // The live table once `fenced` servers are in maintenance: what haproxy runs after a fence whose reload has
 // not (yet) happened.
-export function afterFence(live: ServerTable, fenced: readonly FencedServer[]): ServerTable {
+export function afterFence(live: ServerTable, fenced: readonly ServerAddress[]): ServerTable {
   const ids = new Set(fenced.map(({ id }) => id));
   const proxies = new Map([...live.proxies].map(([proxy, servers]) => [proxy, servers.map((server) => (ids.has(`${proxy}/${server.server}`) ? { ...server, enabled: false } : server))]));
   return { proxies, draining: live.draining };

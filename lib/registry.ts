@@ -24,6 +24,9 @@ export interface Problem {
   reason: string;
   // The instance it keeps from being routed, if it is about one.
   instance?: string;
+  // A normal state that passes in a moment when all is well (Patroni's leader key, between a switchover's
+  // delete and put): said at info, and at warn only if it lasts.
+  brief?: boolean;
 }
 
 export interface Service {

@@ -64,6 +64,8 @@ export function createRenderer(settings: RenderSettings): (selection: Pick<Selec
     `    stats socket ${settings.adminSocket} mode 600 level admin`,
     // A reload leaves the old worker serving its open connections; this bounds how long it may.
     `    hard-stop-after ${settings.hardStopAfter}`,
+    // That bound, not a count: from haproxy 3.3 a worker that outlived 50 reloads is stopped, sessions and all.
+    '    mworker-max-reloads 1000000',
     '',
     'defaults',
     '    mode tcp',

@@ -22,10 +22,26 @@ test('show proc: the reload counters and every worker with the reloads it has ou
     reloads: 2,
     failedReloads: 1,
     workers: [
-      { pid: 10311, reloads: 1 },
-      { pid: 10217, reloads: 2 },
+      { pid: 10311, reloads: 1, leaving: false },
+      { pid: 10217, reloads: 2, leaving: true },
     ],
   });
+});
+
+// haproxy 3.4.7 while a reload loads a config: the new worker listed, the one it replaces already old.
+const SHOW_PROC_LOADING = `#<PID>          <type>          <reloads>       <uptime>        <version>
+6966            master          3 [failed: 0]   0d00h05m41s     3.4.7-1
+# workers
+12310           worker          0               0d00h00m00s     3.4.7-1
+# old workers
+10692           worker          1               0d00h02m10s     3.4.7-1
+`;
+
+test('show proc (3.x): the worker being loaded and the one it replaces', () => {
+  assert.equal(parseShowProc(SHOW_PROC_LOADING)?.workers, [
+    { pid: 12310, reloads: 0, leaving: false },
+    { pid: 10692, reloads: 1, leaving: true },
+  ]);
 });
 
 test('show proc: anything else (an error, a half answer) is no answer', () => {

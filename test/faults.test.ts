@@ -382,7 +382,7 @@ const hostileValues: [string, string][] = [
 const hostilePorts = ['0', '65536', '80 check', 'PORT\n    server evil 127.0.0.13:PORT', '-1', ''];
 
 function assertCleanConfig(config: string) {
-  const allowed = /^(#.*|global|defaults|listen service|    (stats socket \S+ mode 600 level admin|hard-stop-after \w+|mode tcp|timeout \w+ \w+|retries \d|option \w+|bind \S+|balance leastconn|default-server [a-z0-9 ,-]+)|    server [A-Za-z0-9_.:-]+ (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|[a-z0-9.-]+):\d+( disabled)?|)$/;
+  const allowed = /^(#.*|global|defaults|listen service|    (stats socket \S+ mode 600 level admin|hard-stop-after \w+|mworker-max-reloads \d+|mode tcp|timeout \w+ \w+|retries \d|option \w+|bind \S+|balance leastconn|default-server [a-z0-9 ,-]+)|    server [A-Za-z0-9_.:-]+ (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|[a-z0-9.-]+):\d+( disabled)?|)$/;
   for (const line of config.split('\n')) assert.ok(allowed.test(line), `unexpected config line ${JSON.stringify(line.slice(0, 100))}`);
 }
 

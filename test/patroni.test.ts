@@ -27,6 +27,20 @@ const healthy = () =>
 
 const routed = (servers: { name: string; enabled: boolean }[] | undefined) => (servers ?? []).filter((s) => s.enabled).map((s) => s.name);
 
+test('reads the member JSON Patroni 4 writes, verbatim: role primary, replication_state', () => {
+  const mirror = cluster({
+    leader: 'pg1',
+    status: '{"optime":83886080}',
+    'members/pg1': '{"conn_url":"postgres://127.0.0.31:5432/postgres","api_url":"http://127.0.0.31:8008/patroni","state":"running","role":"primary","version":"4.0.7","xlog_location":83886080,"timeline":1}',
+    'members/pg2': '{"conn_url":"postgres://127.0.0.32:5432/postgres","api_url":"http://127.0.0.32:8008/patroni","state":"running","role":"replica","version":"4.0.7","xlog_location":83886080,"replication_state":"streaming","timeline":1}',
+  });
+  const read = readCluster(mirror, P);
+  assert.equal(read.problems, []);
+  const selection = selectPatroni(read, settings);
+  assert.equal(routed(selection.servers), ['pg1']);
+  assert.equal(routed(selection.replicas), ['pg2']);
+});
+
 test('reads the member JSON Patroni writes, verbatim', () => {
   const mirror = cluster({
     leader: 'pg3',

@@ -45,12 +45,12 @@ const allInstances = { fence: false };
 
 function runtime(plan: Plan): { commands: string[]; next: Record<string, Entry> } {
   if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
-  return { commands: [...plan.fence, ...plan.commands], next: entries(plan.next) };
+  return { commands: [...plan.fence, ...plan.changes, ...plan.enables], next: entries(plan.next) };
 }
 
 function steps(plan: Plan): { fence: string[]; fenced: string[]; then: string[] } {
   if (plan.kind !== 'runtime') throw new Error(`expected runtime commands, got ${JSON.stringify(plan)}`);
-  return { fence: plan.fence, fenced: plan.fenced.map(({ id, address, port }) => `${id} ${address}:${port}`), then: plan.commands };
+  return { fence: plan.fence, fenced: plan.fenced.map(({ id, address, port }) => `${id} ${address}:${port}`), then: [...plan.changes, ...plan.enables] };
 }
 
 test('does nothing when nothing changed', () => {
@@ -83,9 +83,16 @@ test('nothing waits on a fence when no master is fenced', () => {
   assert.equal(steps(planChange(live, table({ a: ready('10.0.0.1') }), allInstances)), { fence: [], fenced: [], then: ['set server service/b state drain'] });
 });
 
-test('a master that moves is fenced at the address it leaves', () => {
+test('a master that moves is fenced at the address it leaves, and enabled only once its new one is confirmed', () => {
   const live = table({ '1': ready('10.0.0.1') });
-  assert.equal(steps(planChange(live, table({ '1': ready('10.0.0.9', 6000) }), masterOnly)).fenced, ['service/1 10.0.0.1:5432']);
+  const plan = planChange(live, table({ '1': ready('10.0.0.9', 6000) }), masterOnly);
+  assert.equal(steps(plan).fenced, ['service/1 10.0.0.1:5432']);
+  if (plan.kind !== 'runtime') throw new Error(plan.kind);
+  assert.equal([plan.changes, plan.moved, plan.enables], [
+    ['set server service/1 addr 10.0.0.9 port 6000'],
+    [{ id: 'service/1', address: '10.0.0.9', port: 6000 }],
+    ['set server service/1 state ready'],
+  ]);
 });
 
 test('fences the master when no master is wanted', () => {

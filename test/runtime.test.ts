@@ -1,12 +1,13 @@
 // Hitless changes through haproxy's runtime API, against real etcd and haproxy.
 
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
 import { adminCommand, serverStates, workerPids } from './helpers/haproxy.ts';
 import { answers, eventually, freePort, openSession, startBackend, whoAnswers } from './helpers/net.ts';
-import { worldSuite } from './helpers/world.ts';
+import { stopPid, track } from './helpers/processes.ts';
+import { worldSuite, type World } from './helpers/world.ts';
 
 const { test, run } = worldSuite('runtime API');
 
@@ -109,7 +110,9 @@ test('an instance by DNS name is resolved by haproxy through a checked reload', 
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   const port = await freePort('127.0.0.1');
+  // localhost may resolve to ::1 first (it does for haproxy 3.2 on Debian sid): one backend on each.
   const local = await startBackend('node-localhost', '127.0.0.1', port);
+  const local6 = await startBackend('node-localhost', '::1', port);
   try {
     const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
     await world.routesTo(ambassador.port, 'node-2');
@@ -122,6 +125,50 @@ test('an instance by DNS name is resolved by haproxy through a checked reload', 
     assert.match(readFileSync(ambassador.configPath, 'utf8'), `\n    server named localhost:${port}\n`);
   } finally {
     await local.close();
+    await local6.close();
+  }
+});
+
+// More servers with health checks than haproxy's file limit allows: `haproxy -c` passes, the load fails.
+async function tooManyServers(world: World, prefix: string) {
+  const writes: Promise<void>[] = [];
+  for (let i = 0; i < 600; i++) writes.push(world.etcd.put(`${prefix}/instances/x${i}/private_ip`, `127.1.${i >> 8}.${i & 255}`));
+  await Promise.all(writes);
+}
+
+test('a config that passes haproxy -c but that haproxy cannot load is refused: the last good one keeps serving', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', '--apply=reload'], { limitFiles: 512 });
+  await world.routesTo(ambassador.port, 'node-2');
+  await tooManyServers(world, prefix);
+  await ambassador.waitForLog(/haproxy: refused the config for the newest state; the last good one keeps serving/, 30_000);
+  await ambassador.waitForLog(/haproxy: refused the config.*Cannot raise FD limit/, 1000);
+  assert.not.match(readFileSync(ambassador.configPath, 'utf8'), 'server x599 ', 'the file is the config that runs');
+  assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last good config serves');
+});
+
+test('--once: a config haproxy cannot load is refused (exit 1), and the haproxy it started keeps the last good one', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const dir = join(world.tempDir, 'once-refused');
+  const port = await freePort();
+  const once = (expected: number) =>
+    world.start([`--etcd-prefix=${prefix}`, '--master-only', '--once'], { runtimeDir: dir, port, limitFiles: 512 }).then(async (run) => {
+      assert.is(await run.exited, expected, run.logs.join('\n'));
+      return run;
+    });
+  await once(0);
+  const pid = Number(readFileSync(join(dir, 'haproxy.pid'), 'utf8'));
+  track(pid);
+  try {
+    await world.routesTo(port, 'node-2');
+    await tooManyServers(world, prefix);
+    const refused = await once(1);
+    assert.ok(refused.logs.some((line) => line.includes('did not reload: haproxy could not load the config')), refused.logs.join('\n'));
+    assert.is(await whoAnswers(port), 'node-2', 'the last good config serves');
+  } finally {
+    await stopPid(pid);
   }
 });
 

@@ -2,7 +2,7 @@
 // and the master CLI (`show proc`: the reload counter and the workers). One request per connection, each
 // bounded in time; parsing the answers is pure.
 
-import { connect } from 'node:net';
+import { connect, isIP } from 'node:net';
 
 export const REQUEST_TIMEOUT_MS = 2_000;
 
@@ -20,7 +20,8 @@ export function request(socket: string, command: string, timeoutMs = REQUEST_TIM
 }
 
 // What haproxy answers when a runtime command did what it was asked; anything else is a refusal.
-const DONE = /^(New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|.*port changed from .*)$/;
+// (`nothing changed` is haproxy 3.0's answer to an address it already has.)
+const DONE = /^(New server registered\.|Server deleted\.|IP changed from .*|no need to change the addr.*|nothing changed|.*port changed from .*)$/;
 
 // Commands sent as one request, which haproxy runs back to back: a failover's fence and enable are one step.
 // Undefined when haproxy answered each as done, else what it answered otherwise.
@@ -62,6 +63,28 @@ export async function proxySessions(socket: string, ids: readonly string[]): Pro
     for (const row of parseStat(answer)) sessions.set(`${row.pxname}/${row.svname}`, Number(row.scur));
   }
   return sessions;
+}
+
+// The address and port haproxy runs each server of `proxy` at (`show servers state`), by `<proxy>/<server>`.
+export async function serverAddresses(socket: string, proxy: string): Promise<Map<string, string>> {
+  const answer = await request(socket, `show servers state ${proxy}`);
+  const lines = answer.split('\n');
+  const header = lines.find((line) => line.startsWith('# be_id'));
+  if (header === undefined) throw new Error(`show servers state ${proxy}: ${answer.trim().split('\n')[0]}`);
+  const names = header.slice(2).split(' ');
+  const [name, address, port] = ['srv_name', 'srv_addr', 'srv_port'].map((field) => names.indexOf(field)) as [number, number, number];
+  const addresses = new Map<string, string>();
+  for (const line of lines) {
+    const fields = line.split(' ');
+    if (line.startsWith('#') || fields.length < names.length) continue;
+    addresses.set(`${proxy}/${fields[name]}`, endpoint(fields[address]!, Number(fields[port])));
+  }
+  return addresses;
+}
+
+// An address and port, written one way whatever way the IPv6 address was written.
+export function endpoint(address: string, port: number): string {
+  return `${isIP(address) === 6 ? new URL(`http://[${address}]`).hostname : address}:${port}`;
 }
 
 // What the traffic does, per server of our proxies and for haproxy as a whole.
@@ -117,28 +140,41 @@ export async function readTraffic(socket: string, proxies: readonly string[], ti
 }
 
 // The master's view of its processes. `reloads` counts every reload the master did, `failedReloads` those whose
-// config did not load; a worker's own `reloads` counts the reloads it has outlived (0: the newest).
+// config did not load (from haproxy 3.1 counted since the master last re-executed itself, i.e. for the reload
+// under way); a worker's own `reloads` counts the reloads it has outlived (0: the newest), and `leaving` says it
+// is listed among the old workers. (From 3.1 a reload lists the new worker, and the one it replaces as old,
+// before the new one has loaded its config: `show proc` alone does not say a reload is done.)
 export interface ProcessList {
   masterPid: number;
   reloads: number;
   failedReloads: number;
-  workers: { pid: number; reloads: number }[];
+  workers: { pid: number; reloads: number; leaving: boolean }[];
 }
 
 export function parseShowProc(text: string): ProcessList | undefined {
   let master: Omit<ProcessList, 'workers'> | undefined;
   const workers: ProcessList['workers'] = [];
+  let leaving = false;
   for (const line of text.split('\n')) {
+    if (line.startsWith('# ')) leaving = line.trim() === '# old workers';
     const fields = line.trim().split(/\s+/);
     if (fields[1] === 'master') {
       const failed = /\[failed: (\d+)\]/.exec(line);
       master = { masterPid: Number(fields[0]), reloads: Number(fields[2]), failedReloads: failed ? Number(failed[1]) : 0 };
     } else if (fields[1] === 'worker') {
-      workers.push({ pid: Number(fields[0]), reloads: Number(fields[2]) });
+      workers.push({ pid: Number(fields[0]), reloads: Number(fields[2]), leaving });
     }
   }
   if (master === undefined || !Number.isInteger(master.reloads)) return undefined;
   return { ...master, workers };
+}
+
+// The pid of the worker that answers on the admin socket: a worker answers there only once it has loaded its
+// config. Undefined when none answers within timeoutMs.
+export async function answeringWorker(adminSocket: string, timeoutMs = REQUEST_TIMEOUT_MS): Promise<number | undefined> {
+  const answer = await request(adminSocket, 'show info', timeoutMs).catch(() => '');
+  const pid = /^Pid: (\d+)$/m.exec(answer)?.[1];
+  return pid === undefined ? undefined : Number(pid);
 }
 
 // `show proc` on the master CLI; undefined while the master does not answer (it is loading, or gone).

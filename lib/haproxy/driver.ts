@@ -6,9 +6,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
-import { afterFence, planChange, type FencedServer, type ServerTable } from '../plan.ts';
+import { afterFence, planChange, type ServerAddress, type ServerTable } from '../plan.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { proxySessions, readTraffic, runtimeCommands, serverSessions, showProc, type Traffic } from './admin.ts';
+import { endpoint, proxySessions, readTraffic, runtimeCommands, serverAddresses, serverSessions, showProc, type Traffic } from './admin.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
@@ -67,6 +67,8 @@ const TRAFFIC_TIMEOUT_MS = 1_000;
 // this bounds the wait for one it cannot close.
 const FENCE_CONFIRM_MS = 1_000;
 const FENCE_POLL_MS = 1;
+// haproxy's task applies an address within a turn of its loop.
+const ADDRESS_CONFIRM_MS = 2_000;
 // A live instance answers haproxy's close at once, and then haproxy's count drops; the kernel's tables, slower
 // to read (all of the host's sockets), are asked only once that has not happened this long after the fence.
 const KERNEL_AFTER_MS = 20;
@@ -104,12 +106,12 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     });
     if (proc.pid !== undefined) await writePrivate(haproxyPid, `${proc.pid}\n`).catch(() => {});
     log.info('haproxy: started', { pid: proc.pid, config: configPath });
-    const loaded = await firstLoad(proc);
+    const loaded = await firstLoad({ ...proc, adminSocket });
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
   };
 
-  // The runtime path: the fence, confirmed; then the other commands in order; then the file rewritten to
-  // describe what is now live. False when the change needs a reload instead.
+  // The runtime path, step by step, each confirmed (see lib/plan.ts); then the file rewritten to describe what
+  // is now live. False when the change needs a reload instead.
   const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
     const plan = planChange(liveServers, next.servers, { fence: settings.fence });
     if (plan.kind === 'none') {
@@ -125,7 +127,9 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
       return false;
     }
-    if (!(await sendCommands(plan.commands))) return false;
+    if (!(await sendCommands(plan.changes))) return false;
+    if (plan.moved.length > 0 && !(await confirmAddresses(plan.moved))) return false;
+    if (!(await sendCommands(plan.enables))) return false;
     liveServers = plan.next;
     if (liveServers.draining.size > 0) queue.sweepSoon();
     await replaceConfig(configPath, next.config);
@@ -146,9 +150,28 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     return true;
   };
 
+  // Waits until haproxy runs each moved server at its new address (from 2.9 it applies one after answering),
+  // within ADDRESS_CONFIRM_MS; false if it does not, for a reload to make sure.
+  const confirmAddresses = async (moved: readonly ServerAddress[]): Promise<boolean> => {
+    const deadline = performance.now() + ADDRESS_CONFIRM_MS;
+    const proxies = [...new Set(moved.map(({ id }) => id.slice(0, id.indexOf('/'))))];
+    for (;;) {
+      const live = new Map<string, string>();
+      for (const proxy of proxies) for (const [id, at] of await serverAddresses(adminSocket, proxy).catch(() => new Map<string, string>())) live.set(id, at);
+      const pending = moved.filter(({ id, address, port }) => live.get(id) !== endpoint(address, port));
+      if (pending.length === 0) return true;
+      if (performance.now() >= deadline) {
+        log.warn(`haproxy: ${pending.map(({ id }) => id).join(', ')} not at the new address ${ADDRESS_CONFIRM_MS} ms after the change; reloading instead`);
+        runtimeFallbacks++;
+        return false;
+      }
+      await sleep(FENCE_POLL_MS);
+    }
+  };
+
   // Waits until no session to a fenced server is left open, within FENCE_CONFIRM_MS; past that, the rest of
   // the change goes ahead: a session haproxy cannot close must not keep the new master closed.
-  const confirmFence = async (fenced: readonly FencedServer[]) => {
+  const confirmFence = async (fenced: readonly ServerAddress[]) => {
     const began = performance.now();
     const deadline = began + FENCE_CONFIRM_MS;
     const stopped = new Set<number>();
@@ -168,7 +191,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   // down), so then the kernel says whether haproxy has closed its side of each connection. A worker a reload
   // left behind cannot be told to shut sessions (its proxies are stopping): one that still holds a connection
   // to a fenced server is stopped, with its sessions.
-  const openAfterFence = async (fenced: readonly FencedServer[], stopped: Set<number>, askKernel: boolean): Promise<string[]> => {
+  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, askKernel: boolean): Promise<string[]> => {
     const sessions = await proxySessions(adminSocket, fenced.map(({ id }) => id)).catch(() => undefined);
     const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
     const workers = child?.workers() ?? [];
@@ -182,7 +205,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
     const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
     const old = (pid: number) => list !== undefined && pid !== current;
-    const open = new Set<FencedServer>();
+    const open = new Set<ServerAddress>();
     for (const pid of workers) {
       const connections = await kernelOpenConnections([pid], new Set(endpoints.keys())).catch(() => undefined);
       if (connections === undefined) {
@@ -220,7 +243,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
-    const loaded = await reload(proc, settings.proxies, log);
+    const loaded = await reload({ ...proc, adminSocket }, settings.proxies, log);
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
 

@@ -7,7 +7,7 @@ import { unlink } from 'node:fs/promises';
 import type { Logger } from '../log.ts';
 import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
 import { installChecked } from './config.ts';
-import { reload } from './reload.ts';
+import { firstLoad, reload } from './reload.ts';
 import { isAlive } from './process.ts';
 
 export interface OnceSettings {
@@ -25,10 +25,10 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
   const install = await installChecked(binary, configPath, config);
   if (install.kind === 'refused') throw new SetupError(`haproxy rejected the config: ${install.reason}`);
   if (install.kind === 'failed') throw new SetupError(install.reason);
-  const { haproxyPid, masterSocket } = runtimeFiles(runtimeDir);
+  const { haproxyPid, masterSocket, adminSocket } = runtimeFiles(runtimeDir);
   const running = await readPid(haproxyPid);
   if (running !== undefined && (await commandLine(running)).includes(configPath)) {
-    const target = { masterSocket, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
+    const target = { masterSocket, adminSocket, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
     const loaded = await reload(target, proxies, log);
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy ${running} did not reload: ${loaded.reason}`);
     return 'reloaded';
@@ -49,10 +49,16 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
     launcher.once('exit', (exitCode) => (clearTimeout(timer), resolve(exitCode)));
     launcher.once('error', (err) => (clearTimeout(timer), resolve(err.message)));
   });
-  launcher.stderr!.destroy();
-  if (code !== 0) {
-    const alerts = stderr.split('\n').filter((line) => line.includes('[ALERT]'));
-    throw new SetupError(`haproxy did not start (${typeof code === 'number' ? `exit ${code}` : code}): ${alerts.join(' | ') || stderr.trim()}`);
+  const alerts = () => stderr.split('\n').filter((line) => line.includes('[ALERT]')).join(' | ') || stderr.trim();
+  try {
+    if (code !== 0) throw new SetupError(`haproxy did not start (${typeof code === 'number' ? `exit ${code}` : code}): ${alerts()}`);
+    // From haproxy 3.1 the launcher can exit before the worker has loaded its config: started is a worker
+    // that answers, and a master gone before that is a config haproxy could not load.
+    const daemon = await readPid(haproxyPid);
+    const loaded = await firstLoad({ masterSocket, adminSocket, signal: () => {}, running: () => daemon !== undefined && isAlive(daemon) });
+    if (loaded.kind !== 'loaded') throw new SetupError(`haproxy did not start: ${loaded.reason}${alerts() ? `: ${alerts()}` : ''}`);
+    return 'started';
+  } finally {
+    launcher.stderr!.destroy();
   }
-  return 'started';
 }

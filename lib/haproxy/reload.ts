@@ -1,11 +1,13 @@
-// The reload protocol, confirmed by haproxy itself through its master CLI rather than read off the timing of
-// log lines: SIGHUP only once the master answers, then `show proc` must show its reload counter move and a
-// worker that was not there before (a failed-reload count that moves instead means haproxy refused the config).
-// The worker it replaced counts as gone once it says its proxies stopped, or has exited.
+// The reload protocol, confirmed by haproxy itself rather than read off the timing of log lines, the same way on
+// haproxy 2.6 to 3.4: SIGHUP only once the master CLI answers; the master's `show proc` must show its reload
+// counter move; then the reload is done when a worker that was not there before answers on the admin socket
+// (a worker answers there only once its config is loaded: from 3.1 the master lists the new worker before
+// that), and refused when the master counts the reload failed (or, from 3.1, has no current worker left). The
+// worker it replaced counts as gone once it says its proxies stopped, or has exited.
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
-import { showProc, type ProcessList } from './admin.ts';
+import { answeringWorker, showProc, type ProcessList } from './admin.ts';
 import { isAlive } from './process.ts';
 
 export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
@@ -13,6 +15,7 @@ export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { 
 // The haproxy master being reloaded: our child, or a daemon an earlier --once started (whose output is not ours).
 export interface ReloadTarget {
   masterSocket: string;
+  adminSocket: string;
   signal(name: NodeJS.Signals): void;
   running(): boolean;
   onLine?(listener: (line: string) => void): () => void;
@@ -38,7 +41,7 @@ export async function reload(target: ReloadTarget, proxies: readonly string[], l
   if (before === undefined) return { kind: 'failed', reason: `the haproxy master CLI did not answer within ${MASTER_READY_MS / 1000} s` };
   const known = new Set(before.workers.map((worker) => worker.pid));
   // The current worker is the one that has outlived the fewest reloads.
-  const replaced = [...before.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+  const replaced = before.workers.filter((worker) => !worker.leaving).sort((a, b) => a.reloads - b.reloads)[0]?.pid;
   const stopped = new Map<number, Set<string>>();
   const alerts: string[] = [];
   const unsubscribe = target.onLine?.((line) => {
@@ -61,13 +64,12 @@ export async function reload(target: ReloadTarget, proxies: readonly string[], l
   }
 }
 
-// The first load of a master just started: done when the master CLI shows a worker.
+// The first load of a master just started: done when a worker answers on the admin socket.
 export async function firstLoad(target: ReloadTarget): Promise<Load> {
   const deadline = performance.now() + LOAD_TIMEOUT_MS;
   while (performance.now() < deadline) {
     if (!target.running()) return { kind: 'failed', reason: 'haproxy exited while starting' };
-    const list = await showProc(target.masterSocket, 500);
-    if (list && list.workers.length > 0) return { kind: 'loaded' };
+    if ((await answeringWorker(target.adminSocket, 500)) !== undefined) return { kind: 'loaded' };
     await sleep(POLL_MS);
   }
   return { kind: 'failed', reason: `haproxy did not start a worker within ${LOAD_TIMEOUT_MS / 1000} s` };
@@ -76,18 +78,26 @@ export async function firstLoad(target: ReloadTarget): Promise<Load> {
 async function load(target: ReloadTarget, before: ProcessList, known: Set<number>, log: Logger): Promise<Load> {
   target.signal('SIGHUP');
   let sentAt = performance.now();
+  let reexecuted = false;
   const deadline = sentAt + LOAD_TIMEOUT_MS;
   while (performance.now() < deadline) {
     if (!target.running()) return { kind: 'failed', reason: 'the haproxy master exited during the reload' };
-    // While the master loads, it does not answer; undefined then.
+    // While the master re-executes itself, it does not answer; undefined then.
     const list = await showProc(target.masterSocket, 500);
     if (list !== undefined && list.reloads > before.reloads) {
-      if (list.workers.some((worker) => !known.has(worker.pid))) return { kind: 'loaded' };
-      if (list.failedReloads > before.failedReloads) return { kind: 'refused', reason: 'haproxy could not load the config' };
-    } else if (list !== undefined && performance.now() - sentAt >= RESEND_AFTER_MS) {
+      reexecuted = true;
+      const current = list.workers.filter((worker) => !worker.leaving);
+      if (list.failedReloads > before.failedReloads || (list.failedReloads > 0 && current.length === 0)) {
+        return { kind: 'refused', reason: 'haproxy could not load the config' };
+      }
+    } else if (list !== undefined && !reexecuted && performance.now() - sentAt >= RESEND_AFTER_MS) {
       log.warn(`haproxy: the master answers but did not reload within ${RESEND_AFTER_MS / 1000} s of a SIGHUP; sending it again`);
       target.signal('SIGHUP');
       sentAt = performance.now();
+    }
+    if (reexecuted) {
+      const answering = await answeringWorker(target.adminSocket, 500);
+      if (answering !== undefined && !known.has(answering)) return { kind: 'loaded' };
     }
     await sleep(POLL_MS);
   }

@@ -34,6 +34,8 @@ export interface StartOptions {
   // Runs <root>/bin/ambassador inside the root filesystem `root` as `user`: chroot, in a mount namespace
   // of its own with /proc mounted. The process keeps its pid, so signals reach ambassador itself.
   chroot?: { root: string; user: string };
+  // The open-file limit (soft and hard) ambassador, and so its haproxy, run under.
+  limitFiles?: number;
 }
 
 export function ambassadorCommand(binary: 'source' | 'dist'): [string, string[]] {
@@ -60,6 +62,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
   } else {
     const [binary, prefixArgs] = ambassadorCommand(options.binary ?? 'source');
     [command, commandArgs] = [binary, [...prefixArgs, ...fullArgs]];
+    if (options.limitFiles !== undefined) [command, commandArgs] = ['prlimit', [`--nofile=${options.limitFiles}:${options.limitFiles}`, '--', command, ...commandArgs]];
   }
   const child = startProcess(command, commandArgs, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env } });
   const logs: string[] = [];

@@ -69,17 +69,17 @@ export async function startDocker(): Promise<TestDocker> {
   return { host, docker, spawnDocker: (args) => startProcess(dockerClient(), args, { env }), stop };
 }
 
-// The Dockerfile's two base images, built here from the minimal bookworm root with haproxy:
-// - haproxy:2.6-bookworm: that root as it is, run as the haproxy user with haproxy on PATH, as the
-//   official image is;
-// - node:24.21.0-bookworm-slim: that root plus the project's pinned Node and this machine's npm, trusting
-//   the CA bundle npm uses here (the registry's certificate chain ends there).
+// The Dockerfile's two base images, built here from a Debian 13 root with haproxy 3.4 (rootfs.ts):
+// - haproxy:3.4-trixie: that root as it is, run as the haproxy user with haproxy on PATH, as the official
+//   image is;
+// - node:24.21.0-trixie-slim: that root plus the project's pinned Node and this machine's npm, trusting the
+//   CA bundle npm uses here (the registry's certificate chain ends there).
 export async function standInBaseImages(docker: TestDocker, rootfs: string, dockerfile: string): Promise<void> {
   const froms = [...dockerfile.matchAll(/^FROM (?:--platform=\S+ )?(\S+)/gm)].map((match) => match[1]!);
   const nodeImage = froms.find((name) => name.startsWith('node:'));
   const haproxyImage = froms.find((name) => name.startsWith('haproxy:'));
   if (!nodeImage || !haproxyImage) throw new Error(`the Dockerfile's FROM lines changed: ${froms.join(', ')}`);
-  const base = 'ambassador-test/bookworm-haproxy:root';
+  const base = 'ambassador-test/debian-root:latest';
   // The root as an image; the executable the minimal-root test copies in stays out.
   const tar = execFileSync('tar', ['-C', rootfs, '--exclude=./bin/ambassador', '--exclude=./.complete', '--exclude=./tmp/*', '-c', '.'], { maxBuffer: 1 << 30 });
   await docker.docker(['import', '-', base], { input: tar, timeoutMs: 300_000 });

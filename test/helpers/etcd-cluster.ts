@@ -59,6 +59,19 @@ function clientOn(endpoints: string[], deadlineMs = 5000): Etcd3 {
   return new Etcd3({ hosts: endpoints.map((e) => `http://${e}`), faultHandling: { host: () => noop, global: noop }, defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + deadlineMs }) });
 }
 
+// `call`, asked again for up to 30 s while it fails.
+async function retried<T>(call: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      return await call();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(250);
+    }
+  }
+}
+
 // The member a process's etcd connections go to, seen from outside (/proc): once there is exactly one.
 export async function watchedMember(pid: number, cluster: Pick<EtcdCluster, 'endpoints'>): Promise<number> {
   const found = await eventually(
@@ -201,22 +214,14 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
       const m = members[i]!;
       const others = clientOn(endpoints.filter((_, j) => j !== i));
       try {
-        const list = await others.cluster.memberList({});
-        const id = list.members.find((member) => member.name === m.name || member.peerURLs.includes(peerUrl(m)))?.ID;
         await kill(i);
-        if (id !== undefined) await others.cluster.memberRemove({ ID: id });
+        // Membership changes go through the leader, which may be the member just killed; and etcd refuses one
+        // while the cluster has just changed ("unhealthy cluster"): each is asked again until it is done.
+        const list = await retried(() => others.cluster.memberList({}));
+        const id = list.members.find((member) => member.name === m.name || member.peerURLs.includes(peerUrl(m)))?.ID;
+        if (id !== undefined) await retried(() => others.cluster.memberRemove({ ID: id }));
         rmSync(join(dir, m.name), { recursive: true, force: true });
-        // etcd refuses a member change while the cluster has just changed ("unhealthy cluster"): ask again.
-        const deadline = Date.now() + 20_000;
-        for (;;) {
-          try {
-            await others.cluster.memberAdd({ peerURLs: [peerUrl(m)] });
-            break;
-          } catch (err) {
-            if (Date.now() > deadline || !/unhealthy|too many requests|not enough started/i.test((err as Error).message)) throw err;
-            await sleep(250);
-          }
-        }
+        await retried(() => others.cluster.memberAdd({ peerURLs: [peerUrl(m)] }));
       } finally {
         others.close();
       }

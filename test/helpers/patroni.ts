@@ -1,16 +1,21 @@
-// A real Patroni cluster for the tests: three members (Debian's patroni 3.0.2 and PostgreSQL 15) on
+// A real Patroni cluster for the tests: three members (Debian's Patroni and PostgreSQL: 3.0.2 and 15 on
+// Debian 12, 4.0.7 and 17 on Debian 13) on
 // 127.0.0.31-33, ports 5432 (PostgreSQL) and 8008 (Patroni's REST API), data in memory (/dev/shm), run as the
 // postgres user against the suite's etcd, with small ttl/loop_wait. Every Patroni and postmaster is stopped by
 // its pid, pass or fail, and a postmaster killed on purpose has its shared memory removed by exact id and name.
 
 import { execFile, execFileSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requireCommand } from './etcd.ts';
 import { signal, startProcess, stopPid, track } from './processes.ts';
 
-const BIN = '/usr/lib/postgresql/15/bin';
+// The newest PostgreSQL installed.
+export const POSTGRES_BIN = (() => {
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').filter((v) => /^\d+$/.test(v)).map(Number) : [];
+  return `/usr/lib/postgresql/${versions.length > 0 ? Math.max(...versions) : 15}/bin`;
+})();
 
 export interface PatroniMember {
   name: string;
@@ -51,7 +56,7 @@ interface Running {
 
 export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) => Promise<string | undefined>, options: PatroniOptions = {}): Promise<PatroniCluster> {
   requireCommand('patroni', 'apt-get install -y patroni postgresql-15 postgresql-client');
-  if (!existsSync(`${BIN}/postgres`)) throw new Error(`PostgreSQL 15 is not installed (${BIN}): apt-get install -y postgresql-15`);
+  if (!existsSync(`${POSTGRES_BIN}/postgres`)) throw new Error(`PostgreSQL is not installed (${POSTGRES_BIN}): apt-get install -y postgresql-15`);
   if (process.getuid?.() !== 0) throw new Error('the Patroni tests run PostgreSQL as the postgres user: they need root');
   const postgres = { uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' })) };
   const root = mkdtempSync('/dev/shm/ambassador-patroni-');
@@ -80,7 +85,7 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
       `  listen: '${host}:5432'`,
       `  connect_address: '${host}:5432'`,
       `  data_dir: ${join(dir, 'data')}`,
-      `  bin_dir: ${BIN}`,
+      `  bin_dir: ${POSTGRES_BIN}`,
       `  pgpass: ${join(dir, 'pgpass')}`,
       '  authentication:',
       '    superuser: {username: postgres, password: postgres}',
@@ -123,7 +128,7 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
     memberAt: (host) => running.find((entry) => entry.member.host === host)?.member,
     sql: (host, port, query, timeoutMs = 5000) =>
       new Promise((resolve, reject) => {
-        execFile(`${BIN}/psql`, ['-h', host, '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-XAtc', query], {
+        execFile(`${POSTGRES_BIN}/psql`, ['-h', host, '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-XAtc', query], {
           timeout: timeoutMs,
           killSignal: 'SIGKILL',
           env: { PGCONNECT_TIMEOUT: '3', PGPASSWORD: 'postgres', PATH: '/usr/bin:/bin' },

@@ -19,7 +19,7 @@ const cache = join(TEST_CACHE, 'rootfs');
 const MIRROR = process.env.AMBASSADOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
 
 // What the integration suites use inside a root, besides haproxy and etcd.
-const SUITE_TOOLS = ['etcd-server', 'etcd-client', 'iproute2', 'iptables', 'tcpdump', 'openssl', 'procps', 'ca-certificates'];
+const SUITE_TOOLS = ['etcd-server', 'etcd-client', 'iproute2', 'iptables', 'tcpdump', 'openssl', 'procps', 'ca-certificates', 'libstdc++6'];
 
 interface RootSpec {
   suite: string;
@@ -36,13 +36,13 @@ export const ROOTS = {
   trixie: {
     suite: 'trixie',
     include: ['haproxy', ...SUITE_TOOLS],
-    // Patroni pulls python3-grpcio, whose unpacking debootstrap cannot finish alone.
-    after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni postgresql-17 || DEBIAN_FRONTEND=noninteractive ${APT} --fix-broken install`],
+    // Patroni's etcd client is one of several alternatives apt would not choose by itself.
+    after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni python3-etcd postgresql-17`],
   },
   sid: { suite: 'sid', include: ['haproxy', ...SUITE_TOOLS] },
   'trixie-haproxy-3.4': {
     suite: 'trixie',
-    include: ['ca-certificates'],
+    include: SUITE_TOOLS,
     after: [
       `echo 'deb ${MIRROR} sid main' > /etc/apt/sources.list.d/sid.list`,
       `echo 'deb ${MIRROR} experimental main' > /etc/apt/sources.list.d/experimental.list`,
