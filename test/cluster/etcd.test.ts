@@ -18,9 +18,17 @@ const { test, run } = worldSuite('an etcd cluster, its members failing one at a 
 
 const report = (what: string, ms: number) => console.log(`      ${what}: ${ms.toFixed(0)} ms`);
 
-async function seeded(cluster: EtcdCluster, prefix: string) {
-  for (const i of [1, 2, 3]) await cluster.client.put(`${prefix}/instances/${i}/private_ip`).value(`127.0.0.1${i}`);
-  await cluster.client.put(`${prefix}/master`).value('2');
+// A test on a fresh cluster, its prefix seeded with instances 1-3 and master 2; the cluster stopped after.
+async function onCluster(world: World, body: (cluster: EtcdCluster, prefix: string) => Promise<void>) {
+  const cluster = await startEtcdCluster();
+  const prefix = world.prefix();
+  try {
+    for (const i of [1, 2, 3]) await cluster.client.put(`${prefix}/instances/${i}/private_ip`).value(`127.0.0.1${i}`);
+    await cluster.client.put(`${prefix}/master`).value('2');
+    await body(cluster, prefix);
+  } finally {
+    await cluster.stop();
+  }
 }
 
 async function start(world: World, cluster: EtcdCluster, prefix: string, endpoints: string[], flags: string[] = []) {
@@ -43,11 +51,8 @@ async function routedWithin(world: World, port: number, name: string, since: num
   return ms;
 }
 
-test('the watched member cut off in a minority: left, and a master written through the majority routed within 6 s', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the watched member cut off in a minority: left, and a master written through the majority routed within 6 s', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const watched = await ambassador.member();
     const from = ambassador.logs.length;
@@ -59,16 +64,10 @@ test('the watched member cut off in a minority: left, and a master written throu
     assert.is.not(await ambassador.member(), watched, 'now on another member');
     assert.is((await ambassador.healthz()).status, 200, 'confirmed current on the majority');
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('only the cut-off member given: the last state keeps serving, one WARN names it and why, /healthz 503 within --max-stale, routed once healed', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('only the cut-off member given: the last state keeps serving, one WARN names it and why, /healthz 503 within --max-stale, routed once healed', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, [cluster.endpoints[0]!], ['--max-stale=3s']);
     const from = ambassador.logs.length;
     cluster.partition(0);
@@ -85,16 +84,10 @@ test('only the cut-off member given: the last state keeps serving, one WARN name
     await routedWithin(world, ambassador.port, 'node-3', healed, 15_000, 'healed → routed');
     await eventually(() => ambassador.healthz(), (r) => r.status === 200, 10_000, '/healthz 200 again');
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('the watched member paused (SIGSTOP): a master written through the majority routed within 8 s', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the watched member paused (SIGSTOP): a master written through the majority routed within 8 s', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const watched = await ambassador.member();
     cluster.pause(watched);
@@ -104,16 +97,10 @@ test('the watched member paused (SIGSTOP): a master written through the majority
     } finally {
       cluster.resume(watched);
     }
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('the leader killed: a new one elected, and a master written then routed within 6 s', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the leader killed: a new one elected, and a master written then routed within 6 s', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const leader = await cluster.leader();
     await cluster.kill(leader);
@@ -123,16 +110,10 @@ test('the leader killed: a new one elected, and a master written then routed wit
     await cluster.write(`${prefix}/master`, '1');
     await world.routesTo(ambassador.port, 'node-1', 6_000);
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('the watched member killed, then restarted: followed within 6 s each time', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the watched member killed, then restarted: followed within 6 s each time', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const watched = await ambassador.member();
     await cluster.kill(watched);
@@ -142,16 +123,10 @@ test('the watched member killed, then restarted: followed within 6 s each time',
     const again = await cluster.write(`${prefix}/master`, '1');
     await routedWithin(world, ambassador.port, 'node-1', again.at, 6_000, 'restarted, write → routed');
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('the watched member removed and replaced by a new one with a wiped data dir: followed throughout', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the watched member removed and replaced by a new one with a wiped data dir: followed throughout', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const watched = await ambassador.member();
     const replacing = cluster.replace(watched);
@@ -160,16 +135,10 @@ test('the watched member removed and replaced by a new one with a wiped data dir
     const { at } = await cluster.write(`${prefix}/master`, '1', watched);
     await routedWithin(world, ambassador.port, 'node-1', at, 6_000, `member ${watched + 1} replaced, write → routed`);
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('the whole cluster restarted: the last state serves meanwhile, and the next write is routed within 6 s of it', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  try {
-    await seeded(cluster, prefix);
+test('the whole cluster restarted: the last state serves meanwhile, and the next write is routed within 6 s of it', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
     const ambassador = await start(world, cluster, prefix, cluster.endpoints);
     const restarting = cluster.restartAll();
     assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last state serves meanwhile');
@@ -177,62 +146,50 @@ test('the whole cluster restarted: the last state serves meanwhile, and the next
     const { at } = await cluster.write(`${prefix}/master`, '3');
     await routedWithin(world, ambassador.port, 'node-3', at, 6_000, 'cluster restarted, write → routed');
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
-test('compacted past its revision while it was cut off from etcd (a silent blackhole): a fresh snapshot, the final state routed', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  const relay = await startRelay(cluster.endpoints[0]!);
-  try {
-    await seeded(cluster, prefix);
-    const ambassador = await start(world, cluster, prefix, [relay.endpoint]);
-    relay.partition();
-    for (const master of ['3', '1', '3']) await cluster.write(`${prefix}/master`, master);
-    await cluster.write(`${prefix}/instances/1/private_ip`, '127.0.0.13');
-    const compactedTo = await cluster.compact();
-    await ambassador.waitForLog(/WARN .*etcd: (leaving member|unreachable)/, 10_000);
-    relay.heal();
-    const healed = performance.now();
-    await routedWithin(world, ambassador.port, 'node-3', healed, 6_000, `compacted to ${compactedTo} while cut off, healed → routed`);
-    await ambassador.waitForLog(/etcd: (reachable again|snapshot taken)/, 5_000);
-    await stillWhole(ambassador);
-  } finally {
-    await relay.close();
-    await cluster.stop();
-  }
-});
+test('compacted past its revision while it was cut off from etcd (a silent blackhole): a fresh snapshot, the final state routed', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
+    const relay = await startRelay(cluster.endpoints[0]!);
+    try {
+      const ambassador = await start(world, cluster, prefix, [relay.endpoint]);
+      relay.partition();
+      for (const master of ['3', '1', '3']) await cluster.write(`${prefix}/master`, master);
+      await cluster.write(`${prefix}/instances/1/private_ip`, '127.0.0.13');
+      const compactedTo = await cluster.compact();
+      await ambassador.waitForLog(/WARN .*etcd: (leaving member|unreachable)/, 10_000);
+      relay.heal();
+      const healed = performance.now();
+      await routedWithin(world, ambassador.port, 'node-3', healed, 6_000, `compacted to ${compactedTo} while cut off, healed → routed`);
+      await ambassador.waitForLog(/etcd: (reachable again|snapshot taken)/, 5_000);
+      await stillWhole(ambassador);
+    } finally {
+      await relay.close();
+    }
+  }));
 
-test('endpoints given as one name for every member: the watched member cut off, another address of the name taken within 6 s', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  // This suite has a mount namespace of its own: its /etc/hosts is no one else's.
-  const hosts = join(world.tempDir, 'hosts');
-  writeFileSync(hosts, `127.0.0.1 localhost\n${cluster.members.map((m) => `${m.address} etcd-cluster.test`).join('\n')}\n`);
-  execFileSync('mount', ['--bind', hosts, '/etc/hosts']);
-  try {
-    await seeded(cluster, prefix);
-    const ambassador = await start(world, cluster, prefix, ['etcd-cluster.test:2379']);
-    const watched = await ambassador.member();
-    cluster.partition(watched);
-    const { at } = await cluster.write(`${prefix}/master`, '3', watched);
-    await routedWithin(world, ambassador.port, 'node-3', at, 6_000, `by name, member ${watched + 1} cut off, write → routed`);
-    assert.is.not(await ambassador.member(), watched, 'on another address of the name');
-    await stillWhole(ambassador);
-  } finally {
-    execFileSync('umount', ['/etc/hosts']);
-    await cluster.stop();
-  }
-});
+test('endpoints given as one name for every member: the watched member cut off, another address of the name taken within 6 s', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
+    // This suite has a mount namespace of its own: its /etc/hosts is no one else's.
+    const hosts = join(world.tempDir, 'hosts');
+    writeFileSync(hosts, `127.0.0.1 localhost\n${cluster.members.map((m) => `${m.address} etcd-cluster.test`).join('\n')}\n`);
+    execFileSync('mount', ['--bind', hosts, '/etc/hosts']);
+    try {
+      const ambassador = await start(world, cluster, prefix, ['etcd-cluster.test:2379']);
+      const watched = await ambassador.member();
+      cluster.partition(watched);
+      const { at } = await cluster.write(`${prefix}/master`, '3', watched);
+      await routedWithin(world, ambassador.port, 'node-3', at, 6_000, `by name, member ${watched + 1} cut off, write → routed`);
+      assert.is.not(await ambassador.member(), watched, 'on another address of the name');
+      await stillWhole(ambassador);
+    } finally {
+      execFileSync('umount', ['/etc/hosts']);
+    }
+  }));
 
-test('a rolling restart of all three members under a change every 300 ms: no stale "ok", no lost update, one haproxy', async ({ world }) => {
-  const cluster = await startEtcdCluster();
-  const prefix = world.prefix();
-  const maxStaleMs = 3_000;
-  try {
-    await seeded(cluster, prefix);
+test('a rolling restart of all three members under a change every 300 ms: no stale "ok", no lost update, one haproxy', async ({ world }) =>
+  onCluster(world, async (cluster, prefix) => {
+    const maxStaleMs = 3_000;
     const ambassador = await start(world, cluster, prefix, cluster.endpoints, [`--max-stale=${maxStaleMs / 1000}s`]);
     const writes: { at: number; revision: bigint; master: string }[] = [];
     const samples: { at: number; status: number; body: string }[] = [];
@@ -266,10 +223,7 @@ test('a rolling restart of all three members under a change every 300 ms: no sta
     assert.ok(samples.filter((s) => s.status === 200).length > samples.length / 2, 'mostly healthy: three members, one down at a time');
     console.log(`      ${writes.length} writes, ${samples.length} /healthz samples, ${samples.filter((s) => s.status !== 200).length} not 200`);
     await stillWhole(ambassador);
-  } finally {
-    await cluster.stop();
-  }
-});
+  }));
 
 // The /healthz samples that said "ok: revision R" although a write acknowledged more than maxStaleMs before
 // had a revision past R: a stale state reported as current.

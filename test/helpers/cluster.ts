@@ -21,8 +21,9 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
-async function waitUntilServing(endpoint: string, timeoutMs: number, alive: () => boolean): Promise<void> {
-  const probe = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop } });
+// Until the etcd at `endpoint` answers a linearizable read (it has a leader and can serve), within timeoutMs.
+export async function untilServing(endpoint: string, timeoutMs: number, alive: () => boolean): Promise<void> {
+  const probe = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop }, defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + 5000 }) });
   const deadline = Date.now() + timeoutMs;
   try {
     for (;;) {
@@ -60,7 +61,7 @@ export async function startCluster(size = 3): Promise<TestCluster> {
     m.child.stderr?.resume();
   };
   members.forEach((_, i) => launch(i, 'new'));
-  await Promise.all(endpoints.map((endpoint, i) => waitUntilServing(endpoint, 20_000, () => members[i]!.child?.exitCode === null)));
+  await Promise.all(endpoints.map((endpoint, i) => untilServing(endpoint, 20_000, () => members[i]!.child?.exitCode === null)));
   const client = new Etcd3({ hosts: endpoints.map((e) => `http://${e}`), faultHandling: { host: () => noop } });
 
   return {
@@ -76,7 +77,7 @@ export async function startCluster(size = 3): Promise<TestCluster> {
     },
     start: async (i) => {
       launch(i, 'existing');
-      await waitUntilServing(endpoints[i]!, 20_000, () => members[i]!.child?.exitCode === null);
+      await untilServing(endpoints[i]!, 20_000, () => members[i]!.child?.exitCode === null);
     },
     stop: async () => {
       client.close();
@@ -101,7 +102,7 @@ export async function startGrpcProxy(endpoints: string[]): Promise<GrpcProxy> {
     child = startProcess('etcd', ['grpc-proxy', 'start', `--endpoints=${endpoints.join(',')}`, `--listen-addr=${endpoint}`, `--advertise-client-url=${endpoint}`]);
     child.stdout?.resume();
     child.stderr?.resume();
-    await waitUntilServing(endpoint, 15_000, () => child?.exitCode === null);
+    await untilServing(endpoint, 15_000, () => child?.exitCode === null);
   };
   const stop = async () => {
     if (child?.pid !== undefined && child.exitCode === null) await stopPid(child.pid);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
+import { untilServing } from './cluster.ts';
 import { etcdDataRoot, requireCommand } from './etcd.ts';
 import { eventually } from './net.ts';
 import { iptables, requirePrivateNetwork } from './netns.ts';
@@ -81,25 +82,6 @@ export async function watchedMember(pid: number, cluster: Pick<EtcdCluster, 'end
     'a connection to exactly one etcd member',
   );
   return cluster.endpoints.indexOf(found[0]!);
-}
-
-// Until the member answers a linearizable read (it has a leader and is caught up enough to serve).
-async function untilServing(endpoint: string, timeoutMs: number, alive: () => boolean): Promise<void> {
-  const probe = clientOn([endpoint]);
-  const deadline = Date.now() + timeoutMs;
-  try {
-    for (;;) {
-      try {
-        await probe.get('health-probe').string();
-        return;
-      } catch (err) {
-        if (Date.now() > deadline || !alive()) throw new Error(`etcd member ${endpoint} did not serve: ${(err as Error).message}`);
-        await sleep(100);
-      }
-    }
-  } finally {
-    probe.close();
-  }
 }
 
 export async function startEtcdCluster(): Promise<EtcdCluster> {

@@ -157,7 +157,7 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
       let said = '';
       for (let attempt = 0; attempt < 5; attempt++) {
         said = await new Promise<string>((resolve, reject) =>
-          execFile('/usr/bin/patronictl', ['-c', running[0]!.member.config, 'switchover', '--master', from, '--candidate', to, '--force'], { timeout: 30_000 }, (err, stdout, stderr) =>
+          execFile('/usr/bin/patronictl', ['-c', running[0]!.member.config, 'switchover', '--leader', from, '--candidate', to, '--force'], { timeout: 30_000 }, (err, stdout, stderr) =>
             err ? reject(new Error(`patronictl switchover: ${stdout}${stderr}`)) : resolve(stdout + stderr),
           ),
         );

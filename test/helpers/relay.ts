@@ -1,5 +1,5 @@
 // A loopback TCP relay that can go silent: it keeps connections open but forwards no byte either way,
-// as a network partition does (no reset, no close), and can heal.
+// as a network partition does (no reset, no close), and can heal; and that can add latency.
 
 import { createServer, connect, type Socket } from 'node:net';
 import { freePort } from './net.ts';
@@ -10,6 +10,8 @@ export interface Relay {
   connections(): number;
   partition(): void;
   heal(): void;
+  // Every byte is held this long each way from now on (0: none).
+  delay(ms: number): void;
   close(): Promise<void>;
 }
 
@@ -18,6 +20,7 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const listenPort = await freePort();
   let silent = false;
+  let delayMs = 0;
   let accepted = 0;
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
@@ -27,7 +30,9 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
     for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
       sockets.add(from);
       from.on('data', (data) => {
-        if (!silent) to.write(data);
+        if (silent) return;
+        if (delayMs === 0) to.write(data);
+        else setTimeout(() => !to.destroyed && to.write(data), delayMs);
       });
       from.on('error', () => to.destroy());
       from.on('close', () => {
@@ -42,6 +47,9 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
     connections: () => accepted,
     partition: () => {
       silent = true;
+    },
+    delay: (ms) => {
+      delayMs = ms;
     },
     // Bytes dropped while silent leave those streams broken: end them, as a peer timing out would.
     heal: () => {

@@ -94,6 +94,24 @@ export function debianRoot(name: RootName): string {
   return root;
 }
 
+// A command run inside the root `name` (built if need be), in a mount and pid namespace of its own (and a
+// private network namespace with `network`): `project`, /tmp, /dev and /sys bound in at the same paths,
+// /proc mounted, the command run from `project`. The namespaces' first process is a shell, which reaps
+// whatever is left orphaned in there; everything dies with it.
+export function inRoot(name: RootName, project: string, command: string[], network: boolean): string[] {
+  const root = debianRoot(name);
+  const script = [
+    'root=$1; project=$2; shift 2',
+    ...(network ? ['ip link set lo up'] : []),
+    'mkdir -p "$root$project"',
+    'mount --rbind /dev "$root/dev" && mount --rbind /sys "$root/sys" && mount --bind /tmp "$root/tmp"',
+    'mount -t proc proc "$root/proc" && mount --bind "$project" "$root$project"',
+    'chroot "$root" sh -c \'cd "$0" && "$@"\' "$project" "$@"',
+  ].join('\n');
+  const namespaces = network ? ['--net', '--pid', '--fork', '--mount', '--kill-child'] : ['--pid', '--fork', '--mount', '--kill-child'];
+  return ['unshare', ...namespaces, '--', 'sh', '-c', script, 'sh', root, project, ...command];
+}
+
 export function bookwormWithHaproxy(): string {
   return debianRoot('bookworm-haproxy');
 }

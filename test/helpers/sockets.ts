@@ -2,10 +2,6 @@
 
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
-export function remotePorts(pid: number): number[] {
-  return remoteEndpoints(pid).map((endpoint) => Number(endpoint.slice(endpoint.lastIndexOf(':') + 1)));
-}
-
 // The IPv4 address:port of each established connection of `pid`, e.g. 127.0.0.51:2379.
 export function remoteEndpoints(pid: number): string[] {
   const inodes = new Set<string>();

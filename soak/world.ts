@@ -1,0 +1,263 @@
+// The soak's world, and its observers: a 3-member etcd cluster, a relay between ambassador and each member
+// (the place for a silent blackhole or added latency), three instances on recording backends with a packet
+// capture of haproxy's connections to them, dist/ambassador kept running as its supervisor would, a writer
+// that moves the master, churn, clients, and samplers of /healthz and of haproxy's processes. Everything it
+// sees goes into the history; everything it starts is stopped.
+
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { noop } from 'cockatiel';
+import { Etcd3 } from 'etcd3';
+import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
+import { startCapture, type Capture } from '../test/helpers/capture.ts';
+import { startEtcdCluster, type EtcdCluster } from '../test/helpers/etcd-cluster.ts';
+import { freePort, openSession, whoAnswers, type Session } from '../test/helpers/net.ts';
+import { startRecordingBackends, type RecordingBackends } from '../test/helpers/recorder.ts';
+import { startRelay, type Relay } from '../test/helpers/relay.ts';
+import { remoteEndpoints } from '../test/helpers/sockets.ts';
+import { now, type History } from './history.ts';
+import { random } from './schedule.ts';
+
+export const PREFIX = '/soak/services/db';
+export const INSTANCES = ['a', 'b', 'c'];
+export const MAX_STALE = '5s';
+
+export interface SoakWorld {
+  cluster: EtcdCluster;
+  relays: Relay[];
+  ambassador(): RunningAmbassador | undefined;
+  // The relay (so the member) ambassador's etcd connection goes through now, if one.
+  watched(): number | undefined;
+  // Holds the writer (quiet periods), once its write in flight is done; or lets it go on.
+  pauseWriter(): Promise<void>;
+  resumeWriter(): void;
+  // A linearizable read of the master, asked until it answers; recorded.
+  readMaster(): Promise<string>;
+  burst(writes: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const etcdClient = (endpoints: string[], deadlineMs: number) =>
+  new Etcd3({ hosts: endpoints.map((e) => `http://${e}`), faultHandling: { host: () => noop, global: noop }, defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + deadlineMs }) });
+
+export async function startSoakWorld(history: History, dir: string, seed: number): Promise<SoakWorld> {
+  const next = random(seed + 1);
+  const cluster = await startEtcdCluster();
+  const relays = await Promise.all(cluster.endpoints.map((endpoint) => startRelay(endpoint)));
+  const backendPort = await freePort('127.0.0.21');
+  const addresses = new Map(INSTANCES.map((name, i) => [name, `127.0.0.2${i + 1}`]));
+  const backends: RecordingBackends = await startRecordingBackends([...addresses].map(([name, host]) => ({ name, host, port: backendPort })));
+  const capture: Capture = await startCapture(addresses, backendPort);
+  const client = etcdClient(cluster.endpoints, 2000);
+  for (const [name, address] of addresses) {
+    await cluster.write(`${PREFIX}/instances/${name}/private_ip`, address);
+    await cluster.write(`${PREFIX}/instances/${name}/port`, String(backendPort));
+  }
+  let master = 'a';
+  const first = await cluster.write(`${PREFIX}/master`, master);
+  history.add({ type: 'write', t: now(), sent: now(), master, revision: first.revision });
+
+  // ambassador, restarted whenever it exits, as systemd's Restart=always would.
+  const port = await freePort();
+  const statusPort = await freePort();
+  let current: RunningAmbassador | undefined;
+  let stopping = false;
+  const flags = [
+    `--etcd=${relays.map((relay) => relay.endpoint).join(',')}`,
+    `--etcd-prefix=${PREFIX}`,
+    '--master-only',
+    `--port=${port}`,
+    '--bind=127.0.0.1',
+    `--status=127.0.0.1:${statusPort}`,
+    `--max-stale=${MAX_STALE}`,
+  ];
+  const supervise = async () => {
+    while (!stopping) {
+      const ambassador = await startAmbassador(flags, { binary: 'dist', runtimeDir: join(dir, 'run') });
+      current = ambassador;
+      history.add({ type: 'ambassador-start', t: now(), pid: ambassador.child.pid! });
+      const code = await ambassador.exited;
+      const reason = ambassador.logs.filter((line) => / (ERROR|WARN) /.test(line)).slice(-1)[0] ?? '';
+      history.add({ type: 'ambassador-exit', t: now(), pid: ambassador.child.pid!, code, signal: ambassador.child.signalCode, reason });
+      appendFileSync(join(dir, 'ambassador.log'), ambassador.logs.join('\n') + '\n');
+      await ambassador.cleanup();
+      if (!stopping) await sleep(200); // a supervisor's restart delay
+    }
+  };
+  const supervisor = supervise();
+
+  // The writer: compare-and-swap on the master key, a change every 2-4 s while it is on.
+  let writing = true;
+  let inFlight: Promise<void> = Promise.resolve();
+  let modRevision = first.revision;
+  const readMaster = async (): Promise<string> => {
+    for (;;) {
+      try {
+        const response = await client.get(`${PREFIX}/master`).exec();
+        const kv = response.kvs[0]!;
+        master = kv.value.toString();
+        modRevision = BigInt(kv.mod_revision);
+        history.add({ type: 'read', t: now(), master, modRevision, revision: BigInt(response.header.revision) });
+        return master;
+      } catch {
+        await sleep(200);
+      }
+    }
+  };
+  let running = true;
+  const writer = (async () => {
+    while (running) {
+      await sleep(2000 + next() * 2000);
+      if (!writing || !running) continue;
+      let done: () => void = () => {};
+      inFlight = new Promise((resolve) => (done = resolve));
+      const target = INSTANCES.filter((name) => name !== master)[Math.floor(next() * 2)]!;
+      const sent = now();
+      try {
+        const response = await client
+          .if(`${PREFIX}/master`, 'Mod', '==', String(modRevision))
+          .then(client.put(`${PREFIX}/master`).value(target))
+          .commit();
+        if (response.succeeded) {
+          master = target;
+          modRevision = BigInt(response.header.revision);
+          history.add({ type: 'write', t: now(), sent, master, revision: modRevision });
+        } else {
+          await readMaster();
+        }
+      } catch {
+        history.add({ type: 'write-unknown', t: now(), sent, master: target });
+        await readMaster();
+      } finally {
+        done();
+      }
+    }
+  })();
+
+  // Churn under the prefix (the registry ignores these keys) and outside it.
+  const churn = (async () => {
+    for (let n = 0; running; n++) {
+      await sleep(500);
+      await client.put(`${PREFIX}/meta/churn`).value(String(n)).exec().then(
+        (r) => history.add({ type: 'churn', t: now(), revision: BigInt(r.header.revision) }),
+        () => {},
+      );
+      await client.put(`/soak/elsewhere/${n % 50}`).value(String(n)).catch(() => {});
+    }
+  })();
+
+  // Clients: a new connection every 100 ms, and two sessions held open (opened again when cut).
+  const probes = (async () => {
+    while (running) {
+      const answered = await whoAnswers(port, '127.0.0.1', 1000);
+      history.add({ type: 'probe', t: now(), answered });
+      await sleep(100);
+    }
+  })();
+  const held: Session[] = [];
+  const holders = [0, 1].map(async () => {
+    while (running) {
+      const session = await Promise.race([openSession(port), sleep(2000).then(() => undefined)]);
+      if (session) {
+        held.push(session);
+        await Promise.race([session.closed, (async () => {
+          while (running) await sleep(200);
+        })()]);
+        session.close();
+      }
+      await sleep(100);
+    }
+  });
+
+  // /healthz every 500 ms; haproxy masters every second.
+  const healthz = (async () => {
+    while (running) {
+      const sample = await fetch(`http://127.0.0.1:${statusPort}/healthz`, { signal: AbortSignal.timeout(1000) }).then(
+        async (r) => ({ status: r.status, body: await r.text() }),
+        () => ({ status: 0, body: '' }),
+      );
+      history.add({ type: 'healthz', t: now(), ...sample });
+      await sleep(500);
+    }
+  })();
+  const processes = (async () => {
+    while (running) {
+      history.add({ type: 'haproxy-masters', t: now(), count: haproxyMasters() });
+      await sleep(1000);
+    }
+  })();
+
+  return {
+    cluster,
+    relays,
+    ambassador: () => current,
+    watched: () => {
+      const pid = current?.child.pid;
+      if (pid === undefined) return undefined;
+      const ports = relays.map((relay) => Number(relay.endpoint.split(':')[1]));
+      try {
+        const connected = new Set(remoteEndpoints(pid).filter((e) => e.startsWith('127.0.0.1:')).map((e) => Number(e.split(':')[1])));
+        const index = ports.findIndex((p) => connected.has(p));
+        return index < 0 ? undefined : index;
+      } catch {
+        return undefined;
+      }
+    },
+    pauseWriter: async () => {
+      writing = false;
+      await inFlight;
+    },
+    resumeWriter: () => {
+      writing = true;
+    },
+    readMaster,
+    burst: async (writes) => {
+      const pending: Promise<unknown>[] = [];
+      for (let n = 0; n < writes; n++) {
+        const key = n % 2 === 0 ? `${PREFIX}/meta/burst${n % 100}` : `/soak/elsewhere/burst${n % 100}`;
+        pending.push(client.put(key).value(String(n)).exec().then((r) => n % 2 === 0 && history.add({ type: 'churn', t: now(), revision: BigInt(r.header.revision) }), () => {}));
+        if (pending.length >= 32) await Promise.all(pending.splice(0));
+      }
+      await Promise.all(pending);
+    },
+    stop: async () => {
+      history.add({ type: 'end', t: now() });
+      running = false;
+      stopping = true;
+      await Promise.all([writer, churn, probes, healthz, processes]);
+      for (const session of held) session.close();
+      await Promise.all(holders);
+      current?.child.kill('SIGCONT');
+      current?.child.kill('SIGTERM');
+      await supervisor;
+      await capture.stop();
+      await backends.stop();
+      for (const { kind, at, backend, id } of backends.events) history.add({ type: kind, t: at, source: 'backend', backend, id });
+      for (const { kind, at, backend, id } of capture.events) history.add({ type: kind, t: at, source: 'wire', backend, id });
+      client.close();
+      await Promise.all(relays.map((relay) => relay.close()));
+      await cluster.stop();
+    },
+  };
+}
+
+// haproxy masters in this pid namespace: haproxy processes whose parent is not haproxy.
+function haproxyMasters(): number {
+  const comm = (pid: string) => {
+    try {
+      return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      return '';
+    }
+  };
+  const parent = (pid: string) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]!;
+    } catch {
+      return '';
+    }
+  };
+  return readdirSync('/proc').filter((pid) => /^\d+$/.test(pid) && comm(pid) === 'haproxy' && comm(parent(pid)) !== 'haproxy').length;
+}
