@@ -137,8 +137,9 @@ async function fenceOrderWorkload(mode: Mode) {
 function recordFenceOrder(name: string, mode: Mode, result: FenceOrder) {
   record(`${name}: failovers, each with 2 sessions held and a client connecting all along`, mode, result.failovers, '');
   record(`${name}: client sessions seen on the wire`, mode, result.sessions, '', `≥ ${result.failovers * 3}`);
-  record(`${name}: overlaps (new master connected before the old one's last session closed)`, mode, result.overlaps, `of ${result.failovers}`, '0');
+  record(`${name}: overlaps (sessions to the old master still open when the new one took a client)`, mode, result.overlaps, `of ${result.failovers}`, '0');
   record(`${name}: longest overlap`, mode, result.longestMs, 'ms');
+  record(`${name}: fences not confirmed within 1 s (new master opened anyway)`, mode, result.unconfirmed, `of ${result.failovers}`, '0');
   record(`${name}: failovers not done within 5 s`, mode, result.misses, `of ${result.failovers}`, '0');
 }
 
@@ -157,6 +158,8 @@ async function versions() {
     recordLatencies(`haproxy ${haproxy}: failover, put → new master answers`, 'runtime', samples(latencies), '≤ 25');
     recordLatencies(`haproxy ${haproxy}: failover, put → old master sessions cut`, 'runtime', samples(cuts), '≤ 50');
     record(`haproxy ${haproxy}: fence order, overlaps (of ${order.failovers} failovers; ${order.sessions} client sessions on the wire)`, 'runtime', order.overlaps, `of ${order.failovers}`, '0');
+    record(`haproxy ${haproxy}: fence order, longest overlap`, 'runtime', order.longestMs, 'ms');
+    record(`haproxy ${haproxy}: fence order, fences not confirmed within 1 s (new master opened anyway)`, 'runtime', order.unconfirmed, `of ${order.failovers}`, '0');
   }
 }
 

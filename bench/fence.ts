@@ -69,6 +69,8 @@ export interface FenceOrder {
   overlaps: number;
   longestMs: number;
   misses: number;
+  // Fences whose sessions were still open at the bound (1 s), when ambassador opened the new master anyway.
+  unconfirmed: number;
 }
 
 // The fence as the wire shows it: two backends, two sessions held to the master, a load client opening new
@@ -105,6 +107,7 @@ export async function fenceOrder(etcd: TestEtcd, prefix: string, start: (flags: 
     const { ok } = await load.stop();
     if (ok === 0) throw new Error('fence order: the load client made no connection');
     await capture.stop();
+    if (capture.dropped() !== 0) throw new Error(`fence order: the capture lost packets (${capture.dropped() ?? 'no count'}), so its order proves nothing`);
     const overlaps = fenceOverlaps(capture.events);
     return {
       failovers: count,
@@ -112,6 +115,7 @@ export async function fenceOrder(etcd: TestEtcd, prefix: string, start: (flags: 
       overlaps: overlaps.length,
       longestMs: Number(overlaps.reduce((max, o) => (o.overlapNs > max ? o.overlapNs : max), 0n)) / 1e6,
       misses,
+      unconfirmed: ambassador.logs.filter((line) => line.includes('still open')).length,
     };
   } finally {
     await capture.stop();

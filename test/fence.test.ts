@@ -46,6 +46,7 @@ test('no client reaches the new master before every session to the old one is cl
       master = next;
     }
     await capture.stop();
+    assert.is(capture.dropped(), 0, 'the capture lost no packet');
     const sessions = capture.events.filter((event) => event.kind === 'session').length;
     assert.ok(sessions >= 300, `the capture saw client sessions on the wire (${sessions})`);
     const overlaps = fenceOverlaps(capture.events);

@@ -21,11 +21,11 @@ const table = [
   '   4: 0100007F:A004 1600000A:1538 01 00000000:00000000 00:00000000 00000000     0        0 104 1 0 20 4 30 10 -1',
 ].join('\n');
 
-test('counts the connections of the given sockets to an endpoint that haproxy has not closed its side of', () => {
+test('finds the connections to an endpoint whose near side is not closed yet, by socket inode', () => {
   const endpoint = kernelEndpoint('10.0.0.21', 5432)!;
-  // 101 established, 103 close-wait: open. 102 fin-wait-1: closed by haproxy. 999: not haproxy's. 104: elsewhere.
-  assert.equal(openConnections(table, new Set(['101', '102', '103', '104']), new Set([endpoint])), new Map([[endpoint, 2]]));
-  assert.equal(openConnections(table, new Set(['102']), new Set([endpoint])), new Map());
+  // 101, 999 established, 103 close-wait: open. 102 fin-wait-1: closed by its owner. 104: elsewhere.
+  assert.equal(openConnections(table, new Set([endpoint])), new Map([['101', endpoint], ['103', endpoint], ['999', endpoint]]));
+  assert.equal(openConnections(table, new Set([kernelEndpoint('10.0.0.23', 5432)!])), new Map());
 });
 
 test.run();

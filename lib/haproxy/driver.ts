@@ -69,9 +69,18 @@ const FENCE_CONFIRM_MS = 1_000;
 const FENCE_POLL_MS = 1;
 // haproxy's task applies an address within a turn of its loop.
 const ADDRESS_CONFIRM_MS = 2_000;
-// A live instance answers haproxy's close at once, and then haproxy's count drops; the kernel's tables, slower
-// to read (all of the host's sockets), are asked only once that has not happened this long after the fence.
+// A live instance answers haproxy's close at once, and then haproxy's count drops; while haproxy still counts
+// sessions, the kernel's tables (slower to read: all of the host's sockets) are asked only this long after the
+// fence.
 const KERNEL_AFTER_MS = 20;
+
+// What is still open after a fence: the servers, the connections the kernel showed (socket inodes), and
+// whether haproxy itself still counts a session on one of them.
+interface StillOpen {
+  servers: Set<string>;
+  connections: Set<string>;
+  counted: boolean;
+}
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
@@ -84,6 +93,9 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
   let runtimeFallbacks = 0;
   let fencesUnconfirmed = 0;
+  // Connections to a fenced server that outlived a fence's bound while haproxy counted no session on them:
+  // streams haproxy lost. Reported once; later fences do not wait on them again.
+  const lostConnections = new Set<string>();
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -172,59 +184,80 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   // Waits until no session to a fenced server is left open, within FENCE_CONFIRM_MS; past that, the rest of
   // the change goes ahead: a session haproxy cannot close must not keep the new master closed.
   const confirmFence = async (fenced: readonly ServerAddress[]) => {
-    const began = performance.now();
-    const deadline = began + FENCE_CONFIRM_MS;
+    const deadline = performance.now() + FENCE_CONFIRM_MS;
+    const askKernelAt = performance.now() + KERNEL_AFTER_MS;
     const stopped = new Set<number>();
-    let open: string[];
+    let open: StillOpen;
     for (;;) {
-      open = await openAfterFence(fenced, stopped, performance.now() - began >= KERNEL_AFTER_MS);
-      if (open.length === 0) return;
+      open = await openAfterFence(fenced, stopped, performance.now() >= askKernelAt);
+      if (open.servers.size === 0) return;
       if (performance.now() >= deadline) break;
       await sleep(FENCE_POLL_MS);
     }
     fencesUnconfirmed++;
-    log.warn(`haproxy: sessions to ${open.join(', ')} still open ${FENCE_CONFIRM_MS} ms after the fence; opening the new master anyway`);
+    const servers = [...open.servers].join(', ');
+    if (open.counted) {
+      log.warn(`haproxy: sessions to ${servers} still open ${FENCE_CONFIRM_MS} ms after the fence; opening the new master anyway`);
+      return;
+    }
+    for (const inode of open.connections) lostConnections.add(inode);
+    log.warn(
+      `haproxy: ${open.connections.size} connection(s) to ${servers} still open ${FENCE_CONFIRM_MS} ms after the fence, though haproxy counts no session on it: ` +
+        'streams haproxy lost track of (no byte moves through them, and it will not close them); opening the new master anyway, and not waiting on these again',
+    );
   };
 
-  // The fenced servers some session of which may still carry a client's bytes. haproxy's own count is exact
-  // from 3.2 on; before, a killed session stays counted until the far end closes too (never, if its host is
-  // down), so then the kernel says whether haproxy has closed its side of each connection. A worker a reload
-  // left behind cannot be told to shut sessions (its proxies are stopping): one that still holds a connection
-  // to a fenced server is stopped, with its sessions.
-  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, askKernel: boolean): Promise<string[]> => {
+  // What of the fenced servers may still carry a client's bytes. haproxy's own count, first; it can be wrong
+  // both ways, so the kernel has the last word. Before 3.2 a killed session stays counted until the far end
+  // closes too (never, if its host is down); on every version a session can be uncounted while its connection
+  // is still open for a moment (3.4), or for good (3.0.11 loses some streams it shuts). So the kernel is
+  // asked whether haproxy has closed its side of each connection, at once when haproxy counts none, and
+  // KERNEL_AFTER_MS after the fence otherwise. A worker a reload left behind cannot be told to shut sessions
+  // (its proxies are stopping): one that still holds a connection to a fenced server is stopped, with its
+  // sessions.
+  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, pastCountOnly: boolean): Promise<StillOpen> => {
     const sessions = await proxySessions(adminSocket, fenced.map(({ id }) => id)).catch(() => undefined);
     const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
-    const workers = child?.workers() ?? [];
-    if (counted.length === 0 && workers.length <= 1) return [];
-    if (!askKernel && workers.length <= 1) return counted.map(({ id }) => id);
+    if (counted.length > 0 && !pastCountOnly) return { servers: new Set(counted.map(({ id }) => id)), connections: new Set(), counted: true };
     const endpoints = new Map(fenced.flatMap((server) => {
       const endpoint = kernelEndpoint(server.address, server.port);
       return endpoint === undefined ? [] : [[endpoint, server] as const];
     }));
+    const workers = child?.workers() ?? [];
     // The current worker has outlived the fewest reloads; without the master's answer none is taken for old.
     const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
     const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
     const old = (pid: number) => list !== undefined && pid !== current;
-    const open = new Set<ServerAddress>();
+    const open: StillOpen = { servers: new Set(), connections: new Set(), counted: false };
+    const add = (server: ServerAddress, inode?: string) => {
+      open.servers.add(server.id);
+      if (inode !== undefined) open.connections.add(inode);
+      if (counted.includes(server)) open.counted = true;
+    };
     for (const pid of workers) {
-      const connections = await kernelOpenConnections([pid], new Set(endpoints.keys())).catch(() => undefined);
+      const connections = await kernelOpenConnections(pid, new Set(endpoints.keys())).catch(() => undefined);
       if (connections === undefined) {
-        if (!old(pid)) for (const server of counted) open.add(server);
+        if (!old(pid)) for (const server of counted) add(server);
         continue;
       }
-      for (const [endpoint, count] of connections) {
-        if (count === 0) continue;
-        open.add(endpoints.get(endpoint)!);
-        if (old(pid) && !stopped.has(pid)) {
-          stopped.add(pid);
-          log.warn(`haproxy: stopping worker ${pid}, left by a reload, which holds ${count} session(s) to fenced ${endpoints.get(endpoint)!.id}`);
-          process.kill(pid, 'SIGTERM');
-        }
+      const held = new Set<string>();
+      let count = 0;
+      for (const [inode, endpoint] of connections) {
+        if (lostConnections.has(inode)) continue;
+        const server = endpoints.get(endpoint)!;
+        add(server, inode);
+        held.add(server.id);
+        count++;
+      }
+      if (count > 0 && old(pid) && !stopped.has(pid)) {
+        stopped.add(pid);
+        log.warn(`haproxy: stopping worker ${pid}, left by a reload, which holds ${count} session(s) to fenced ${[...held].join(', ')}`);
+        process.kill(pid, 'SIGTERM');
       }
     }
     // A server by DNS name has no address the kernel knows: haproxy's count is all there is.
-    for (const server of counted) if (kernelEndpoint(server.address, server.port) === undefined) open.add(server);
-    return [...open].map(({ id }) => id);
+    for (const server of counted) if (!endpoints.has(kernelEndpoint(server.address, server.port) ?? '')) add(server);
+    return open;
   };
 
   const attempt = async (next: Wanted, liveConfig: string | undefined): Promise<Attempt> => {

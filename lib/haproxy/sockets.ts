@@ -1,5 +1,5 @@
-// haproxy's TCP connections as the kernel holds them (/proc): how many of its processes' connections to an
-// address are still open for sending. A fence is done when none is: haproxy has sent its FIN or reset on each,
+// haproxy's TCP connections as the kernel holds them (/proc): which of a process's connections to an address
+// are still open for sending. A fence is done when none is: haproxy has sent its FIN or reset on each,
 // so no client byte can reach that address through it any more, whether or not the far end has answered yet
 // (a crashed host never does). Parsing the kernel's tables is pure; reading them is the one effect here.
 
@@ -38,33 +38,35 @@ function expandIPv6(address: string): string[] {
   return [...left, ...fill, ...right];
 }
 
-// The connections in a /proc/net/tcp{,6} table whose socket is one of `inodes`, whose far end is one of
-// `endpoints` (kernelEndpoint form), and that are still open for sending: the count per endpoint.
-export function openConnections(table: string, inodes: ReadonlySet<string>, endpoints: ReadonlySet<string>): Map<string, number> {
-  const counts = new Map<string, number>();
+// The connections in a /proc/net/tcp{,6} table whose far end is one of `endpoints` (kernelEndpoint form) and
+// that are still open for sending, any process's: socket inode → endpoint.
+export function openConnections(table: string, endpoints: ReadonlySet<string>): Map<string, string> {
+  const open = new Map<string, string>();
   for (const line of table.split('\n').slice(1)) {
     const fields = line.trim().split(/\s+/);
     if (fields.length < 10) continue;
     const [remote, state, inode] = [fields[2]!, fields[3]!, fields[9]!];
-    if (endpoints.has(remote) && OPEN_STATES.has(state) && inodes.has(inode)) counts.set(remote, (counts.get(remote) ?? 0) + 1);
+    if (endpoints.has(remote) && OPEN_STATES.has(state)) open.set(inode, remote);
   }
-  return counts;
+  return open;
 }
 
-// Connections of the processes `pids` to each of `endpoints` that are still open for sending, read from
-// /proc. Rejects if the kernel's tables cannot be read (another user's process, /proc mounted hidepid).
-export async function kernelOpenConnections(pids: readonly number[], endpoints: ReadonlySet<string>): Promise<Map<string, number>> {
-  const total = new Map<string, number>();
-  for (const pid of pids) {
-    const inodes = new Set<string>();
-    for (const fd of await readdir(`/proc/${pid}/fd`)) {
-      const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
-      if (target.startsWith('socket:[')) inodes.add(target.slice(8, -1));
-    }
-    for (const table of ['tcp', 'tcp6']) {
-      const text = await readFile(`/proc/${pid}/net/${table}`, 'utf8').catch(() => '');
-      for (const [endpoint, count] of openConnections(text, inodes, endpoints)) total.set(endpoint, (total.get(endpoint) ?? 0) + count);
-    }
+// The connections of process `pid` to `endpoints` that are still open for sending, read from /proc: socket
+// inode → endpoint. The table (every socket of the network namespace) is read first; the process's file
+// descriptors only when some connection to an endpoint is open, which after a fence is seldom. Rejects if
+// the kernel's tables cannot be read (another user's process, /proc mounted hidepid).
+export async function kernelOpenConnections(pid: number, endpoints: ReadonlySet<string>): Promise<Map<string, string>> {
+  const candidates = new Map<string, string>();
+  for (const table of ['tcp', 'tcp6']) {
+    for (const [inode, endpoint] of openConnections(await readFile(`/proc/${pid}/net/${table}`, 'utf8'), endpoints)) candidates.set(inode, endpoint);
   }
-  return total;
+  const open = new Map<string, string>();
+  if (candidates.size === 0) return open;
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    const inode = target.startsWith('socket:[') ? target.slice(8, -1) : '';
+    const endpoint = candidates.get(inode);
+    if (endpoint !== undefined) open.set(inode, endpoint);
+  }
+  return open;
 }

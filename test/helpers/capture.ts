@@ -14,6 +14,9 @@ export interface Capture {
   // The connections so far, as events: accept (haproxy's SYN reached the backend), session (the first byte of
   // the client's reached it), close (the first FIN or reset either way).
   events: BackendEvent[];
+  // Packets the kernel dropped before tcpdump read them, as tcpdump counts them when it stops: a capture that
+  // dropped any has lost events, and its order proves nothing.
+  dropped(): number | undefined;
   stop(): Promise<void>;
 }
 
@@ -84,6 +87,10 @@ export async function startCapture(backends: ReadonlyMap<string, string>, port: 
   });
   return {
     events,
+    dropped: () => {
+      const match = /(\d+) packets? dropped by kernel/.exec(stderr);
+      return match ? Number(match[1]) : undefined;
+    },
     stop: async () => {
       if (child.exitCode !== null || child.pid === undefined) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));

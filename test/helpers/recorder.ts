@@ -69,10 +69,11 @@ export async function startRecordingBackends(backends: { name: string; host: str
   };
 }
 
-// Moments when a backend accepted a client's connection while another backend still held one open: with one
-// master routed at a time, each is a breach of the fence (the new master took a connection before every
-// session to the old one was closed). Only connections that carried a client byte count: haproxy's health
-// checks connect and close without one. `overlapNs`: how long the other's session stayed open after that accept.
+// Sessions still open to one backend when another accepted a client's connection: with one master routed at a
+// time, each is a breach of the fence (the new master took a connection before every session to the old one
+// was closed). Each such session counts once, at the first accept it overlaps. Only connections that carried
+// a client byte count: haproxy's health checks connect and close without one. `overlapNs`: how long the
+// session stayed open after that accept (to the last event, if it never closed).
 export interface Overlap {
   at: bigint;
   accepted: string;
@@ -84,6 +85,7 @@ export function fenceOverlaps(events: readonly BackendEvent[]): Overlap[] {
   const sessions = new Set(events.filter((event) => event.kind === 'session').map((event) => event.id));
   const closeAt = new Map<number, bigint>();
   for (const event of events) if (event.kind === 'close') closeAt.set(event.id, event.at);
+  const end = events.reduce((last, event) => (event.at > last ? event.at : last), 0n);
   const open = new Map<number, string>();
   const overlaps: Overlap[] = [];
   for (const event of events) {
@@ -94,8 +96,8 @@ export function fenceOverlaps(events: readonly BackendEvent[]): Overlap[] {
     }
     for (const [id, backend] of open) {
       if (backend === event.backend) continue;
-      overlaps.push({ at: event.at, accepted: event.backend, stillOpen: backend, overlapNs: (closeAt.get(id) ?? -1n) - event.at });
-      break;
+      overlaps.push({ at: event.at, accepted: event.backend, stillOpen: backend, overlapNs: (closeAt.get(id) ?? end) - event.at });
+      open.delete(id);
     }
     open.set(event.id, event.backend);
   }
