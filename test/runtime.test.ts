@@ -144,7 +144,9 @@ test('a config that passes haproxy -c but that haproxy cannot load is refused: t
   await tooManyServers(world, prefix);
   await ambassador.waitForLog(/haproxy: refused the config for the newest state; the last good one keeps serving/, 30_000);
   await ambassador.waitForLog(/haproxy: refused the config.*Cannot raise FD limit/, 1000);
-  assert.not.match(readFileSync(ambassador.configPath, 'utf8'), 'server x599 ', 'the file is the config that runs');
+  // The writes land in any order, so a config with some of them can load; one with all 600 cannot.
+  const servers = readFileSync(ambassador.configPath, 'utf8').match(/\n {4}server x\d+ /g)?.length ?? 0;
+  assert.ok(servers < 600, `the file is a config that runs, not the refused one (${servers} of 600 servers)`);
   assert.is(await whoAnswers(ambassador.port), 'node-2', 'the last good config serves');
 });
 

@@ -8,7 +8,7 @@ import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
 import { afterFence, planChange, type ServerAddress, type ServerTable } from '../plan.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { endpoint, proxySessions, readTraffic, runtimeCommands, serverAddresses, serverSessions, showProc, type Traffic } from './admin.ts';
+import { endpoint, proxySessions, readTraffic, serverStreams, runtimeCommands, serverAddresses, serverSessions, showProc, type Traffic } from './admin.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
@@ -96,6 +96,8 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   // Connections to a fenced server that outlived a fence's bound while haproxy counted no session on them:
   // streams haproxy lost. Reported once; later fences do not wait on them again.
   const lostConnections = new Set<string>();
+  // Whether this haproxy lists a server's streams (`show sess server`, 3.2 and later); asked at the first fence.
+  let listsStreams: boolean | undefined;
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -207,23 +209,28 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     );
   };
 
-  // What of the fenced servers may still carry a client's bytes. haproxy's own count, first; it can be wrong
-  // both ways, so the kernel has the last word. Before 3.2 a killed session stays counted until the far end
-  // closes too (never, if its host is down); on every version a session can be uncounted while its connection
-  // is still open for a moment (3.4), or for good (3.0.11 loses some streams it shuts). So the kernel is
-  // asked whether haproxy has closed its side of each connection, at once when haproxy counts none, and
-  // KERNEL_AFTER_MS after the fence otherwise. A worker a reload left behind cannot be told to shut sessions
-  // (its proxies are stopping): one that still holds a connection to a fenced server is stopped, with its
-  // sessions.
+  // What of the fenced servers may still carry a client's bytes. From 3.2 haproxy lists the streams of a
+  // server (a stream lives until its connections are closed); before, its session count is all it says, and
+  // a killed session stays counted until the far end closes too (never, if its host is down): then the
+  // kernel says, KERNEL_AFTER_MS after the fence, whether haproxy has closed its side of each connection.
+  // A worker a reload left behind cannot be told to shut sessions (its proxies are stopping): the kernel
+  // says whether one still holds a connection to a fenced server, and then it is stopped, with its sessions.
   const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, pastCountOnly: boolean): Promise<StillOpen> => {
-    const sessions = await proxySessions(adminSocket, fenced.map(({ id }) => id)).catch(() => undefined);
+    const ids = fenced.map(({ id }) => id);
+    let listed: Map<string, number> | undefined;
+    if (listsStreams !== false) {
+      const answer = await serverStreams(adminSocket, ids).catch(() => null);
+      if (answer !== null) [listsStreams, listed] = [answer !== undefined, answer];
+    }
+    const sessions = listed ?? (await proxySessions(adminSocket, ids).catch(() => undefined));
     const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
-    if (counted.length > 0 && !pastCountOnly) return { servers: new Set(counted.map(({ id }) => id)), connections: new Set(), counted: true };
+    const workers = child?.workers() ?? [];
+    if (counted.length === 0 && workers.length <= 1) return { servers: new Set(), connections: new Set(), counted: false };
+    if (!pastCountOnly && workers.length <= 1) return { servers: new Set(counted.map(({ id }) => id)), connections: new Set(), counted: true };
     const endpoints = new Map(fenced.flatMap((server) => {
       const endpoint = kernelEndpoint(server.address, server.port);
       return endpoint === undefined ? [] : [[endpoint, server] as const];
     }));
-    const workers = child?.workers() ?? [];
     // The current worker has outlived the fewest reloads; without the master's answer none is taken for old.
     const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
     const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
