@@ -52,23 +52,44 @@ export async function serverSessions(socket: string): Promise<Map<string, number
   return new Map(rows.map((row) => [`${row.pxname}/${row.svname}`, Number(row.scur)]));
 }
 
-// Current sessions of the given servers (`<proxy>/<server>`), read with one `show stat` per proxy they are in,
-// so that a large registry's other proxy is not read. A server haproxy does not list has none.
-export async function proxySessions(socket: string, ids: readonly string[]): Promise<Map<string, number>> {
-  const proxies = new Set(ids.map((id) => id.slice(0, id.indexOf('/'))));
-  const wanted = new Set(ids);
+// Current sessions of the given servers (`<proxy>/<server>`). A proxy of 10,000 servers answers `show stat`
+// with 10,000 rows, and a fence asks every millisecond: so each server's numeric id (haproxy's `sid`) is
+// learnt from the first whole-proxy answer into `sids`, and later asks read its one row. A row that does not
+// name the server asked for (it was deleted, its id reused) sends that server back to a whole-proxy read. A
+// server haproxy does not list has none.
+export async function proxySessions(socket: string, ids: readonly string[], sids: Map<string, number>): Promise<Map<string, number>> {
   const sessions = new Map<string, number>();
-  for (const proxy of proxies) {
-    const answer = await request(socket, `show stat ${proxy} 4 -1`);
-    if (!answer.startsWith('# ')) throw new Error(`show stat ${proxy}: ${answer.trim().split('\n')[0]}`);
-    // A proxy of 10,000 servers answers with 10,000 rows, polled during a fence: only the wanted rows are split.
-    const scur = answer.slice(2, answer.indexOf('\n')).split(',').indexOf('scur');
-    for (const line of answer.split('\n')) {
-      const id = line.slice(0, line.indexOf(',', line.indexOf(',') + 1));
-      if (wanted.has(id)) sessions.set(id, Number(line.split(',')[scur]));
+  const unknown = new Set<string>();
+  for (const id of ids) {
+    const sid = sids.get(id);
+    const row = sid === undefined ? undefined : statRows(await request(socket, `show stat ${proxyOf(id)} 4 ${sid}`), new Set([id])).get(id);
+    if (row === undefined) unknown.add(id);
+    else sessions.set(id, row.scur);
+  }
+  for (const proxy of new Set([...unknown].map(proxyOf))) {
+    for (const [id, row] of statRows(await request(socket, `show stat ${proxy} 4 -1`), unknown)) {
+      sessions.set(id, row.scur);
+      sids.set(id, row.sid);
     }
   }
   return sessions;
+}
+
+const proxyOf = (id: string) => id.slice(0, id.indexOf('/'));
+
+// The rows of a `show stat` answer for the servers `wanted`; only those rows are split.
+function statRows(answer: string, wanted: ReadonlySet<string>): Map<string, { scur: number; sid: number }> {
+  if (!answer.startsWith('# ')) throw new Error(`show stat: ${answer.trim().split('\n')[0]}`);
+  const names = answer.slice(2, answer.indexOf('\n')).split(',');
+  const [scur, sid] = [names.indexOf('scur'), names.indexOf('sid')];
+  const rows = new Map<string, { scur: number; sid: number }>();
+  for (const line of answer.split('\n')) {
+    const id = line.slice(0, line.indexOf(',', line.indexOf(',') + 1));
+    if (!wanted.has(id)) continue;
+    const fields = line.split(',');
+    rows.set(id, { scur: Number(fields[scur]), sid: Number(fields[sid]) });
+  }
+  return rows;
 }
 
 // The streams haproxy still holds for each of the given servers (`<proxy>/<server>`), by `show sess server`

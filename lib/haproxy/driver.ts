@@ -98,6 +98,8 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   const lostConnections = new Set<string>();
   // Whether this haproxy lists a server's streams (`show sess server`, 3.2 and later); asked at the first fence.
   let listsStreams: boolean | undefined;
+  // The numeric ids of servers fenced so far (proxySessions).
+  const serverIds = new Map<string, number>();
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -222,7 +224,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       const answer = await serverStreams(adminSocket, ids).catch(() => null);
       if (answer !== null) [listsStreams, listed] = [answer !== undefined, answer];
     }
-    const sessions = listed ?? (await proxySessions(adminSocket, ids).catch(() => undefined));
+    const sessions = listed ?? (await proxySessions(adminSocket, ids, serverIds).catch(() => undefined));
     const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
     const workers = child?.workers() ?? [];
     if (counted.length === 0 && workers.length <= 1) return { servers: new Set(), connections: new Set(), counted: false };
