@@ -105,6 +105,28 @@ export async function startSoakWorld(history: History, dir: string, seed: number
       }
     }
   };
+  // After a write of unknown outcome: a read cannot settle it, since the request may still be on its way (to a
+  // paused member, say) and land after the read. A write of the master known now, on the same condition the
+  // lost one had, does: if it succeeds the lost one can no longer (and had not), and if it fails the lost one
+  // landed first, and a read says when at the latest. Asked again while its own outcome is unknown (only one
+  // of them can land: they share the condition).
+  const settle = async () => {
+    while (running) {
+      const sent = now();
+      try {
+        const response = await client
+          .if(`${PREFIX}/master`, 'Mod', '==', String(modRevision))
+          .then(client.put(`${PREFIX}/master`).value(master))
+          .commit();
+        if (!response.succeeded) return void (await readMaster());
+        modRevision = BigInt(response.header.revision);
+        history.add({ type: 'write', t: now(), sent, master, revision: modRevision });
+        return;
+      } catch {
+        await sleep(200);
+      }
+    }
+  };
   let running = true;
   const writer = (async () => {
     while (running) {
@@ -128,7 +150,7 @@ export async function startSoakWorld(history: History, dir: string, seed: number
         }
       } catch {
         history.add({ type: 'write-unknown', t: now(), sent, master: target });
-        await readMaster();
+        await settle();
       } finally {
         done();
       }

@@ -29,10 +29,15 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
     if (options.dropAfterMs !== undefined) setTimeout(() => client.resetAndDestroy(), options.dropAfterMs).unref();
     for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
       sockets.add(from);
+      // When each direction's last held chunk goes out: a later chunk never overtakes it, whatever the delay
+      // became in between (TCP does not reorder a stream's bytes, and a relay that did would corrupt it).
+      let lastOutAt = 0;
       from.on('data', (data) => {
         if (silent) return;
-        if (delayMs === 0) to.write(data);
-        else setTimeout(() => !to.destroyed && to.write(data), delayMs);
+        const outAt = Math.max(performance.now() + delayMs, lastOutAt);
+        if (outAt <= performance.now()) return void to.write(data);
+        lastOutAt = outAt;
+        setTimeout(() => !to.destroyed && to.write(data), outAt - performance.now());
       });
       from.on('error', () => to.destroy());
       from.on('close', () => {

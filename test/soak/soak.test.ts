@@ -25,9 +25,12 @@ test(`seed ${SEED}, ${DURATION_MS / 60_000} minutes: every fault kind, no violat
     console.log(`      ${JSON.stringify(verdict.counts)}`);
     const described = verdict.violations.slice(0, 5).map((v) => `${v.invariant}: ${v.message}\n  faults on: ${v.faults.join(', ')}\n  ${v.around.join('\n  ')}`);
     assert.equal(verdict.violations.length, 0, described.join('\n\n'));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  } catch (err) {
+    // Its history and ambassador's log, to look into.
+    console.log(`      the run is kept in ${dir}`);
+    throw err;
   }
+  rmSync(dir, { recursive: true, force: true });
 });
 
 test.run();
