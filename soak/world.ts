@@ -105,6 +105,19 @@ export async function startSoakWorld(history: History, dir: string, seed: number
       }
     }
   };
+  // A compare-and-swap of the master to `value`, on the revision last known: recorded as a write when it
+  // succeeds, followed by a read when it does not. Throws when its outcome is unknown.
+  const writeMaster = async (value: string) => {
+    const sent = now();
+    const response = await client
+      .if(`${PREFIX}/master`, 'Mod', '==', String(modRevision))
+      .then(client.put(`${PREFIX}/master`).value(value))
+      .commit();
+    if (!response.succeeded) return void (await readMaster());
+    master = value;
+    modRevision = BigInt(response.header.revision);
+    history.add({ type: 'write', t: now(), sent, master, revision: modRevision });
+  };
   // After a write of unknown outcome: a read cannot settle it, since the request may still be on its way (to a
   // paused member, say) and land after the read. A write of the master known now, on the same condition the
   // lost one had, does: if it succeeds the lost one can no longer (and had not), and if it fails the lost one
@@ -112,16 +125,8 @@ export async function startSoakWorld(history: History, dir: string, seed: number
   // of them can land: they share the condition).
   const settle = async () => {
     while (running) {
-      const sent = now();
       try {
-        const response = await client
-          .if(`${PREFIX}/master`, 'Mod', '==', String(modRevision))
-          .then(client.put(`${PREFIX}/master`).value(master))
-          .commit();
-        if (!response.succeeded) return void (await readMaster());
-        modRevision = BigInt(response.header.revision);
-        history.add({ type: 'write', t: now(), sent, master, revision: modRevision });
-        return;
+        return await writeMaster(master);
       } catch {
         await sleep(200);
       }
@@ -137,17 +142,7 @@ export async function startSoakWorld(history: History, dir: string, seed: number
       const target = INSTANCES.filter((name) => name !== master)[Math.floor(next() * 2)]!;
       const sent = now();
       try {
-        const response = await client
-          .if(`${PREFIX}/master`, 'Mod', '==', String(modRevision))
-          .then(client.put(`${PREFIX}/master`).value(target))
-          .commit();
-        if (response.succeeded) {
-          master = target;
-          modRevision = BigInt(response.header.revision);
-          history.add({ type: 'write', t: now(), sent, master, revision: modRevision });
-        } else {
-          await readMaster();
-        }
+        await writeMaster(target);
       } catch {
         history.add({ type: 'write-unknown', t: now(), sent, master: target });
         await settle();
