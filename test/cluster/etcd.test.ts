@@ -208,10 +208,13 @@ test('a rolling restart of all three members under a change every 300 ms: no sta
         await sleep(100); // the sampling rate
       }
     })();
+    const downs: { member: number; from: number; to: number }[] = [];
     for (const i of [0, 1, 2]) {
+      const from = performance.now();
       await cluster.kill(i);
       await sleep(3_000); // the member stays down this long
       await cluster.start(i);
+      downs.push({ member: i, from, to: performance.now() });
     }
     running = false;
     await within(Promise.all([writer, sampler]), 30_000, 'the writer and the sampler to stop');
@@ -219,7 +222,12 @@ test('a rolling restart of all three members under a change every 300 ms: no sta
     await routedWithin(world, ambassador.port, `node-${last.master}`, last.at, 6_000, 'rolling restart done, last write → routed');
     const stale = staleOks(samples, writes, maxStaleMs);
     assert.equal(stale, [], '"ok" only for a state confirmed current within --max-stale');
-    assert.ok(writes.length >= 15, `changes kept coming (${writes.length})`);
+    // Two members of three keep a quorum, so changes go on while each one is down: that is what this tests. How
+    // many depends on etcd (a write to a member waiting for an election times out after 2 s), not on ambassador.
+    for (const down of downs) {
+      const during = writes.filter((w) => w.at > down.from && w.at < down.to).length;
+      assert.ok(during >= 1, `changes acknowledged while member ${down.member + 1} was down: ${during}`);
+    }
     assert.ok(samples.filter((s) => s.status === 200).length > samples.length / 2, 'mostly healthy: three members, one down at a time');
     console.log(`      ${writes.length} writes, ${samples.length} /healthz samples, ${samples.filter((s) => s.status !== 200).length} not 200`);
     await stillWhole(ambassador);
