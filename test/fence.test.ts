@@ -3,9 +3,11 @@
 // waiting out its bound, when the old master does not answer the close, or when a reload left a worker behind.
 
 import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { proxySessions } from '../lib/haproxy/admin.ts';
 import { startCapture } from './helpers/capture.ts';
 import { within } from './helpers/limits.ts';
-import { freePort, openSession, whoAnswers } from './helpers/net.ts';
+import { eventually, freePort, openSession, whoAnswers } from './helpers/net.ts';
 import { fenceOverlaps, startRecordingBackends, type RecordingBackends } from './helpers/recorder.ts';
 import { workerPids } from './helpers/haproxy.ts';
 import { worldSuite, type World } from './helpers/world.ts';
@@ -54,6 +56,27 @@ test('no client reaches the new master before every session to the old one is cl
     assert.not.ok(ambassador.logs.some((line) => line.includes('still open')), 'every fence confirmed');
   } finally {
     await capture.stop();
+    await masters.stop();
+  }
+});
+
+test('the session count a fence waits on (before haproxy 3.2) sees a held session, by the whole proxy and then by the server\'s id', async ({ world }) => {
+  const prefix = world.prefix();
+  const masters = await twoMasters(world, prefix);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-a');
+    const session = await openSession(ambassador.port);
+    const socket = join(ambassador.runtimeDir, 'admin.sock');
+    const sids = new Map<string, number>();
+    const first = await within(proxySessions(socket, ['service/a', 'service/b'], sids), 5_000, 'the whole proxy read');
+    assert.equal([...first], [['service/a', 1], ['service/b', 0]], 'read from the whole proxy');
+    assert.equal([...sids.keys()].sort(), ['service/a', 'service/b'], 'the server ids learnt');
+    const byId = await within(proxySessions(socket, ['service/a'], sids), 5_000, 'the one row read');
+    assert.equal([...byId], [['service/a', 1]], 'read from the one row');
+    session.close();
+    await eventually(() => within(proxySessions(socket, ['service/a'], sids), 5_000, 'the one row read'), (sessions) => sessions.get('service/a') === 0, 5_000, 'the closed session uncounted');
+  } finally {
     await masters.stop();
   }
 });

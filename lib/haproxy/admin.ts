@@ -84,7 +84,9 @@ function statRows(answer: string, wanted: ReadonlySet<string>): Map<string, { sc
   const [scur, sid] = [names.indexOf('scur'), names.indexOf('sid')];
   const rows = new Map<string, { scur: number; sid: number }>();
   for (const line of answer.split('\n')) {
-    const id = line.slice(0, line.indexOf(',', line.indexOf(',') + 1));
+    // A row starts "<proxy>,<server>,": the id is "<proxy>/<server>".
+    const proxyEnd = line.indexOf(',');
+    const id = `${line.slice(0, proxyEnd)}/${line.slice(proxyEnd + 1, line.indexOf(',', proxyEnd + 1))}`;
     if (!wanted.has(id)) continue;
     const fields = line.split(',');
     rows.set(id, { scur: Number(fields[scur]), sid: Number(fields[sid]) });
