@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { proxySessions } from '../lib/haproxy/admin.ts';
 import { startCapture } from './helpers/capture.ts';
 import { within } from './helpers/limits.ts';
-import { eventually, freePort, openSession, whoAnswers } from './helpers/net.ts';
+import { eventually, freePort, openSession, whoAnswers, type Session } from './helpers/net.ts';
 import { fenceOverlaps, startRecordingBackends, type RecordingBackends } from './helpers/recorder.ts';
 import { workerPids } from './helpers/haproxy.ts';
 import { worldSuite, type World } from './helpers/world.ts';
@@ -26,6 +26,19 @@ async function twoMasters(world: World, prefix: string, deafA = false) {
   }
   await world.etcd.put(`${prefix}/master`, 'a');
   return { port, addresses, backends, stop: () => Promise.all(backends.map((backend) => backend.stop())) };
+}
+
+// Ambassador routing to instance a, with one session held through it; the backends stopped after `body`.
+async function withSessionToA(world: World, deafA: boolean, body: (prefix: string, ambassador: Awaited<ReturnType<World['start']>>, session: Session) => Promise<void>) {
+  const prefix = world.prefix();
+  const masters = await twoMasters(world, prefix, deafA);
+  try {
+    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+    await world.routesTo(ambassador.port, 'node-a');
+    await body(prefix, ambassador, await openSession(ambassador.port));
+  } finally {
+    await masters.stop();
+  }
 }
 
 test('no client reaches the new master before every session to the old one is closed, on the wire (100 failovers)', async ({ world }) => {
@@ -60,13 +73,8 @@ test('no client reaches the new master before every session to the old one is cl
   }
 });
 
-test('the session count a fence waits on (before haproxy 3.2) sees a held session, by the whole proxy and then by the server\'s id', async ({ world }) => {
-  const prefix = world.prefix();
-  const masters = await twoMasters(world, prefix);
-  try {
-    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
-    await world.routesTo(ambassador.port, 'node-a');
-    const session = await openSession(ambassador.port);
+test('the session count a fence waits on (before haproxy 3.2) sees a held session, by the whole proxy and then by the server\'s id', async ({ world }) =>
+  withSessionToA(world, false, async (_prefix, ambassador, session) => {
     const socket = join(ambassador.runtimeDir, 'admin.sock');
     const sids = new Map<string, number>();
     const first = await within(proxySessions(socket, ['service/a', 'service/b'], sids), 5_000, 'the whole proxy read');
@@ -76,19 +84,11 @@ test('the session count a fence waits on (before haproxy 3.2) sees a held sessio
     assert.equal([...byId], [['service/a', 1]], 'read from the one row');
     session.close();
     await eventually(() => within(proxySessions(socket, ['service/a'], sids), 5_000, 'the one row read'), (sessions) => sessions.get('service/a') === 0, 5_000, 'the closed session uncounted');
-  } finally {
-    await masters.stop();
-  }
-});
+  }));
 
-test('an old master busy with a statement (it reads nothing): the fence is confirmed by the kernel, not waited out', async ({ world }) => {
-  const prefix = world.prefix();
-  // haproxy before 3.2 counts such a session until the far end closes its side too, which it never does.
-  const masters = await twoMasters(world, prefix, true);
-  try {
-    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
-    await world.routesTo(ambassador.port, 'node-a');
-    const session = await openSession(ambassador.port);
+// haproxy before 3.2 counts such a session until the far end closes its side too, which it never does.
+test('an old master busy with a statement (it reads nothing): the fence is confirmed by the kernel, not waited out', async ({ world }) =>
+  withSessionToA(world, true, async (prefix, ambassador, session) => {
     assert.is(session.greeting, 'node-a');
     const from = ambassador.logs.length;
     await world.etcd.put(`${prefix}/master`, 'b');
@@ -96,18 +96,10 @@ test('an old master busy with a statement (it reads nothing): the fence is confi
     await world.routesTo(ambassador.port, 'node-b', 5_000);
     await ambassador.waitForLog(/applied revision \d+: master a -> b \(runtime, \d+ ms\)/, 5_000, from);
     assert.not.ok(ambassador.logs.slice(from).some((line) => line.includes('still open')), 'confirmed, not waited out');
-  } finally {
-    await masters.stop();
-  }
-});
+  }));
 
-test('a worker that a reload left holding a session to the master is stopped by the failover', async ({ world }) => {
-  const prefix = world.prefix();
-  const masters = await twoMasters(world, prefix);
-  try {
-    const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
-    await world.routesTo(ambassador.port, 'node-a');
-    const session = await openSession(ambassador.port);
+test('a worker that a reload left holding a session to the master is stopped by the failover', async ({ world }) =>
+  withSessionToA(world, false, async (prefix, ambassador, session) => {
     // An instance by DNS name needs a reload: the session stays with the worker it replaces.
     await world.etcd.put(`${prefix}/instances/named/private_ip`, 'localhost');
     await ambassador.waitForLog(/applied revision \d+: .*\(reload, \d+ ms\)/);
@@ -118,9 +110,6 @@ test('a worker that a reload left holding a session to the master is stopped by 
     await ambassador.waitForLog(/stopping worker \d+, left by a reload, which holds 1 session\(s\) to fenced service\/a/, 5_000, from);
     await world.routesTo(ambassador.port, 'node-b', 5_000);
     assert.not.ok(ambassador.logs.slice(from).some((line) => line.includes('still open')), 'confirmed, not waited out');
-  } finally {
-    await masters.stop();
-  }
-});
+  }));
 
 run();
