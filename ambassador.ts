@@ -5,16 +5,18 @@
 
 import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
+import { hostPort } from './lib/address.ts';
 import { CredentialError, readCredentials } from './lib/credentials.ts';
 import { dryRunReport } from './lib/dryrun.ts';
 import { createFollower } from './lib/follow.ts';
 import { findExecutable, haproxyVersion } from './lib/haproxy/config.ts';
 import { createHaproxy } from './lib/haproxy/driver.ts';
+import { fenceDrainsFirst } from './lib/haproxy/fence.ts';
 import { applyOnce } from './lib/haproxy/once.ts';
 import { createLogger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
-import { readCluster, selectPatroni } from './lib/patroni.ts';
-import { createServiceSelector, describeProblem, type Selection } from './lib/registry.ts';
+import { patroniRoutingKeys, readCluster, selectPatroni } from './lib/patroni.ts';
+import { createServiceSelector, describeProblem, routingKeys, type Selection } from './lib/registry.ts';
 import { createRenderer, proxyNames, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
@@ -53,9 +55,11 @@ const lastResort = (kind: string) => (err: unknown) => {
 process.on('uncaughtException', lastResort('uncaught exception'));
 process.on('unhandledRejection', lastResort('unhandled rejection'));
 
+const selectSettings = { prefix: options.etcdPrefix, masterOnly: options.masterOnly, replicas: options.replicaPort !== undefined };
 const etcd: WatchSettings = {
   endpoints: options.etcd,
   checkEveryMs: options.etcdCheckMs,
+  routingKeys: (mirror) => (options.layout === 'patroni' ? patroniRoutingKeys(mirror, options.etcdPrefix) : routingKeys(mirror, { ...selectSettings, public: options.public })),
   prefix: options.etcdPrefix,
   ca: options.etcdCa,
   cert: options.etcdCert,
@@ -69,7 +73,6 @@ await readCredentials(etcd).catch((err: unknown) => {
   if (err instanceof CredentialError) usageError(err.message);
   throw err;
 });
-const selectSettings = { prefix: options.etcdPrefix, masterOnly: options.masterOnly, replicas: options.replicaPort !== undefined };
 const registrySettings = { ...selectSettings, public: options.public, backendPort: options.backendPort };
 const patroniSettings = { ...selectSettings, maxReplicaLag: options.maxReplicaLag };
 const renderSettings: RenderSettings = {
@@ -126,13 +129,16 @@ const haproxySettings = {
   runtimeDir: options.runtimeDir,
   apply: options.apply,
   fence: options.masterOnly,
+  drainBeforeFence: false,
   proxies: proxyNames(renderSettings),
   log,
   setpriv,
 };
 try {
   await prepareRuntimeDir(options.runtimeDir, log);
-  log.info(`using ${await haproxyVersion(haproxyBinary)}`, { haproxy: haproxyBinary, runtime_dir: options.runtimeDir });
+  const release = await haproxyVersion(haproxyBinary);
+  haproxySettings.drainBeforeFence = fenceDrainsFirst(release);
+  log.info(`using ${release}`, { haproxy: haproxyBinary, runtime_dir: options.runtimeDir, drain_before_fence: haproxySettings.drainBeforeFence || undefined });
   if (options.once) {
     await refuseIfOwned(options.runtimeDir);
     const { revision, selection, config } = await readOnce();
@@ -219,7 +225,7 @@ void haproxy.unexpectedExit.then(({ code, signal, error, lastAlerts }) => {
 if (options.status && status) {
   const { host, port } = options.status;
   await status.listen(host, port).then(
-    () => log.info(`status: serving /healthz, /metrics and /state on http://${host.includes(':') ? `[${host}]` : host}:${port}`),
+    () => log.info(`status: serving /healthz, /metrics and /state on http://${hostPort(host, port)}`),
     (err: Error) => stop(1, `status: cannot listen on ${host}:${port}: ${err.message}`),
   );
 }

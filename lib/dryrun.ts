@@ -3,7 +3,7 @@
 
 import { createTwoFilesPatch } from 'diff';
 
-export interface DryRun {
+interface DryRun {
   // For stdout: the config, a diff, or nothing when the file already holds this config.
   output: string;
   summary: string;

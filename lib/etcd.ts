@@ -1,13 +1,15 @@
 // The etcd3 client, one member at a time: the members the --etcd endpoints name (a DNS name may name several),
-// and a connection to one of them that reads the prefix, watches it, checks it against the cluster, and says
-// why the member cannot serve. lib/watch.ts decides what to do with that; nothing here retries.
+// and a connection to one of them that reads the prefix, watches it on a stream of our own (the library's
+// watcher can neither ask for progress nor survive the answer), reads a few keys linearizably, lists the
+// prefix at a revision, and says why the member cannot serve. lib/watch.ts decides what to do; nothing here retries.
 
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { InterceptingCall, type Interceptor } from '@grpc/grpc-js';
 import { noop } from 'cockatiel';
-import { Etcd3, type IOptions, type IWatchResponse, type Watcher } from 'etcd3';
+import { Etcd3, WatchClient, type IOptions, type IWatchResponse } from 'etcd3';
 import { readCredentials, type CredentialFiles, type Credentials } from './credentials.ts';
+import type { KeyState, WatchEvent } from './mirror.ts';
 
 export interface EtcdSettings extends CredentialFiles {
   endpoints: readonly string[];
@@ -22,29 +24,32 @@ export interface Member {
   serverName: string;
 }
 
-export interface WatchEvent {
-  type: 'put' | 'delete';
-  key: string;
-  value: string;
-  modRevision: bigint;
+// What a watch stream hands on: a response's events, or a progress reply (the member's revision then).
+export type WatchMessage = { kind: 'events'; events: WatchEvent[] } | { kind: 'progress'; revision: bigint };
+
+// How a watch stream ended: the revision it started from was compacted, or it failed or was ended.
+export type WatchEnd = { kind: 'compacted'; compactRevision: bigint } | { kind: 'failed'; reason: string };
+
+export interface WatchStream {
+  // Asks the member for a progress reply on this stream.
+  requestProgress(): void;
+  ended: Promise<WatchEnd>;
+  cancel(): void;
 }
 
-// A linearizable look at the prefix: the cluster's revision then, how many keys the prefix holds, and whether
-// any was written after the revision asked about (newer: 0 or 1).
-export interface PrefixCheck {
-  revision: bigint;
-  keys: number;
-  newer: number;
-}
-
-// One client's life, on one member: a snapshot, then a watch until it breaks. A fresh one after any trouble.
+// One client's life, on one member. A fresh one after any trouble.
 export interface EtcdConnection {
   member: string;
-  snapshot(): Promise<{ mirror: Map<string, string>; revision: bigint }>;
-  // Hands each batch of events on; resolves with why the watch ended, or with `interrupted`'s reason.
-  follow(fromRevision: bigint, onEvents: (events: WatchEvent[]) => void, interrupted: Promise<string>): Promise<string>;
-  // Rejects when the member cannot answer a linearizable read within `withinMs` (no leader, paused, cut off).
-  check(since: bigint, withinMs: number): Promise<PrefixCheck>;
+  // The member's etcd version, from its status.
+  version(withinMs: number): Promise<string>;
+  snapshot(): Promise<{ entries: Map<string, KeyState>; revision: bigint }>;
+  // A linearizable read of these exact keys in one round trip: the cluster's revision, and each key found.
+  // Rejects when the member cannot answer within `withinMs` (no leader, paused, cut off).
+  read(keys: readonly string[], withinMs: number): Promise<{ revision: bigint; found: Map<string, KeyState> }>;
+  // The name and revision of every key under the prefix at `revision`; 'compacted' if etcd no longer has it.
+  listAt(revision: bigint, withinMs: number): Promise<Map<string, bigint> | 'compacted'>;
+  // Watches the prefix from `fromRevision` (inclusive), handing each response on as it comes.
+  watch(fromRevision: bigint, onMessage: (message: WatchMessage) => void): Promise<WatchStream>;
   // Why this member cannot serve, in a few words, asked of the member itself within `withinMs`.
   diagnose(withinMs: number): Promise<string>;
   close(): void;
@@ -53,6 +58,8 @@ export interface EtcdConnection {
 export type Connect = (settings: EtcdSettings, member: Member) => Promise<EtcdConnection>;
 
 const CALL_DEADLINE_MS = 5000;
+// etcd's watch_id of a reply that belongs to no watcher: the answer to a progress request.
+const STREAM_REPLY = '-1';
 
 // The members the endpoints name, in order: an IP literal is one member, a DNS name is one per address it
 // resolves to (asked again each time), so that leaving a member never means coming back to it by its name.
@@ -78,26 +85,51 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
   const client = new Etcd3(clientOptions(settings, member, await readCredentials(settings)));
   const prefix = keyPrefix(settings.prefix);
   const rangeEnd = prefixEnd(prefix);
+  const streams = new Set<WatchStream>();
+  const deadline = (withinMs: number) => ({ deadline: Date.now() + withinMs });
   return {
     member: member.url,
+    version: async (withinMs) => (await client.maintenance.status(deadline(withinMs))).version,
     snapshot: async () => {
       const response = await client.getAll().prefix(prefix).exec();
-      const mirror = new Map(response.kvs.map((kv) => [kv.key.toString(), kv.value.toString()]));
-      return { mirror, revision: BigInt(response.header.revision) };
+      const entries = new Map(response.kvs.map((kv) => [kv.key.toString(), { value: kv.value.toString(), modRevision: BigInt(kv.mod_revision) }]));
+      return { entries, revision: BigInt(response.header.revision) };
     },
-    follow: (fromRevision, onEvents, interrupted) => follow(client, prefix, fromRevision, onEvents, interrupted),
-    check: async (since, withinMs) => {
-      // Both reads in one read-only transaction: one linearizable read, one round trip. etcd counts before
-      // it filters by revision, so the second asks for one key (names only) written after `since`, if any.
-      const range = (extra: object) => ({ request_range: { key: Buffer.from(prefix), range_end: rangeEnd, ...extra } });
-      const success = [range({ count_only: true }), range({ keys_only: true, limit: 1, min_mod_revision: String(since + 1n) })];
-      const response = await client.kv.txn({ compare: [], success, failure: [] }, { deadline: Date.now() + withinMs });
-      const [all, newer] = response.responses.map((r) => r.response_range);
-      return { revision: BigInt(response.header.revision), keys: Number(all?.count ?? 0), newer: newer?.kvs.length ?? 0 };
+    read: async (keys, withinMs) => {
+      // One key is a Range; several, a read-only transaction of exact-key Ranges. Either is one index lookup
+      // per key, whatever the prefix holds.
+      const ranges = keys.map((key) => ({ key: Buffer.from(key) }));
+      const found = new Map<string, KeyState>();
+      const add = (kvs: { key: Buffer; value: Buffer; mod_revision: string }[] = []) => {
+        for (const kv of kvs) found.set(kv.key.toString(), { value: kv.value.toString(), modRevision: BigInt(kv.mod_revision) });
+      };
+      if (ranges.length === 1) {
+        const response = await client.kv.range(ranges[0]!, deadline(withinMs));
+        add(response.kvs);
+        return { revision: BigInt(response.header.revision), found };
+      }
+      const response = await client.kv.txn({ compare: [], success: ranges.map((range) => ({ request_range: range })), failure: [] }, deadline(withinMs));
+      for (const part of response.responses) add(part.response_range?.kvs);
+      return { revision: BigInt(response.header.revision), found };
+    },
+    listAt: async (revision, withinMs) => {
+      try {
+        const response = await client.kv.range({ key: Buffer.from(prefix), range_end: rangeEnd, keys_only: true, revision: String(revision), serializable: true }, deadline(withinMs));
+        return new Map(response.kvs.map((kv) => [kv.key.toString(), BigInt(kv.mod_revision)]));
+      } catch (err) {
+        if (/compacted/i.test((err as Error).message)) return 'compacted';
+        throw err;
+      }
+    },
+    watch: async (fromRevision, onMessage) => {
+      const stream = await openWatch(client, prefix, rangeEnd, fromRevision, onMessage);
+      streams.add(stream);
+      void stream.ended.then(() => streams.delete(stream));
+      return stream;
     },
     diagnose: async (withinMs) => {
       try {
-        const status = await client.maintenance.status({ deadline: Date.now() + withinMs });
+        const status = await client.maintenance.status(deadline(withinMs));
         return status.leader === '0' ? 'no leader' : 'cannot confirm a read with its leader (cut off from the quorum?)';
       } catch (err) {
         const message = (err as Error).message;
@@ -106,12 +138,16 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
         return `unreachable (${message.split('\n')[0]})`;
       }
     },
-    close: () => client.close(),
+    // The client's close() leaves streams open (the process would not exit): they are cancelled first.
+    close: () => {
+      for (const stream of streams) stream.cancel();
+      client.close();
+    },
   };
 }
 
 // The prefix as a directory, so /services/mysql never matches /services/mysql2.
-export function keyPrefix(prefix: string): string {
+function keyPrefix(prefix: string): string {
   return prefix + '/';
 }
 
@@ -145,8 +181,8 @@ function clientOptions(settings: EtcdSettings, member: Member, credentials: Cred
       ...(member.serverName !== new URL(member.url).hostname.replace(/^\[|\]$/g, '') ? { 'grpc.ssl_target_name_override': member.serverName, 'grpc.default_authority': member.serverName } : {}),
       interceptors: [requireLeader],
     },
-    // Retries are ours: a fresh client and snapshot each time, so the library's own watch reconnect never runs,
-    // and its default circuit breaker would refuse calls for seconds after etcd is back.
+    // Retries are ours, with a fresh client each time; the library's default circuit breaker would refuse
+    // calls for seconds after etcd is back.
     faultHandling: { host: () => noop, global: noop },
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + CALL_DEADLINE_MS }),
   };
@@ -160,31 +196,44 @@ function clientOptions(settings: EtcdSettings, member: Member, credentials: Cred
   return options;
 }
 
-// Follows the watch until it breaks. The watcher is cancelled on the way out, since the client's close() leaves
-// watch streams open (the process would not exit), but never waited on for long.
-async function follow(client: Etcd3, prefix: string, fromRevision: bigint, onEvents: (events: WatchEvent[]) => void, interrupted: Promise<string>): Promise<string> {
-  const watcher: Watcher = client.watch().prefix(prefix).startRevision(String(fromRevision)).watcher();
-  const onData = (response: IWatchResponse) =>
-    onEvents(
-      response.events.map((event) => ({
-        type: event.type === 'Put' ? 'put' : 'delete',
-        key: event.kv.key.toString(),
-        value: event.kv.value.toString(),
-        modRevision: BigInt(event.kv.mod_revision),
-      })),
-    );
-  try {
-    return await Promise.race([
-      interrupted,
-      new Promise<string>((resolve) => {
-        watcher.on('data', onData);
-        watcher.on('disconnected', (err: Error) => resolve(`disconnected (${err.message})`));
-        watcher.on('error', (err: Error) => resolve(`watch failed (${err.message || err.name})`));
-        watcher.on('end', () => resolve('watch ended'));
-      }),
-    ]);
-  } finally {
-    watcher.off('data', onData);
-    await Promise.race([watcher.cancel().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000))]);
-  }
+// One watcher on one gRPC stream of our own, through the client's connection (its TLS, token and
+// require-leader metadata): etcd answers a progress request per stream, and a second watcher on the stream
+// would make it wait for the slower (etcd issue 20242).
+async function openWatch(client: Etcd3, prefix: string, rangeEnd: Buffer, fromRevision: bigint, onMessage: (message: WatchMessage) => void): Promise<WatchStream> {
+  // The library keeps its connection pool to itself; the watch client is built on it as the library does.
+  const pool = (client as unknown as { pool: ConstructorParameters<typeof WatchClient>[0] }).pool;
+  const stream = await new WatchClient(pool).watch();
+  let open = true;
+  let resolveEnded: (how: WatchEnd) => void = () => {};
+  const ended = new Promise<WatchEnd>((resolve) => (resolveEnded = resolve));
+  const end = (how: WatchEnd) => {
+    open = false;
+    resolveEnded(how);
+  };
+  stream.on('data', (response: IWatchResponse) => {
+    if (response.canceled) {
+      const compactRevision = BigInt(response.compact_revision || '0');
+      end(compactRevision > 0n ? { kind: 'compacted', compactRevision } : { kind: 'failed', reason: `watch canceled (${response.cancel_reason || 'no reason given'})` });
+    } else if (response.events.length > 0) {
+      onMessage({
+        kind: 'events',
+        events: response.events.map((event) => ({
+          type: event.type === 'Put' ? 'put' : 'delete',
+          key: event.kv.key.toString(),
+          value: event.kv.value.toString(),
+          modRevision: BigInt(event.kv.mod_revision),
+        })),
+      });
+    } else if (response.watch_id === STREAM_REPLY || !response.created) {
+      onMessage({ kind: 'progress', revision: BigInt(response.header.revision) });
+    }
+  });
+  stream.on('error', (err: Error) => end({ kind: 'failed', reason: `disconnected (${err.message.split('\n')[0]})` }));
+  stream.on('end', () => end({ kind: 'failed', reason: 'watch ended' }));
+  stream.write({ create_request: { key: Buffer.from(prefix), range_end: rangeEnd, start_revision: String(fromRevision) } });
+  const cancel = () => {
+    end({ kind: 'failed', reason: 'cancelled' });
+    stream.cancel();
+  };
+  return { requestProgress: () => open && stream.write({ progress_request: {} }), ended, cancel };
 }

@@ -8,7 +8,7 @@ import { serverTable } from './plan.ts';
 import { describeChange, problemChanges, type Problem, type Selection } from './registry.ts';
 import type { RegistryState } from './watch.ts';
 
-export interface FollowSettings {
+interface FollowSettings {
   state(): RegistryState;
   // `changed`: the keys changed since the last call, or undefined if anything may have.
   select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection;
@@ -30,7 +30,7 @@ export interface LastChange {
   description: string;
 }
 
-export interface Follower {
+interface Follower {
   // Call on every etcd change, with the keys it changed (none: anything may have changed); a burst (events
   // arriving within one tick) becomes one update.
   changed(keys?: readonly string[]): void;
@@ -41,7 +41,7 @@ export interface Follower {
 
 // Patroni leaves the leader key empty for ~100 ms in a switchover; a crashed leader's key is replaced within
 // a second of its expiry. Longer than this, no leader is news.
-export const BRIEF_MS = 3_000;
+const BRIEF_MS = 3_000;
 
 export function createFollower(settings: FollowSettings): Follower {
   const { log } = settings;
@@ -81,7 +81,8 @@ export function createFollower(settings: FollowSettings): Follower {
       briefTimers.delete(text);
     }
     if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
-    const wanted = { config: settings.render(selection), servers: serverTable(selection) };
+    const fenced = () => settings.render({ ...selection, servers: selection.servers.map((server) => (server.enabled ? { ...server, enabled: false } : server)) });
+    const wanted = { config: settings.render(selection), servers: serverTable(selection), fencedConfig: fenced };
     void settings.apply(wanted).then(({ outcome, path, ms }) => {
       if (outcome !== 'applied' || path === undefined) return;
       const description = describeChange(applied, selection, settings.masterOnly);

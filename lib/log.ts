@@ -6,7 +6,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['text', 'json'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];
 
-export type Facts = Record<string, string | number | boolean | bigint | null | undefined>;
+type Facts = Record<string, string | number | boolean | bigint | null | undefined>;
 
 export interface Logger {
   debug(message: string, facts?: Facts): void;
@@ -15,7 +15,7 @@ export interface Logger {
   error(message: string, facts?: Facts): void;
 }
 
-export interface LoggerSettings {
+interface LoggerSettings {
   format: LogFormat;
   level: LogLevel;
   write?: (line: string) => void;

@@ -22,7 +22,7 @@ export interface Member extends Instance {
   xlog: number | undefined;
 }
 
-export interface Cluster {
+interface Cluster {
   members: Member[];
   leader: string | undefined;
   // The leader's WAL position in bytes.
@@ -37,6 +37,13 @@ const DEFAULT_POSTGRES_PORT = 5432;
 // A member that says so is no longer the primary, whatever the leader key says: fence it. ('replica' is not
 // among them: a new leader's member key says replica for ~1.3 s after it took the leader key.)
 const NOT_PRIMARY_ROLES = new Set(['demoted', 'uninitialized']);
+
+// The keys whose changes move the primary port, which the watch reads from etcd on every check: the leader
+// key and the leader's member key.
+export function patroniRoutingKeys(mirror: ReadonlyMap<string, string>, prefix: string): string[] {
+  const leader = mirror.get(`${prefix}/leader`)?.trim();
+  return leader === undefined || !/^[^/\s]+$/.test(leader) ? [`${prefix}/leader`] : [`${prefix}/leader`, `${prefix}/members/${leader}`];
+}
 
 export function readCluster(mirror: ReadonlyMap<string, string>, prefix: string): Cluster {
   const base = prefix + '/';

@@ -5,12 +5,13 @@
 // side by side, and a server object found on both (createServiceSelector keeps unchanged ones) is passed over.
 
 import { isIP } from 'node:net';
-import { hostPort, PROXY_NAME, REPLICA_PROXY_NAME, SERVER_CHECKS } from './render.ts';
+import { hostPort } from './address.ts';
+import { PROXY_NAME, REPLICA_PROXY_NAME, SERVER_CHECKS } from './render.ts';
 import type { Selection, Server } from './registry.ts';
 
 // A server removed from etcd that haproxy still has: it takes no new connection and is deleted (del server)
 // once its last session ends. Never in the config file.
-export interface DrainingServer {
+interface DrainingServer {
   address: string;
   port: number;
 }
@@ -40,7 +41,7 @@ export type Plan =
   // A reload keeps the old worker's sessions until they end: a fence it needs is made at run time first.
   | { kind: 'reload'; reason: string; fence: string[]; fenced: ServerAddress[] };
 
-export interface PlanSettings {
+interface PlanSettings {
   // Master-only: a server of the primary port that stops being the master is fenced (no new connection,
   // sessions cut) first. The replica port's servers never are.
   fence: boolean;
@@ -152,4 +153,11 @@ export function afterFence(live: ServerTable, fenced: readonly ServerAddress[]):
   const ids = new Set(fenced.map(({ id }) => id));
   const proxies = new Map([...live.proxies].map(([proxy, servers]) => [proxy, servers.map((server) => (ids.has(`${proxy}/${server.server}`) ? { ...server, enabled: false } : server))]));
   return { proxies, draining: live.draining };
+}
+
+// The table of a wanted state with its primary port's servers all in maintenance: what haproxy runs after a
+// reload to the fenced state (a frozen fence), the new master not yet enabled.
+export function fencedTable(wanted: ServerTable): ServerTable {
+  const proxies = new Map([...wanted.proxies].map(([proxy, servers]) => [proxy, proxy === PROXY_NAME ? servers.map((server) => (server.enabled ? { ...server, enabled: false } : server)) : servers]));
+  return { proxies, draining: wanted.draining };
 }

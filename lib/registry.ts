@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import { checkAddress, parsePort } from './address.ts';
 
-export interface RegistrySettings {
+interface RegistrySettings {
   prefix: string;
   public: boolean;
   backendPort: number;
@@ -29,7 +29,7 @@ export interface Problem {
   brief?: boolean;
 }
 
-export interface Service {
+interface Service {
   instances: Instance[];
   master: string | undefined;
   problems: Problem[];
@@ -48,7 +48,7 @@ export interface Selection {
   problems: Problem[];
 }
 
-export interface SelectSettings {
+interface SelectSettings {
   prefix: string;
   masterOnly: boolean;
   // There is a replica port.
@@ -103,7 +103,7 @@ function readInstance(mirror: ReadonlyMap<string, string>, settings: RegistrySet
 // (`changed` undefined: anything may have, as after a fresh snapshot, and all are), and an instance that did
 // not change keeps its object. A change to one instance of 10,000 costs about what it costs with 10. A clash
 // of server names, which only a hash collision can cause, is left to a full read.
-export function createServiceReader(settings: RegistrySettings) {
+function createServiceReader(settings: RegistrySettings) {
   const base = settings.prefix + '/';
   const reads = new Map<string, InstanceRead>();
   // The names of instances with problems: few, so collecting them costs nothing per change.
@@ -232,6 +232,15 @@ export function selectServers(service: Service, settings: SelectSettings, cache 
   else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
   const servers = service.instances.map((instance) => cache.of(instance, instance === master));
   return { servers, replicas, master: service.master, problems };
+}
+
+// The keys whose changes move traffic on --port, which the watch reads from etcd on every check: the master,
+// and with masterOnly the master's address and port (the rest is checked by the watch's listing).
+export function routingKeys(mirror: ReadonlyMap<string, string>, settings: Pick<RegistrySettings, 'prefix' | 'public'> & Pick<SelectSettings, 'masterOnly'>): string[] {
+  const base = settings.prefix + '/';
+  const master = mirror.get(`${base}master`)?.trim();
+  if (!settings.masterOnly || master === undefined || !/^[^/\s]+$/.test(master)) return [`${base}master`];
+  return [`${base}master`, `${base}instances/${master}/${settings.public ? 'public_ip' : 'private_ip'}`, `${base}instances/${master}/port`];
 }
 
 // haproxy server names allow [A-Za-z0-9_.:-]. A plain name is used as is; any other gets a readable part

@@ -2,6 +2,7 @@
 // Pure and deterministic: the same input gives the same bytes, so an unchanged config is seen by comparing text.
 // Every value it writes was validated by registry.ts or options.ts; it never formats raw etcd data.
 
+import { hostPort } from './address.ts';
 import type { Selection, Server } from './registry.ts';
 
 export interface RenderSettings {
@@ -86,8 +87,4 @@ export function createRenderer(settings: RenderSettings): (selection: Pick<Selec
     lines.push('');
     return lines.join('\n');
   };
-}
-
-export function hostPort(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }

@@ -26,7 +26,7 @@ export class Backoff {
   }
 }
 
-export const STREAK_LOG_EVERY_MS = 30_000;
+const STREAK_LOG_EVERY_MS = 30_000;
 
 // Says a failure when it starts a streak, then again every `everyMs` while the same failure repeats, with a
 // count; a different failure starts a new streak. `ended()` closes the streak and says how many it had.

@@ -6,6 +6,7 @@ import { access, chmod, lstat, mkdir, readFile, unlink, writeFile } from 'node:f
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from './log.ts';
+import { stopInSteps } from './stop.ts';
 
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
@@ -89,20 +90,20 @@ async function running(pid: number): Promise<string | undefined> {
 async function terminate(pid: number): Promise<void> {
   const started = await running(pid);
   if (started === undefined) return;
-  const alive = async () => (await running(pid)) === started;
-  const signal = async (name: NodeJS.Signals) => {
-    if (await alive()) process.kill(pid, name);
-  };
   const gone = async (ms: number) => {
-    for (let waited = 0; waited < ms; waited += 50) {
-      if (!(await alive())) return true;
-      await sleep(50);
+    for (const deadline = Date.now() + ms; ; await sleep(50)) {
+      if ((await running(pid)) !== started) return true;
+      if (Date.now() >= deadline) return false;
     }
-    return false;
   };
-  await signal('SIGTERM');
-  if (await gone(STOP_GRACE_MS)) return;
-  await signal('SIGKILL');
+  // A signal goes out just after a check that the process is the one meant; one gone in between is gone.
+  const send = (name: NodeJS.Signals) => {
+    try {
+      process.kill(pid, name);
+    } catch {}
+  };
   // Two haproxys on one port would both take connections: ours starts only once the old one is gone.
-  if (!(await gone(KILL_AFTER_MS))) throw new SetupError(`haproxy ${pid}, left behind by an earlier ambassador, does not die`);
+  if (!(await stopInSteps([['SIGTERM', STOP_GRACE_MS], ['SIGKILL', KILL_AFTER_MS]], send, gone))) {
+    throw new SetupError(`haproxy ${pid}, left behind by an earlier ambassador, does not die`);
+  }
 }

@@ -1,13 +1,14 @@
 // The operator's window, on --status=ADDR:PORT: GET /healthz (200 or 503 with the reason), GET /metrics
 // (Prometheus text, by prom-client: the control plane, and per instance what the traffic does, read from
-// haproxy's `show stat` at scrape time) and GET /state (JSON of what is live). It reads a snapshot that
-// ambassador.ts assembles on each request, and changes nothing.
+// haproxy's `show stat` at scrape time) and GET /state (JSON of what is live), each declared in a table below.
+// It reads a snapshot that ambassador.ts assembles on each request, and changes nothing; lib/status-server.ts
+// serves the answers.
 
-import { createServer, type Server } from 'node:http';
 import { getHeapStatistics } from 'node:v8';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { LastChange } from './follow.ts';
-import type { ApplyPath, HaproxyStats, Traffic } from './haproxy/driver.ts';
+import type { ApplyPath, HaproxyStats, ServerTraffic, Traffic } from './haproxy/driver.ts';
+import { serveStatus, type StatusAnswer, type StatusServer } from './status-server.ts';
 import { PROXY_NAME, REPLICA_PROXY_NAME } from './render.ts';
 import type { Problem, Server as HaproxyServer } from './registry.ts';
 import type { WatchStats } from './watch.ts';
@@ -28,7 +29,7 @@ export interface StatusSnapshot {
   lastChange: LastChange | undefined;
 }
 
-export interface Status {
+interface Status {
   // Counts what happened, as ambassador.ts sees it.
   changeApplied(path: ApplyPath, convergenceSeconds: number): void;
   problemsFound(count: number): void;
@@ -36,7 +37,7 @@ export interface Status {
   close(): Promise<void>;
 }
 
-export interface HealthVerdict {
+interface HealthVerdict {
   healthy: boolean;
   reason: string;
 }
@@ -68,87 +69,117 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
 // Which port a proxy of ours serves, as a label value.
 const PORTS: Record<string, string> = { [PROXY_NAME]: 'primary', [REPLICA_PROXY_NAME]: 'replica' };
 
+// The control plane's metrics, read from the snapshot at scrape time: counters that mirror a count kept
+// elsewhere, gauges, and labelled series (each sample its labels and value).
+type Sample = [labels: Record<string, string>, value: number];
+interface SnapshotMetric {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  labels?: string[];
+  read(snapshot: StatusSnapshot, maxStaleMs: number): number | Sample[];
+}
+
+const since = (at: number | undefined, otherwise: number) => (at === undefined ? otherwise : (Date.now() - at) / 1000);
+
+const SNAPSHOT_METRICS: SnapshotMetric[] = [
+  { type: 'counter', name: 'ambassador_etcd_events_total', help: 'etcd changes (key puts and deletes) seen under the prefix', read: (s) => s.etcd.events },
+  { type: 'counter', name: 'ambassador_etcd_snapshots_total', help: 'full reads of the prefix: the first, and one after each resync (an untrusted mirror, a compaction past the revision held, SIGHUP)', read: (s) => s.etcd.snapshots },
+  { type: 'counter', name: 'ambassador_etcd_resumes_total', help: 'watches started again from the revision held, with no snapshot (after a disconnect or a change of member)', read: (s) => s.etcd.resumes },
+  {
+    type: 'counter',
+    name: 'ambassador_etcd_resyncs_total',
+    help: 'fresh snapshots taken, by cause: order (the watch broke its order), missed (a routing key differed from etcd), listing (the listing of the prefix differed), etcd-behind, compacted, requested (SIGHUP)',
+    labels: ['cause'],
+    read: (s) => Object.entries(s.etcd.resyncs).map(([cause, count]) => [{ cause }, count]),
+  },
+  { type: 'counter', name: 'ambassador_etcd_listings_total', help: 'listings of the prefix compared with the mirror', read: (s) => s.etcd.listings },
+  { type: 'counter', name: 'ambassador_etcd_watches_lost_total', help: 'etcd watches lost after working (disconnect, member restarted, auth)', read: (s) => s.etcd.watchesLost },
+  { type: 'counter', name: 'ambassador_etcd_members_left_total', help: 'etcd members left because they could not confirm the state (no leader, paused, cut off) or their watch stopped delivering', read: (s) => s.etcd.membersLeft },
+  { type: 'counter', name: 'ambassador_etcd_watches_behind_total', help: 'etcd watches a check found stalled (progress requests unanswered), then resumed on the next member', read: (s) => s.etcd.watchesBehind },
+  {
+    type: 'gauge',
+    name: 'ambassador_etcd_watch_progress',
+    help: "1 for what the watched member's progress replies prove: ordered (every change up to their revision delivered), alive (the stream works: etcd before 3.4.25 / 3.5.8), none (no replies: an etcd gRPC proxy)",
+    labels: ['proves'],
+    read: (s) => (s.etcd.progress === undefined ? [] : [[{ proves: s.etcd.progress }, 1]]),
+  },
+  { type: 'gauge', name: 'ambassador_etcd_connected', help: '1 while the etcd watch is live', read: (s) => (s.etcd.connected ? 1 : 0) },
+  { type: 'gauge', name: 'ambassador_etcd_seconds_since_confirmed', help: 'seconds since the state was last confirmed current against etcd (a snapshot, or a check that agreed; -1 if never)', read: (s) => since(s.etcd.confirmedAt, -1) },
+  {
+    type: 'gauge',
+    name: 'ambassador_etcd_member',
+    help: 'per etcd member: 1 for the one watched, 0 for one that could not serve when last tried (the reason is in /state), labelled by its URL',
+    labels: ['member'],
+    read: ({ etcd }) => [...Object.keys(etcd.memberProblems).filter((member) => member !== etcd.member).map((member): Sample => [{ member }, 0]), ...(etcd.member === undefined ? [] : [[{ member: etcd.member }, 1] as Sample])],
+  },
+  { type: 'gauge', name: 'ambassador_etcd_revision', help: 'etcd revision of the newest state', read: (s) => Number(s.revision) },
+  { type: 'gauge', name: 'ambassador_seconds_since_etcd_event', help: 'seconds since the last change seen under the prefix (-1 if none yet)', read: (s) => since(s.etcd.lastEventAt, -1) },
+  { type: 'gauge', name: 'ambassador_seconds_since_sync', help: 'seconds the state has not been known current (0 while the etcd watch is live and confirmed)', read: (s) => since(s.etcd.staleSince, 0) },
+  { type: 'counter', name: 'ambassador_haproxy_refused_total', help: 'configs haproxy refused (check or load failed); the previous one kept serving', read: (s) => s.haproxy.refused },
+  { type: 'counter', name: 'ambassador_apply_failures_total', help: 'tries at applying a change that failed in a way worth retrying (a timeout, a spawn error, a full disk)', read: (s) => s.haproxy.failures },
+  { type: 'counter', name: 'ambassador_runtime_fallbacks_total', help: 'changes where a runtime command failed and a reload was done instead', read: (s) => s.haproxy.runtimeFallbacks },
+  { type: 'counter', name: 'ambassador_fences_unconfirmed_total', help: 'failovers where haproxy still showed sessions on the old master 1 s after the fence, and the new master was opened anyway', read: (s) => s.haproxy.fencesUnconfirmed },
+  { type: 'counter', name: 'ambassador_fences_frozen_total', help: 'failovers where haproxy froze streams it shut (an haproxy 2.7-3.1 bug), ended by a reload and a stop of the worker holding them before the new master opened', read: (s) => s.haproxy.fencesFrozen },
+  { type: 'gauge', name: 'ambassador_haproxy_workers', help: 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', read: (s) => s.haproxy.workers },
+  { type: 'gauge', name: 'ambassador_haproxy_current', help: '1 when haproxy runs the config for the newest etcd state', read: (s) => (s.haproxy.current ? 1 : 0) },
+  { type: 'gauge', name: 'ambassador_healthy', help: '1 when /healthz answers 200', read: (s, maxStaleMs) => (health(s, maxStaleMs).healthy ? 1 : 0) },
+  { type: 'gauge', name: 'ambassador_heap_limit_bytes', help: "V8's heap limit: the executable's baked-in --max-old-space-size and young generation, unless --node-options changed them", read: () => getHeapStatistics().heap_size_limit },
+  { type: 'gauge', name: 'ambassador_max_stale_seconds', help: 'the --max-stale setting: how long the state may be stale or unapplied before /healthz says 503', read: (_, maxStaleMs) => maxStaleMs / 1000 },
+  { type: 'gauge', name: 'ambassador_unapplied_seconds', help: 'seconds the newest etcd state has not been live in haproxy (0 while it is)', read: (s) => since(s.haproxy.notLiveSince, 0) },
+  { type: 'gauge', name: 'ambassador_instances_known', help: 'instances with an address key', read: (s) => s.servers.length + s.instancesRejected },
+  { type: 'gauge', name: 'ambassador_instances_routed', help: 'instances haproxy sends connections to on --port', read: (s) => s.servers.filter((server) => server.enabled).length },
+  { type: 'gauge', name: 'ambassador_replicas_routed', help: 'instances haproxy sends connections to on --replica-port (0 without one)', read: (s) => (s.replicas ?? []).filter((server) => server.enabled).length },
+  { type: 'gauge', name: 'ambassador_instances_rejected', help: 'instances not routed because a value failed validation', read: (s) => s.instancesRejected },
+  { type: 'gauge', name: 'ambassador_problems', help: 'problems in the registry now (bad values, missing or unknown master)', read: (s) => s.problems.length },
+  {
+    type: 'gauge',
+    name: 'ambassador_master',
+    help: '1 for the instance named as master (with --master-only), labelled by its name',
+    labels: ['instance_name'],
+    read: (s) => (s.masterOnly && s.master !== undefined ? [[{ instance_name: s.master }, 1]] : []),
+  },
+];
+
+// The data plane, set from one read of haproxy per scrape, per instance of the validated registry and port; a
+// series for an instance that is gone is dropped, not left at its last value. Labelled `instance_name`, not
+// `instance`: Prometheus gives every scraped series that label itself (the target's address).
+const TRAFFIC_METRICS: { type: 'counter' | 'gauge'; name: string; help: string; read(row: ServerTraffic, now: number): number | undefined }[] = [
+  { type: 'gauge', name: 'ambassador_backend_sessions', help: 'sessions open to the instance through haproxy now', read: (row) => row.sessions },
+  { type: 'counter', name: 'ambassador_backend_sessions_total', help: 'sessions haproxy has sent to the instance (since the last reload)', read: (row) => row.sessionsTotal },
+  { type: 'counter', name: 'ambassador_backend_connection_errors_total', help: 'connections to the instance that failed', read: (row) => row.connectionErrors },
+  { type: 'counter', name: 'ambassador_backend_response_errors_total', help: 'sessions to the instance that ended in an error (aborted, timed out)', read: (row) => row.responseErrors },
+  { type: 'gauge', name: 'ambassador_backend_up', help: 'health check of the instance: 1 up, 0 down (no series while it is in maintenance: a master-only standby)', read: (row) => (/^(UP|DOWN)/.test(row.status) ? (row.status.startsWith('UP') ? 1 : 0) : undefined) },
+  { type: 'gauge', name: 'ambassador_backend_status_changed_timestamp_seconds', help: 'when the instance last changed status (up, down, maintenance), as a Unix time', read: (row, now) => Math.round(now - row.secondsSinceStatusChange) },
+  { type: 'counter', name: 'ambassador_backend_received_bytes_total', help: 'bytes clients sent to the instance', read: (row) => row.bytesIn },
+  { type: 'counter', name: 'ambassador_backend_sent_bytes_total', help: 'bytes the instance sent to clients', read: (row) => row.bytesOut },
+  { type: 'gauge', name: 'ambassador_backend_queued_connections', help: 'connections waiting for the instance', read: (row) => row.queued },
+];
+const HAPROXY_METRICS: { type: 'counter' | 'gauge'; name: string; help: string; read(traffic: Traffic): number }[] = [
+  { type: 'gauge', name: 'ambassador_haproxy_connections', help: 'connections haproxy holds now', read: (t) => t.connections },
+  { type: 'counter', name: 'ambassador_haproxy_connections_total', help: 'connections haproxy has accepted (since its start)', read: (t) => t.connectionsTotal },
+  { type: 'gauge', name: 'ambassador_haproxy_connections_per_second', help: 'connections haproxy accepted over the last second', read: (t) => t.connectionRate },
+];
+
+// A counter or a gauge set to what `value` reads, labelled or not.
+function setMetric(metric: Counter | Gauge, value: number | Sample[]): void {
+  metric.reset();
+  const samples: Sample[] = typeof value === 'number' ? [[{}, value]] : value;
+  for (const [labels, n] of samples) {
+    if (metric instanceof Counter) metric.inc(labels, n);
+    else metric.set(labels, n);
+  }
+}
+
 export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, readTraffic: () => Promise<Traffic | undefined>): Status {
   const registry = new Registry();
   // process_resident_memory_bytes, CPU, open fds, event loop lag: ambassador's own.
   collectDefaultMetrics({ register: registry });
-  // Counters that mirror a count kept elsewhere are set at scrape time.
-  const mirrored = (name: string, help: string, read: (s: StatusSnapshot) => number) =>
-    new Counter({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        this.reset();
-        this.inc(read(source()));
-      },
-    });
-  const gauge = (name: string, help: string, read: (s: StatusSnapshot) => number) =>
-    new Gauge({
-      name,
-      help,
-      registers: [registry],
-      collect() {
-        this.set(read(source()));
-      },
-    });
-
-  mirrored('ambassador_etcd_events_total', 'etcd changes (key puts and deletes) seen under the prefix', (s) => s.etcd.events);
-  mirrored('ambassador_etcd_snapshots_total', 'full reads of the prefix: the first, and one after each reconnect or resync', (s) => s.etcd.snapshots);
-  mirrored('ambassador_etcd_watches_lost_total', 'etcd watches lost after working (disconnect, compaction, auth, partition)', (s) => s.etcd.watchesLost);
-  mirrored('ambassador_etcd_members_left_total', 'etcd members left because they could not confirm the state (no leader, paused, cut off) or their watch fell behind', (s) => s.etcd.membersLeft);
-  mirrored('ambassador_etcd_watches_behind_total', 'etcd watches a check found behind what etcd holds (then dropped for a fresh snapshot)', (s) => s.etcd.watchesBehind);
-  gauge('ambassador_etcd_connected', '1 while the etcd watch is live', (s) => (s.etcd.connected ? 1 : 0));
-  gauge('ambassador_etcd_seconds_since_confirmed', 'seconds since the state was last confirmed current against etcd (a snapshot, or a check that agreed; -1 if never)', (s) =>
-    s.etcd.confirmedAt === undefined ? -1 : (Date.now() - s.etcd.confirmedAt) / 1000,
-  );
-  new Gauge({
-    name: 'ambassador_etcd_member',
-    help: 'per etcd member: 1 for the one watched, 0 for one that could not serve when last tried (the reason is in /state), labelled by its URL',
-    labelNames: ['member'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      const { etcd } = source();
-      for (const member of Object.keys(etcd.memberProblems)) this.set({ member }, 0);
-      if (etcd.member !== undefined) this.set({ member: etcd.member }, 1);
-    },
-  });
-  gauge('ambassador_etcd_revision', 'etcd revision of the newest state', (s) => Number(s.revision));
-  gauge('ambassador_seconds_since_etcd_event', 'seconds since the last change seen under the prefix (-1 if none yet)', (s) =>
-    s.etcd.lastEventAt === undefined ? -1 : (Date.now() - s.etcd.lastEventAt) / 1000,
-  );
-  gauge('ambassador_seconds_since_sync', 'seconds the state has not been known current (0 while the etcd watch is live and confirmed)', (s) =>
-    s.etcd.staleSince === undefined ? 0 : (Date.now() - s.etcd.staleSince) / 1000,
-  );
-  mirrored('ambassador_haproxy_refused_total', 'configs haproxy refused (check or load failed); the previous one kept serving', (s) => s.haproxy.refused);
-  mirrored('ambassador_apply_failures_total', 'tries at applying a change that failed in a way worth retrying (a timeout, a spawn error, a full disk)', (s) => s.haproxy.failures);
-  mirrored('ambassador_runtime_fallbacks_total', 'changes where a runtime command failed and a reload was done instead', (s) => s.haproxy.runtimeFallbacks);
-  mirrored('ambassador_fences_unconfirmed_total', 'failovers where haproxy still showed sessions on the old master 1 s after the fence, and the new master was opened anyway', (s) => s.haproxy.fencesUnconfirmed);
-  gauge('ambassador_haproxy_workers', 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', (s) => s.haproxy.workers);
-  gauge('ambassador_haproxy_current', '1 when haproxy runs the config for the newest etcd state', (s) => (s.haproxy.current ? 1 : 0));
-  gauge('ambassador_healthy', '1 when /healthz answers 200', (s) => (health(s, maxStaleMs).healthy ? 1 : 0));
-  gauge('ambassador_heap_limit_bytes', "V8's heap limit: the executable's baked-in --max-old-space-size and young generation, unless --node-options changed them", () => getHeapStatistics().heap_size_limit);
-  gauge('ambassador_max_stale_seconds', 'the --max-stale setting: how long the state may be stale or unapplied before /healthz says 503', () => maxStaleMs / 1000);
-  gauge('ambassador_unapplied_seconds', 'seconds the newest etcd state has not been live in haproxy (0 while it is)', (s) =>
-    s.haproxy.notLiveSince === undefined ? 0 : (Date.now() - s.haproxy.notLiveSince) / 1000,
-  );
-  gauge('ambassador_instances_known', 'instances with an address key', (s) => s.servers.length + s.instancesRejected);
-  gauge('ambassador_instances_routed', 'instances haproxy sends connections to on --port', (s) => s.servers.filter((server) => server.enabled).length);
-  gauge('ambassador_replicas_routed', 'instances haproxy sends connections to on --replica-port (0 without one)', (s) => (s.replicas ?? []).filter((server) => server.enabled).length);
-  gauge('ambassador_instances_rejected', 'instances not routed because a value failed validation', (s) => s.instancesRejected);
-  gauge('ambassador_problems', 'problems in the registry now (bad values, missing or unknown master)', (s) => s.problems.length);
-  new Gauge({
-    name: 'ambassador_master',
-    help: '1 for the instance named as master (with --master-only), labelled by its name',
-    labelNames: ['instance_name'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      const { master, masterOnly } = source();
-      if (masterOnly && master !== undefined) this.set({ instance_name: master }, 1);
-    },
-  });
+  const make = (type: 'counter' | 'gauge', name: string, help: string, labelNames: readonly string[], collect?: (metric: Counter | Gauge) => void) => {
+    const settings = { name, help, labelNames, registers: [registry], ...(collect ? { collect(this: Counter | Gauge) { collect(this); } } : {}) };
+    return type === 'counter' ? new Counter(settings) : new Gauge(settings);
+  };
+  for (const metric of SNAPSHOT_METRICS) make(metric.type, metric.name, metric.help, metric.labels ?? [], (m) => setMetric(m, metric.read(source(), maxStaleMs)));
   const applied = new Counter({ name: 'ambassador_changes_applied_total', help: 'changes applied to haproxy, by path', labelNames: ['path'], registers: [registry] });
   for (const path of ['start', 'runtime', 'reload']) applied.inc({ path }, 0);
   const convergence = new Histogram({
@@ -158,99 +189,62 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
     registers: [registry],
   });
   const validationFailures = new Counter({ name: 'ambassador_validation_failures_total', help: 'problems found in the registry (each counted once, when it appears)', registers: [registry] });
-
-  // The data plane, set from one read of haproxy per scrape. Labelled by instance name (from the validated
-  // registry) and port; a series for an instance that is gone is dropped, not left at its last value.
-  // Not `instance`: Prometheus gives every scraped series that label itself (the target's address).
-  const labelNames = ['instance_name', 'port'] as const;
-  const instanceGauge = (name: string, help: string) => new Gauge({ name, help, labelNames, registers: [registry] });
-  const instanceCounter = (name: string, help: string) => new Counter({ name, help, labelNames, registers: [registry] });
-  const traffic = {
-    sessions: instanceGauge('ambassador_backend_sessions', 'sessions open to the instance through haproxy now'),
-    sessionsTotal: instanceCounter('ambassador_backend_sessions_total', 'sessions haproxy has sent to the instance (since the last reload)'),
-    connectionErrors: instanceCounter('ambassador_backend_connection_errors_total', 'connections to the instance that failed'),
-    responseErrors: instanceCounter('ambassador_backend_response_errors_total', 'sessions to the instance that ended in an error (aborted, timed out)'),
-    up: instanceGauge('ambassador_backend_up', 'health check of the instance: 1 up, 0 down (no series while it is in maintenance: a master-only standby)'),
-    statusChanged: instanceGauge('ambassador_backend_status_changed_timestamp_seconds', 'when the instance last changed status (up, down, maintenance), as a Unix time'),
-    bytesIn: instanceCounter('ambassador_backend_received_bytes_total', 'bytes clients sent to the instance'),
-    bytesOut: instanceCounter('ambassador_backend_sent_bytes_total', 'bytes the instance sent to clients'),
-    queued: instanceGauge('ambassador_backend_queued_connections', 'connections waiting for the instance'),
-  };
-  const haproxyConnections = new Gauge({ name: 'ambassador_haproxy_connections', help: 'connections haproxy holds now', registers: [registry] });
-  const haproxyConnectionsTotal = new Counter({ name: 'ambassador_haproxy_connections_total', help: 'connections haproxy has accepted (since its start)', registers: [registry] });
-  const haproxyConnectionRate = new Gauge({ name: 'ambassador_haproxy_connections_per_second', help: 'connections haproxy accepted over the last second', registers: [registry] });
+  const traffic = TRAFFIC_METRICS.map((metric) => ({ metric, series: make(metric.type, metric.name, metric.help, ['instance_name', 'port']) }));
+  const haproxy = HAPROXY_METRICS.map((metric) => ({ metric, series: make(metric.type, metric.name, metric.help, []) }));
   const statsUp = new Gauge({ name: 'ambassador_haproxy_stats_up', help: '1 when haproxy answered for the traffic figures in this scrape (within 1 s)', registers: [registry] });
+
   const readTrafficMetrics = async (snapshot: StatusSnapshot) => {
-    for (const metric of [...Object.values(traffic), haproxyConnections, haproxyConnectionsTotal, haproxyConnectionRate]) metric.reset();
+    for (const { series } of [...traffic, ...haproxy]) series.reset();
     const read = await readTraffic();
     statsUp.set(read ? 1 : 0);
     if (!read) return;
-    const instances = new Map(snapshot.servers.map((server) => [server.server, server.name]));
-    for (const server of snapshot.replicas ?? []) instances.set(server.server, server.name);
+    const instances = new Map([...snapshot.servers, ...(snapshot.replicas ?? [])].map((server) => [server.server, server.name]));
     const now = Date.now() / 1000;
     for (const row of read.servers) {
       const instance = instances.get(row.server);
       const port = PORTS[row.proxy];
       if (instance === undefined || port === undefined) continue;
-      const labels = { instance_name: instance, port };
-      traffic.sessions.set(labels, row.sessions);
-      traffic.sessionsTotal.inc(labels, row.sessionsTotal);
-      traffic.connectionErrors.inc(labels, row.connectionErrors);
-      traffic.responseErrors.inc(labels, row.responseErrors);
-      if (/^(UP|DOWN)/.test(row.status)) traffic.up.set(labels, row.status.startsWith('UP') ? 1 : 0);
-      traffic.statusChanged.set(labels, Math.round(now - row.secondsSinceStatusChange));
-      traffic.bytesIn.inc(labels, row.bytesIn);
-      traffic.bytesOut.inc(labels, row.bytesOut);
-      traffic.queued.set(labels, row.queued);
+      for (const { metric, series } of traffic) {
+        const value = metric.read(row, now);
+        if (value === undefined) continue;
+        if (series instanceof Counter) series.inc({ instance_name: instance, port }, value);
+        else series.set({ instance_name: instance, port }, value);
+      }
     }
-    haproxyConnections.set(read.connections);
-    haproxyConnectionsTotal.inc(read.connectionsTotal);
-    haproxyConnectionRate.set(read.connectionRate);
+    for (const { metric, series } of haproxy) setMetric(series, metric.read(read));
   };
 
+  // One scrape at a time: each resets and sets the traffic series.
   let scrapes: Promise<unknown> = Promise.resolve();
-  let server: Server | undefined;
-  const respond = async (path: string): Promise<[number, string, string]> => {
+  const respond = async (path: string): Promise<StatusAnswer> => {
     const snapshot = source();
     if (path === '/healthz') {
       const verdict = health(snapshot, maxStaleMs);
-      return [verdict.healthy ? 200 : 503, 'text/plain; charset=utf-8', verdict.reason + '\n'];
+      return { code: verdict.healthy ? 200 : 503, type: 'text/plain; charset=utf-8', body: verdict.reason + '\n' };
     }
     if (path === '/metrics') {
-      // One scrape at a time: each resets and sets the traffic series.
       const text = scrapes.then(async () => {
         await readTrafficMetrics(snapshot);
         return registry.metrics();
       });
       scrapes = text.catch(() => '');
-      return [200, registry.contentType, await text];
+      return { code: 200, type: registry.contentType, body: await text };
     }
-    if (path === '/state') return [200, 'application/json', JSON.stringify(stateJson(snapshot, maxStaleMs), null, 2) + '\n'];
-    return [404, 'text/plain; charset=utf-8', 'not found: try /healthz, /metrics or /state\n'];
+    if (path === '/state') return { code: 200, type: 'application/json', body: JSON.stringify(stateJson(snapshot, maxStaleMs), null, 2) + '\n' };
+    return { code: 404, type: 'text/plain; charset=utf-8', body: 'not found: try /healthz, /metrics or /state\n' };
   };
 
+  let server: StatusServer | undefined;
   return {
     changeApplied: (path, seconds) => {
       applied.inc({ path });
       convergence.observe(seconds);
     },
     problemsFound: (count) => validationFailures.inc(count),
-    listen: (host, port) =>
-      new Promise((resolve, reject) => {
-        server = createServer((request, response) => {
-          if (request.method !== 'GET' && request.method !== 'HEAD') {
-            response.writeHead(405, { allow: 'GET, HEAD' }).end();
-            return;
-          }
-          respond(new URL(request.url ?? '/', 'http://status').pathname).then(
-            ([code, type, body]) => response.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' }).end(request.method === 'HEAD' ? undefined : body),
-            (err: Error) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
-          );
-        });
-        server.once('error', reject);
-        server.listen(port, host, () => resolve());
-      }),
-    close: () => new Promise((resolve) => (server ? server.close(() => resolve()) : resolve())),
+    listen: async (host, port) => {
+      server = await serveStatus(host, port, respond);
+    },
+    close: async () => server?.close(),
   };
 }
 
@@ -282,6 +276,10 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       membersLeft: snapshot.etcd.membersLeft,
       events: snapshot.etcd.events,
       snapshots: snapshot.etcd.snapshots,
+      resumes: snapshot.etcd.resumes,
+      resyncs: snapshot.etcd.resyncs,
+      listings: snapshot.etcd.listings,
+      progress: snapshot.etcd.progress ?? null,
     },
     haproxy: {
       pid: snapshot.haproxy.masterPid ?? null,
@@ -291,6 +289,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       reloads: snapshot.haproxy.applied.reload,
       refused: snapshot.haproxy.refused,
       fencesUnconfirmed: snapshot.haproxy.fencesUnconfirmed,
+      fencesFrozen: snapshot.haproxy.fencesFrozen,
       failing: snapshot.haproxy.failing ?? null,
     },
   };

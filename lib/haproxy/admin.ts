@@ -2,9 +2,10 @@
 // and the master CLI (`show proc`: the reload counter and the workers). One request per connection, each
 // bounded in time; parsing the answers is pure.
 
-import { connect, isIP } from 'node:net';
+import { connect } from 'node:net';
+import { hostPort } from '../address.ts';
 
-export const REQUEST_TIMEOUT_MS = 2_000;
+const REQUEST_TIMEOUT_MS = 2_000;
 
 // One request, the whole answer; rejects on a socket error or after timeoutMs.
 export function request(socket: string, command: string, timeoutMs = REQUEST_TIMEOUT_MS): Promise<string> {
@@ -36,7 +37,7 @@ export async function runtimeCommands(socket: string, commands: readonly string[
 }
 
 // `show stat` (CSV) as rows keyed by the field names of its header line.
-export function parseStat(csv: string): Record<string, string>[] {
+function parseStat(csv: string): Record<string, string>[] {
   const [header, ...lines] = csv.split('\n');
   if (!header?.startsWith('# ')) return [];
   const names = header.slice(2).split(',');
@@ -120,15 +121,11 @@ export async function serverAddresses(socket: string, proxy: string): Promise<Ma
   for (const line of lines) {
     const fields = line.split(' ');
     if (line.startsWith('#') || fields.length < names.length) continue;
-    addresses.set(`${proxy}/${fields[name]}`, endpoint(fields[address]!, Number(fields[port])));
+    addresses.set(`${proxy}/${fields[name]}`, hostPort(fields[address]!, Number(fields[port])));
   }
   return addresses;
 }
 
-// An address and port, written one way whatever way the IPv6 address was written.
-export function endpoint(address: string, port: number): string {
-  return `${isIP(address) === 6 ? new URL(`http://[${address}]`).hostname : address}:${port}`;
-}
 
 // What the traffic does, per server of our proxies and for haproxy as a whole.
 export interface ServerTraffic {
@@ -153,7 +150,7 @@ export interface Traffic {
   connectionRate: number;
 }
 
-export function trafficOf(stat: Record<string, string>[], info: string, proxies: readonly string[]): Traffic {
+function trafficOf(stat: Record<string, string>[], info: string, proxies: readonly string[]): Traffic {
   const field = (row: Record<string, string>, name: string) => Number(row[name] || 0);
   const servers = stat
     .filter((row) => proxies.includes(row.pxname!) && row.svname !== 'BACKEND' && row.svname !== 'FRONTEND')

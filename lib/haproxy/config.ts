@@ -7,14 +7,14 @@ import { access, rename } from 'node:fs/promises';
 import { SetupError, writePrivate } from '../rundir.ts';
 
 // `haproxy -c` takes ~0.6 s for 10,000 servers here; a check still running after this is stuck.
-export const CHECK_TIMEOUT_MS = 10_000;
+const CHECK_TIMEOUT_MS = 10_000;
 const VERSION_TIMEOUT_MS = 5_000;
 
 // installed: in place. refused: haproxy said the config is wrong (never worth trying again).
 // failed: the check could not say (it hung, could not start, the disk is full...): worth trying again.
-export type Install = { kind: 'installed' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
+type Install = { kind: 'installed' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
 
-export class CommandError extends Error {
+class CommandError extends Error {
   // The command ran and said no (exit status not 0), rather than failing to run or to finish.
   readonly answered: boolean;
   readonly stderr: string;
@@ -27,7 +27,7 @@ export class CommandError extends Error {
 }
 
 // Runs a short haproxy command: its output, or a CommandError saying how it failed.
-export function runCommand(binary: string, args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
+function runCommand(binary: string, args: string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     execFile(binary, args, { maxBuffer: 16 << 20, timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
       if (!err) return resolve({ stdout, stderr });

@@ -4,14 +4,15 @@
 // decides about failures; an exit of the haproxy master is reported once, for ambassador to stop.
 
 import { setTimeout as sleep } from 'node:timers/promises';
+import { hostPort } from '../address.ts';
 import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
-import { afterFence, planChange, type ServerAddress, type ServerTable } from '../plan.ts';
+import { afterFence, fencedTable, planChange, type ServerAddress, type ServerTable } from '../plan.ts';
 import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { endpoint, proxySessions, readTraffic, serverStreams, runtimeCommands, serverAddresses, serverSessions, showProc, type Traffic } from './admin.ts';
+import { readTraffic, runtimeCommands, serverAddresses, serverSessions, type Traffic } from './admin.ts';
+import { createFence } from './fence.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
-import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
 import { firstLoad, reload } from './reload.ts';
 
@@ -19,7 +20,7 @@ export type { ApplyPath, ApplyResult, Wanted } from './queue.ts';
 export type { HaproxyExit } from './process.ts';
 export type { ServerTraffic, Traffic } from './admin.ts';
 
-export interface HaproxySettings {
+interface HaproxySettings {
   binary: string;
   configPath: string;
   runtimeDir: string;
@@ -27,6 +28,8 @@ export interface HaproxySettings {
   apply: Options['apply'];
   // Master-only: fence a server that stops being the master (see lib/plan.ts).
   fence: boolean;
+  // Drain a server before its fence (haproxy 2.7-3.1: lib/haproxy/fence.ts).
+  drainBeforeFence: boolean;
   // The proxies the config has (lib/render.ts).
   proxies: readonly string[];
   log: Logger;
@@ -43,9 +46,11 @@ export interface HaproxyStats extends QueueStats {
   runtimeFallbacks: number;
   // Fences after which haproxy still showed sessions on the old master when the wait for them ended.
   fencesUnconfirmed: number;
+  // Fences whose shut-down streams froze (haproxy 2.7-3.1), ended by a reload before the new master opened.
+  fencesFrozen: number;
 }
 
-export interface Haproxy {
+interface Haproxy {
   apply(wanted: Wanted): Promise<ApplyResult>;
   // Try the newest state again, refused or failing (a resync).
   retryNow(): void;
@@ -63,24 +68,9 @@ const KILL_AFTER_MS = 2_000;
 const COMMANDS_PER_REQUEST = 40;
 // A scrape must never hang on a slow admin socket.
 const TRAFFIC_TIMEOUT_MS = 1_000;
-// haproxy closes the sessions of a fenced server within a turn or two of its loop (well under a millisecond);
-// this bounds the wait for one it cannot close.
-const FENCE_CONFIRM_MS = 1_000;
 const FENCE_POLL_MS = 1;
 // haproxy's task applies an address within a turn of its loop.
 const ADDRESS_CONFIRM_MS = 2_000;
-// A live instance answers haproxy's close at once, and then haproxy's count drops; while haproxy still counts
-// sessions, the kernel's tables (slower to read: all of the host's sockets) are asked only this long after the
-// fence.
-const KERNEL_AFTER_MS = 20;
-
-// What is still open after a fence: the servers, the connections the kernel showed (socket inodes), and
-// whether haproxy itself still counts a session on one of them.
-interface StillOpen {
-  servers: Set<string>;
-  connections: Set<string>;
-  counted: boolean;
-}
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
@@ -92,14 +82,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let stopping = false;
   let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
   let runtimeFallbacks = 0;
-  let fencesUnconfirmed = 0;
-  // Connections to a fenced server that outlived a fence's bound while haproxy counted no session on them:
-  // streams haproxy lost. Reported once; later fences do not wait on them again.
-  const lostConnections = new Set<string>();
-  // Whether this haproxy lists a server's streams (`show sess server`, 3.2 and later); asked at the first fence.
-  let listsStreams: boolean | undefined;
-  // The numeric ids of servers fenced so far (proxySessions).
-  const serverIds = new Map<string, number>();
+  const fence = createFence({ adminSocket, masterSocket, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -136,8 +119,17 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     }
     const served = [...next.servers.proxies.values()].some((servers) => servers.some((server) => server.enabled));
     fenceEchoUntil = plan.fence.length > 0 && served ? performance.now() + FENCE_ECHO_MS : 0;
-    if (!(await sendCommands(plan.fence))) return false;
-    if (plan.fenced.length > 0) await confirmFence(plan.fenced);
+    const fenced = await fence.run(plan.fence, plan.fenced, sendCommands);
+    if (fenced === 'failed') return false;
+    if (fenced === 'frozen') {
+      // A reload to the fenced state (the new master still closed) leaves the frozen streams to the old worker,
+      // which the fence stops; then the rest of the change, from there.
+      const install = await installChecked(binary, configPath, next.fencedConfig());
+      if (install.kind !== 'installed' || (await reloadChild(child!)).kind !== 'applied') return false;
+      liveServers = fencedTable(next.servers);
+      await fence.confirm(plan.fenced);
+      return applyAtRuntime(next);
+    }
     if (plan.kind === 'reload') {
       liveServers = afterFence(liveServers, plan.fenced);
       log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
@@ -174,7 +166,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     for (;;) {
       const live = new Map<string, string>();
       for (const proxy of proxies) for (const [id, at] of await serverAddresses(adminSocket, proxy).catch(() => new Map<string, string>())) live.set(id, at);
-      const pending = moved.filter(({ id, address, port }) => live.get(id) !== endpoint(address, port));
+      const pending = moved.filter(({ id, address, port }) => live.get(id) !== hostPort(address, port));
       if (pending.length === 0) return true;
       if (performance.now() >= deadline) {
         log.warn(`haproxy: ${pending.map(({ id }) => id).join(', ')} not at the new address ${ADDRESS_CONFIRM_MS} ms after the change; reloading instead`);
@@ -183,90 +175,6 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       }
       await sleep(FENCE_POLL_MS);
     }
-  };
-
-  // Waits until no session to a fenced server is left open, within FENCE_CONFIRM_MS; past that, the rest of
-  // the change goes ahead: a session haproxy cannot close must not keep the new master closed.
-  const confirmFence = async (fenced: readonly ServerAddress[]) => {
-    const deadline = performance.now() + FENCE_CONFIRM_MS;
-    const askKernelAt = performance.now() + KERNEL_AFTER_MS;
-    const stopped = new Set<number>();
-    let open: StillOpen;
-    for (;;) {
-      open = await openAfterFence(fenced, stopped, performance.now() >= askKernelAt);
-      if (open.servers.size === 0) return;
-      if (performance.now() >= deadline) break;
-      await sleep(FENCE_POLL_MS);
-    }
-    fencesUnconfirmed++;
-    const servers = [...open.servers].join(', ');
-    if (open.counted) {
-      log.warn(`haproxy: sessions to ${servers} still open ${FENCE_CONFIRM_MS} ms after the fence; opening the new master anyway`);
-      return;
-    }
-    for (const inode of open.connections) lostConnections.add(inode);
-    log.warn(
-      `haproxy: ${open.connections.size} connection(s) to ${servers} still open ${FENCE_CONFIRM_MS} ms after the fence, though haproxy counts no session on it: ` +
-        'streams haproxy lost track of (no byte moves through them, and it will not close them); opening the new master anyway, and not waiting on these again',
-    );
-  };
-
-  // What of the fenced servers may still carry a client's bytes. From 3.2 haproxy lists the streams of a
-  // server (a stream lives until its connections are closed); before, its session count is all it says, and
-  // a killed session stays counted until the far end closes too (never, if its host is down): then the
-  // kernel says, KERNEL_AFTER_MS after the fence, whether haproxy has closed its side of each connection.
-  // A worker a reload left behind cannot be told to shut sessions (its proxies are stopping): the kernel
-  // says whether one still holds a connection to a fenced server, and then it is stopped, with its sessions.
-  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, pastCountOnly: boolean): Promise<StillOpen> => {
-    const ids = fenced.map(({ id }) => id);
-    let listed: Map<string, number> | undefined;
-    if (listsStreams !== false) {
-      const answer = await serverStreams(adminSocket, ids).catch(() => null);
-      if (answer !== null) [listsStreams, listed] = [answer !== undefined, answer];
-    }
-    const sessions = listed ?? (await proxySessions(adminSocket, ids, serverIds).catch(() => undefined));
-    const counted = fenced.filter(({ id }) => sessions === undefined || (sessions.get(id) ?? 0) > 0);
-    const workers = child?.workers() ?? [];
-    if (counted.length === 0 && workers.length <= 1) return { servers: new Set(), connections: new Set(), counted: false };
-    if (!pastCountOnly && workers.length <= 1) return { servers: new Set(counted.map(({ id }) => id)), connections: new Set(), counted: true };
-    const endpoints = new Map(fenced.flatMap((server) => {
-      const endpoint = kernelEndpoint(server.address, server.port);
-      return endpoint === undefined ? [] : [[endpoint, server] as const];
-    }));
-    // The current worker has outlived the fewest reloads; without the master's answer none is taken for old.
-    const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
-    const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
-    const old = (pid: number) => list !== undefined && pid !== current;
-    const open: StillOpen = { servers: new Set(), connections: new Set(), counted: false };
-    const add = (server: ServerAddress, inode?: string) => {
-      open.servers.add(server.id);
-      if (inode !== undefined) open.connections.add(inode);
-      if (counted.includes(server)) open.counted = true;
-    };
-    for (const pid of workers) {
-      const connections = await kernelOpenConnections(pid, new Set(endpoints.keys())).catch(() => undefined);
-      if (connections === undefined) {
-        if (!old(pid)) for (const server of counted) add(server);
-        continue;
-      }
-      const held = new Set<string>();
-      let count = 0;
-      for (const [inode, endpoint] of connections) {
-        if (lostConnections.has(inode)) continue;
-        const server = endpoints.get(endpoint)!;
-        add(server, inode);
-        held.add(server.id);
-        count++;
-      }
-      if (count > 0 && old(pid) && !stopped.has(pid)) {
-        stopped.add(pid);
-        log.warn(`haproxy: stopping worker ${pid}, left by a reload, which holds ${count} session(s) to fenced ${[...held].join(', ')}`);
-        process.kill(pid, 'SIGTERM');
-      }
-    }
-    // A server by DNS name has no address the kernel knows: haproxy's count is all there is.
-    for (const server of counted) if (!endpoints.has(kernelEndpoint(server.address, server.port) ?? '')) add(server);
-    return open;
   };
 
   const attempt = async (next: Wanted, liveConfig: string | undefined): Promise<Attempt> => {
@@ -316,7 +224,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       masterPid: child?.running() ? child.pid : undefined,
       workers: child?.workers().length ?? 0,
       runtimeFallbacks,
-      fencesUnconfirmed,
+      ...fence.stats(),
     }),
     traffic: async () => (child?.running() ? readTraffic(adminSocket, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
@@ -331,7 +239,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
 
 // What our own runtime commands did (maintenance in and out); ambassador logs those changes itself.
-const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|leaving forced drain/;
+const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|enters drain state|leaving forced drain/;
 // Real news when no fence of ours explains it: a master that is down, say.
 const NO_SERVER = /has no server available/;
 

@@ -4,13 +4,14 @@
 
 import { spawn } from 'node:child_process';
 import { unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
 import { installChecked } from './config.ts';
 import { firstLoad, reload } from './reload.ts';
 import { isAlive } from './process.ts';
 
-export interface OnceSettings {
+interface OnceSettings {
   binary: string;
   proxies: readonly string[];
   configPath: string;
@@ -19,6 +20,7 @@ export interface OnceSettings {
 }
 
 const LAUNCH_TIMEOUT_MS = 60_000;
+const PID_FILE_WAIT_MS = 2_000;
 
 export async function applyOnce(settings: OnceSettings, config: string): Promise<'reloaded' | 'started'> {
   const { binary, configPath, runtimeDir, log, proxies } = settings;
@@ -53,8 +55,10 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
   try {
     if (code !== 0) throw new SetupError(`haproxy did not start (${typeof code === 'number' ? `exit ${code}` : code}): ${alerts()}`);
     // From haproxy 3.1 the launcher can exit before the worker has loaded its config: started is a worker
-    // that answers, and a master gone before that is a config haproxy could not load.
-    const daemon = await readPid(haproxyPid);
+    // that answers, and a master gone before that is a config haproxy could not load. The daemon may write
+    // its pid file a moment after the launcher exits.
+    let daemon = await readPid(haproxyPid);
+    for (const deadline = performance.now() + PID_FILE_WAIT_MS; daemon === undefined && performance.now() < deadline; daemon = await readPid(haproxyPid)) await sleep(10);
     const loaded = await firstLoad({ masterSocket, adminSocket, signal: () => {}, running: () => daemon !== undefined && isAlive(daemon) });
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy did not start: ${loaded.reason}${alerts() ? `: ${alerts()}` : ''}`);
     return 'started';

@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { stopInSteps } from '../stop.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface HaproxyExit {
@@ -15,7 +16,7 @@ export interface HaproxyExit {
   lastAlerts: string[];
 }
 
-export interface ProcessSettings {
+interface ProcessSettings {
   binary: string;
   configPath: string;
   masterSocket: string;
@@ -91,13 +92,8 @@ export function startProcess(settings: ProcessSettings): HaproxyProcess {
     signal,
     workers: () => (alive && child.pid !== undefined ? childrenOf(child.pid) : []),
     stop: async (graceMs, killAfterMs) => {
-      if (!alive) return;
-      const gone = (ms: number) => Promise.race([exited.then(() => true), sleep(ms, false, { ref: false })]);
-      signal('SIGUSR1');
-      if (await gone(graceMs)) return;
-      signal('SIGTERM');
-      if (await gone(killAfterMs)) return;
-      signal('SIGKILL');
+      const gone = (ms: number) => (alive ? Promise.race([exited.then(() => true), sleep(ms, false, { ref: false })]) : Promise.resolve(true));
+      if (!(await stopInSteps([['SIGUSR1', graceMs], ['SIGTERM', killAfterMs]], signal, gone))) signal('SIGKILL');
       await exited;
     },
   };

@@ -14,12 +14,15 @@ export type ApplyPath = 'start' | 'runtime' | 'reload';
 export interface Wanted {
   config: string;
   servers: ServerTable;
+  // The config with the primary port's servers all in maintenance, for a reload that must not open the new
+  // master yet (lib/haproxy/fence.ts); made only when asked.
+  fencedConfig(): string;
 }
 
 // One try at making `next` live.
 export type Attempt = { kind: 'applied'; path: ApplyPath } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
 
-export type ApplyOutcome = 'applied' | 'unchanged' | 'rejected' | 'superseded';
+type ApplyOutcome = 'applied' | 'unchanged' | 'rejected' | 'superseded';
 
 export interface ApplyResult {
   outcome: ApplyOutcome;
@@ -27,7 +30,7 @@ export interface ApplyResult {
   ms: number;
 }
 
-export interface QueueSettings {
+interface QueueSettings {
   attempt(next: Wanted, liveConfig: string | undefined): Promise<Attempt>;
   // Deletes drained servers that have no session left; true while some are still draining.
   sweep(): Promise<boolean>;
@@ -50,7 +53,7 @@ export interface QueueStats {
   failures: number;
 }
 
-export interface ApplyQueue {
+interface ApplyQueue {
   apply(next: Wanted): Promise<ApplyResult>;
   // A drain sweep soon (a runtime change left a server draining).
   sweepSoon(): void;

@@ -13,7 +13,7 @@ import { isAlive } from './process.ts';
 export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
 
 // The haproxy master being reloaded: our child, or a daemon an earlier --once started (whose output is not ours).
-export interface ReloadTarget {
+interface ReloadTarget {
   masterSocket: string;
   adminSocket: string;
   signal(name: NodeJS.Signals): void;

@@ -38,17 +38,21 @@ function expandIPv6(address: string): string[] {
   return [...left, ...fill, ...right];
 }
 
-// The connections in a /proc/net/tcp{,6} table whose far end is one of `endpoints` (kernelEndpoint form) and
-// that are still open for sending, any process's: socket inode → endpoint.
+// The rows of a /proc/net/tcp{,6} table: each connection's far end (kernelEndpoint form), state (hex, 01 is
+// ESTABLISHED) and socket inode.
+export function tcpTable(table: string): { remote: string; state: string; inode: string }[] {
+  return table
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((fields) => fields.length >= 10)
+    .map((fields) => ({ remote: fields[2]!, state: fields[3]!, inode: fields[9]! }));
+}
+
+// The connections in such a table whose far end is one of `endpoints` and that are still open for sending, any
+// process's: socket inode → endpoint.
 export function openConnections(table: string, endpoints: ReadonlySet<string>): Map<string, string> {
-  const open = new Map<string, string>();
-  for (const line of table.split('\n').slice(1)) {
-    const fields = line.trim().split(/\s+/);
-    if (fields.length < 10) continue;
-    const [remote, state, inode] = [fields[2]!, fields[3]!, fields[9]!];
-    if (endpoints.has(remote) && OPEN_STATES.has(state)) open.set(inode, remote);
-  }
-  return open;
+  return new Map(tcpTable(table).filter(({ remote, state }) => endpoints.has(remote) && OPEN_STATES.has(state)).map(({ inode, remote }) => [inode, remote]));
 }
 
 // The connections of process `pid` to `endpoints` that are still open for sending, read from /proc: socket

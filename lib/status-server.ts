@@ -1,0 +1,31 @@
+// The HTTP side of --status: GET and HEAD only, each path answered by `respond`, a failure of it a 500 with its
+// message; never cached. It knows nothing of what it serves (lib/status.ts).
+
+import { createServer } from 'node:http';
+
+export interface StatusAnswer {
+  code: number;
+  type: string;
+  body: string;
+}
+
+export interface StatusServer {
+  close(): Promise<void>;
+}
+
+export function serveStatus(host: string, port: number, respond: (path: string) => Promise<StatusAnswer>): Promise<StatusServer> {
+  const server = createServer((request, response) => {
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      response.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    respond(new URL(request.url ?? '/', 'http://status').pathname).then(
+      ({ code, type, body }) => response.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' }).end(request.method === 'HEAD' ? undefined : body),
+      (err: Error) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
+    );
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve({ close: () => new Promise((done) => server.close(() => done())) }));
+  });
+}
