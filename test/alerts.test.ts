@@ -7,9 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { requireCommand } from './helpers/etcd.ts';
-import { readmeBlock } from './helpers/readme.ts';
+import { docBlock } from './helpers/docs.ts';
 
-const alertRules = () => readmeBlock('### Alerts', 'yaml');
+const alertRules = () => docBlock('docs/operating.md', '## Alerts', 'yaml');
 
 function promtool(rules: string, ...args: string[]): { status: number | null; output: string } {
   requireCommand('promtool', 'apt-get install -y prometheus');

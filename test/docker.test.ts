@@ -1,35 +1,51 @@
-// The container for real: the repository's Dockerfile built by a real Docker engine (a private dockerd), on
-// base images stood in locally under the Dockerfile's own names, then run as the original README runs it,
-// against the suite's etcd and backends on the host's loopback (--network host).
+// The container for real: the repository's Dockerfile built by a real Docker engine (a private dockerd), for
+// linux/amd64 and for linux/arm64 (under emulation: qemu-user-static through binfmt), each on base images stood
+// in locally under the Dockerfile's own names, then run as the original README ran it, against the suite's
+// etcd and backends on the host's loopback (--network host).
 
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
 import { startDocker, standInBaseImages, type TestDocker } from './helpers/docker.ts';
 import { within } from './helpers/limits.ts';
 import { eventually, freePort, whoAnswers } from './helpers/net.ts';
+import { useEmulation } from './helpers/binfmt.ts';
 import { debianRoot } from './helpers/rootfs.ts';
+import { nodeFor } from '../build/node.ts';
 import { worldSuite } from './helpers/world.ts';
 
 const IMAGE = 'ambassador:test';
+const ARM64_IMAGE = 'ambassador:test-arm64';
 const root = resolve(import.meta.dirname, '..');
 
-const { test, run } = worldSuite<{ docker: TestDocker; rootfs: string }>(
-  'the image, built and run by a real Docker engine',
+// Builds the image for one platform, on its stand-in bases (see standInBaseImages); the classic builder sets no
+// TARGETARCH itself.
+async function buildImage(docker: TestDocker, platform: 'linux/amd64' | 'linux/arm64', rootfs: string, node: string, image: string) {
+  const began = performance.now();
+  await standInBaseImages(docker, rootfs, readFileSync(join(root, 'Dockerfile'), 'utf8'), platform, node);
+  const commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+  const arch = platform.slice('linux/'.length);
+  // The classic builder (no BuildKit frontend to fetch) with the host's network, for npm ci's registry.
+  await docker.docker(['build', '--network', 'host', '--build-arg', `TARGETARCH=${arch}`, '--build-arg', `AMBASSADOR_COMMIT=${commit}`, '-t', image, root], { timeoutMs: 2_400_000 });
+  const bytes = Number((await docker.docker(['image', 'inspect', '-f', '{{.Size}}', image])).trim());
+  console.log(`      ${platform} image built in ${((performance.now() - began) / 1000).toFixed(0)} s; ${(bytes / 1e6).toFixed(0)} MB (on the debootstrapped stand-in base)`);
+}
+
+const { test, run } = worldSuite<{ docker: TestDocker; rootfs: string; undoEmulation: () => void }>(
+  'the image, built and run by a real Docker engine, for linux/amd64 and linux/arm64',
   async (context) => {
     context.rootfs = debianRoot('trixie-haproxy-3.4');
+    context.undoEmulation = useEmulation('qemu-aarch64');
     context.docker = await startDocker();
-    const began = performance.now();
-    await standInBaseImages(context.docker, context.rootfs, readFileSync(join(root, 'Dockerfile'), 'utf8'));
-    const commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
-    // The classic builder (no BuildKit frontend to fetch) with the host's network, for npm ci's registry.
-    await context.docker.docker(['build', '--network', 'host', '--build-arg', `AMBASSADOR_COMMIT=${commit}`, '-t', IMAGE, root], { timeoutMs: 1_200_000 });
-    const bytes = Number((await context.docker.docker(['image', 'inspect', '-f', '{{.Size}}', IMAGE])).trim());
-    console.log(`      image built in ${((performance.now() - began) / 1000).toFixed(0)} s; ${(bytes / 1e6).toFixed(0)} MB (on the debootstrapped stand-in base)`);
+    await buildImage(context.docker, 'linux/amd64', context.rootfs, nodeFor('x64'), IMAGE);
+    await buildImage(context.docker, 'linux/arm64', debianRoot('trixie-haproxy-3.4-arm64'), nodeFor('arm64'), ARM64_IMAGE);
   },
-  async ({ docker }) => {
+  async ({ docker, undoEmulation }) => {
+    const stopping = performance.now();
     await docker?.stop();
+    console.log(`      dockerd stopped and its data root removed in ${((performance.now() - stopping) / 1000).toFixed(0)} s`);
+    undoEmulation?.();
   },
 );
 
@@ -124,4 +140,33 @@ for (const [form, entry] of [['flags after the image', []], ['/bin/ambassador fi
   });
 }
 
-run();
+test('the arm64 image runs the arm64 executable: serves the master, fails over, and stops with exit 0', async ({ world, docker }) => {
+  assert.is((await docker.docker(['run', '--rm', '--entrypoint', '/usr/bin/uname', ARM64_IMAGE, '-m'])).trim(), 'aarch64', "the image's userland is arm64");
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const port = await freePort();
+  const name = `ambassador-test-arm64-${port}`;
+  const flags = [`--etcd=${world.etcd.endpoint}`, `--etcd-prefix=${prefix}`, '--master-only', `--port=${port}`, '--bind=127.0.0.1', `--backend-port=${world.backendPort}`];
+  const client = docker.spawnDocker(['run', '--rm', '--network', 'host', '--name', name, ARM64_IMAGE, ...flags]);
+  let output = '';
+  client.stdout!.on('data', (data) => (output += data));
+  client.stderr!.on('data', (data) => (output += data));
+  const exited = new Promise<number | null>((done) => client.on('exit', (code) => done(code)));
+  try {
+    const started = performance.now();
+    await world.routesTo(port, 'node-2', 120_000);
+    console.log(`      arm64 image (emulated): docker run → first connection served: ${(performance.now() - started).toFixed(0)} ms`);
+    const pid = Number((await docker.docker(['inspect', '-f', '{{.State.Pid}}', name])).trim());
+    const runs = `${readlinkSync(`/proc/${pid}/exe`)} ${readFileSync(`/proc/${pid}/cmdline`, 'utf8')}`;
+    assert.match(runs, 'qemu-aarch64', 'the arm64 executable runs under emulation');
+    await world.etcd.put(`${prefix}/master`, '3');
+    await world.routesTo(port, 'node-3', 30_000);
+    await docker.docker(['stop', name], { timeoutMs: 60_000 });
+    assert.is(await within(exited, 30_000, 'docker run to end'), 0, output);
+  } finally {
+    await docker.docker(['rm', '-f', name]).catch(() => {});
+  }
+});
+
+// The engine's data root holds every layer of both images, each a full copy (vfs): gigabytes to delete.
+run(600_000);

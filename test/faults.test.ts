@@ -64,10 +64,11 @@ test('etcd SIGKILLed and restarted: the last state keeps serving, writes right a
   report('etcd back, write → routed', await convergence(world, ambassador.port, 'node-3'));
 });
 
-test('a silent partition is noticed by the check within ~2 s (keepalive, with the check off), and healing it converges', async ({ world }) => {
+test('a silent partition is noticed by the check within ~3 s (keepalive, with the check off), and healing it converges', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
-  for (const [check, boundMs] of [['1s', 3_000], ['0', 20_000]] as const) {
+  // The check every 1 s ±20 %, its read 1 s, the question why 0.5 s: 2.7 s, and what a root's slower start adds.
+  for (const [check, boundMs] of [['1s', 4_000], ['0', 20_000]] as const) {
     const relay = await startRelay(world.etcd.endpoint);
     try {
       const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`, `--etcd-check-interval=${check}`], { replaceEtcd: true });
@@ -105,8 +106,8 @@ test('a watch that stays open but stops delivering (a proxy that drops it) is ca
     await world.etcd.put(`${prefix}/master`, '3');
     const routed = await convergence(world, ambassador.port, 'node-3', 10_000);
     report('watch muted, write → routed', routed);
-    assert.ok(routed <= 4_000, `routed in ${routed.toFixed(0)} ms: two checks (1 s apart) and a snapshot, bound 4 s`);
-    assert.match(await ambassador.waitForLog(/leaving member .*the watch fell behind etcd/, 1000, from), 'WARN');
+    assert.ok(routed <= 7_000, `routed in ${routed.toFixed(0)} ms: two checks (2 s apart ±20 %, each waiting 0.5 s for a progress reply) and a snapshot, bound 7 s`);
+    assert.match(await ambassador.waitForLog(/the mirror cannot be trusted: etcd has a change of .*\/master .*not delivered for a whole check interval/, 1000, from), 'WARN');
     assert.ok(proxy.watchStreams() >= 2, 'a new watch was opened');
   } finally {
     await proxy.close();

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { requireCommand } from './helpers/etcd.ts';
 import { answers, eventually, freePort } from './helpers/net.ts';
 import { startProcess, stopPid } from './helpers/processes.ts';
-import { readmeBlock } from './helpers/readme.ts';
+import { docBlock } from './helpers/docs.ts';
 import { worldSuite, type World } from './helpers/world.ts';
 
 const { test, run } = worldSuite('Prometheus scraping ambassador');
@@ -36,7 +36,7 @@ test('scraped every second: the target is up, sessions show per instance, and et
 
   const dir = join(world.tempDir, 'prometheus');
   mkdirSync(dir);
-  writeFileSync(join(dir, 'ambassador-alerts.yml'), readmeBlock('### Alerts', 'yaml'));
+  writeFileSync(join(dir, 'ambassador-alerts.yml'), docBlock('docs/operating.md', '## Alerts', 'yaml'));
   writeFileSync(join(dir, 'prometheus.yml'), [
     'global: {scrape_interval: 1s, evaluation_interval: 1s}',
     'rule_files: [ambassador-alerts.yml]',
@@ -96,7 +96,7 @@ test('the README\'s Grafana dashboard names only metrics that /metrics exports',
       .filter((line) => line !== '' && !line.startsWith('#'))
       .map((line) => /^[a-zA-Z_:][a-zA-Z0-9_:]*/.exec(line)![0]),
   );
-  const dashboard = JSON.parse(readmeBlock('<summary>ambassador-dashboard.json</summary>', 'json')) as { panels: { targets: { expr: string }[] }[] };
+  const dashboard = JSON.parse(docBlock('docs/operating.md', '<summary>ambassador-dashboard.json</summary>', 'json')) as { panels: { targets: { expr: string }[] }[] };
   const exprs = dashboard.panels.flatMap((panel) => panel.targets.map((target) => target.expr));
   assert.ok(exprs.length >= 10);
   // Metric names: identifiers that are not PromQL's functions, keywords, labels or variables.

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { DIST_BINARY } from './helpers/ambassador.ts';
 import { answers, freePort, whoAnswers } from './helpers/net.ts';
 import { processOf, startProcess, stopPid } from './helpers/processes.ts';
-import { readmeBlock } from './helpers/readme.ts';
+import { docBlock } from './helpers/docs.ts';
 import { bookwormWithHaproxy } from './helpers/rootfs.ts';
 import { worldSuite } from './helpers/world.ts';
 
@@ -71,7 +71,7 @@ test('runs as PID 1 of its own PID namespace, as in a container: serves, stops o
 
 // The README's two quick-start commands, unchanged, in the minimal root: as root, which has no sudo there, and
 // as a user with sudo. apt-get, npm and sudo are stubs that write down how they were called.
-const quickStart = [readmeBlock('## Quick start', 'sh'), readmeBlock('runs as it is; as another user', 'sh')].map((block) => block.trim());
+const quickStart = [docBlock('README.md', '## Quick start', 'sh'), docBlock('README.md', 'runs as it is; as another user', 'sh')].map((block) => block.trim());
 
 function runQuickStart(root: string, user: 'root' | 'haproxy'): string[] {
   assert.is(quickStart.length, 2, 'install + demo, and test');
@@ -102,7 +102,7 @@ test("the README's quick start runs as root, where there is no sudo", ({ root })
   const calls = runQuickStart(root, 'root');
   assert.equal(calls.filter((call) => !call.startsWith('apt-get install -y docker.io') && !call.startsWith('apt-get install -y npm')), [
     'apt-get update',
-    'apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15',
+    'apt-get install -y haproxy etcd-server etcd-client binutils binutils-aarch64-linux-gnu qemu-user-static debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15',
     'npm ci',
     'npm run demo',
     'npm test',
@@ -112,7 +112,7 @@ test("the README's quick start runs as root, where there is no sudo", ({ root })
 test("the README's quick start runs as a user through sudo", ({ root }) => {
   const calls = runQuickStart(root, 'haproxy');
   assert.ok(calls.includes('sudo apt-get update'), calls.join('\n'));
-  assert.ok(calls.includes('sudo apt-get install -y haproxy etcd-server etcd-client binutils debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15'));
+  assert.ok(calls.includes('sudo apt-get install -y haproxy etcd-server etcd-client binutils binutils-aarch64-linux-gnu qemu-user-static debootstrap openssl systemd tcpdump iptables iproute2 prometheus patroni postgresql-15 postgresql-client-15'));
   assert.ok(calls.includes('npm ci') && !calls.includes('sudo npm ci'), 'npm ci as the user');
   assert.ok(calls.includes('sudo npm test'));
 });

@@ -9,9 +9,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DIST_BINARY } from './helpers/ambassador.ts';
 import { requireCommand } from './helpers/etcd.ts';
-import { readmeBlocks } from './helpers/readme.ts';
+import { docBlocks } from './helpers/docs.ts';
 
-const iniBlocks = readmeBlocks('ini');
+const iniBlocks = docBlocks('docs/install.md', 'ini');
 
 // The unit whose first line names its file, e.g. "# /etc/systemd/system/ambassador-mysql.service".
 function unit(file: string): string {

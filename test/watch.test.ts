@@ -1,263 +1,403 @@
-// The watch loop with a fake etcd connection at its boundary: revision tracking, resyncs, retries.
+// The watch loop against a fake etcd at its boundary (lib/etcd.ts's EtcdConnection): a store of its own, whose
+// changes reach the watch stream unless a test loses or reorders them; members that fail on demand. Then the
+// loop's two decisions, as tables: what a check found, and what to do after a turn.
 
 import * as assert from 'uvu/assert';
+import type { Connect, EtcdConnection, WatchEnd, WatchMessage, WatchStream } from '../lib/etcd.ts';
 import { createLogger } from '../lib/log.ts';
-import { applyWatchEvents, judgeCheck, watchPrefix, type Connect, type EtcdConnection, type PrefixCheck, type WatchEvent } from '../lib/watch.ts';
+import type { KeyState, WatchEvent } from '../lib/mirror.ts';
+import { afterTurn, judgeCheck, watchPrefix, type TurnEnding, type WatchSettings } from '../lib/watch.ts';
 import { limitedSuite, within } from './helpers/limits.ts';
 
 const test = limitedSuite('watch');
 
-const put = (key: string, value: string, modRevision: number): WatchEvent => ({ type: 'put', key, value, modRevision: BigInt(modRevision) });
-const del = (key: string, modRevision: number): WatchEvent => ({ type: 'delete', key, value: '', modRevision: BigInt(modRevision) });
-
-test('applies only events newer than the revision held, and moves it', () => {
-  const mirror = new Map([['/p/a', '1']]);
-  const result = applyWatchEvents(mirror, 5n, [put('/p/a', 'old', 4), put('/p/a', '2', 6), put('/p/b', '3', 7), del('/p/a', 8), put('/p/b', 'stale', 7)]);
-  assert.equal(result, { revision: 8n, keys: ['/p/a', '/p/b', '/p/a'] });
-  assert.equal([...mirror], [['/p/b', '3']]);
-});
-
-test('events already in the snapshot change nothing', () => {
-  const mirror = new Map([['/p/a', '1']]);
-  assert.equal(applyWatchEvents(mirror, 9n, [put('/p/a', 'x', 9), del('/p/a', 3)]), { revision: 9n, keys: [] });
-  assert.equal([...mirror], [['/p/a', '1']]);
-});
-
-// A fake etcd: each connection takes its snapshot, its watch and its checks from the scripts the test gives,
-// in turn, and says which member it was made for.
-interface Script {
-  snapshot?: { mirror: [string, string][]; revision: number } | Error;
-  // Events to deliver once watching, then how the watch ends ('' = it stays up until interrupted).
-  events?: WatchEvent[];
-  ends?: string;
-  // What each check answers (the last one repeats); an Error: the member does not answer.
-  checks?: (PrefixCheck | Error)[];
-  diagnosis?: string;
+// A fake etcd cluster: one store, and per connection the behaviour a test asks for.
+interface MemberBehaviour {
+  version: string;
+  // Reads fail (no leader, paused).
+  readsFail: boolean;
+  // The stream answers progress requests.
+  answersProgress: boolean;
 }
 
-function fakeEtcd(scripts: Script[], fallback: Script) {
-  const connections: { member: string; fromRevision?: bigint; at: number; checks: number }[] = [];
+function fakeEtcd(behaviour: Partial<MemberBehaviour> = {}) {
+  const store = new Map<string, KeyState>();
+  let revision = 1n;
+  let compactedTo = 0n;
+  const members = new Map<string, MemberBehaviour>();
+  const memberOf = (url: string) => members.get(url) ?? members.set(url, { version: '3.5.30', readsFail: false, answersProgress: true, ...behaviour }).get(url)!;
+  const streams = new Set<{ url: string; from: bigint; send: (message: WatchMessage) => void; end: (how: WatchEnd) => void }>();
+  const record = { connections: [] as string[], watches: [] as { url: string; from: bigint }[], snapshots: 0, listings: 0 };
+
   const connect: Connect = async (_settings, member) => {
-    const script = scripts.shift() ?? fallback;
-    const record: (typeof connections)[number] = { member: member.url, at: performance.now(), checks: 0 };
-    connections.push(record);
-    const snapshot = script.snapshot;
-    if (snapshot instanceof Error || snapshot === undefined) throw snapshot ?? new Error('no snapshot scripted');
+    record.connections.push(member.url);
+    const own = memberOf(member.url);
     const connection: EtcdConnection = {
       member: member.url,
-      snapshot: async () => ({ mirror: new Map(snapshot.mirror), revision: BigInt(snapshot.revision) }),
-      follow: async (fromRevision, onEvents, interrupted) => {
-        record.fromRevision = fromRevision;
-        if (script.events) onEvents(script.events);
-        return script.ends ? script.ends : interrupted;
+      version: async () => own.version,
+      snapshot: async () => {
+        record.snapshots++;
+        return { entries: new Map(store), revision };
       },
-      check: async () => {
-        const checks = script.checks ?? [{ revision: BigInt(snapshot.revision), keys: snapshot.mirror.length, newer: 0 }];
-        const answer = checks[Math.min(record.checks++, checks.length - 1)]!;
-        if (answer instanceof Error) throw answer;
-        return answer;
+      read: async (keys) => {
+        if (own.readsFail) throw new Error('context deadline exceeded');
+        return { revision, found: new Map(keys.flatMap((key) => (store.has(key) ? [[key, store.get(key)!] as const] : []))) };
       },
-      diagnose: async () => script.diagnosis ?? 'no leader',
+      listAt: async (at) => {
+        record.listings++;
+        if (at < compactedTo) return 'compacted';
+        return new Map([...store].map(([key, { modRevision }]) => [key, modRevision]));
+      },
+      watch: async (from, onMessage) => {
+        let resolve: (how: WatchEnd) => void = () => {};
+        const ended = new Promise<WatchEnd>((r) => (resolve = r));
+        const entry = { url: member.url, from, send: onMessage, end: (how: WatchEnd) => (streams.delete(entry), resolve(how)) };
+        record.watches.push({ url: member.url, from });
+        if (from < compactedTo) {
+          queueMicrotask(() => entry.end({ kind: 'compacted', compactRevision: compactedTo }));
+          return { requestProgress: () => {}, ended, cancel: () => {} };
+        }
+        streams.add(entry);
+        const stream: WatchStream = {
+          requestProgress: () => own.answersProgress && queueMicrotask(() => onMessage({ kind: 'progress', revision })),
+          ended,
+          cancel: () => entry.end({ kind: 'failed', reason: 'cancelled' }),
+        };
+        return stream;
+      },
+      diagnose: async () => 'no leader',
       close: () => {},
     };
     return connection;
   };
-  return { connect, connections };
+
+  // A write: the store moves on; its event goes to every stream unless `deliver` is false (a lost event).
+  const write = (type: 'put' | 'delete', key: string, value = '', deliver = true): WatchEvent => {
+    revision++;
+    if (type === 'put') store.set(key, { value, modRevision: revision });
+    else store.delete(key);
+    const event: WatchEvent = { type, key, value, modRevision: revision };
+    if (deliver) for (const stream of streams) stream.send({ kind: 'events', events: [event] });
+    return event;
+  };
+  return {
+    connect,
+    record,
+    member: memberOf,
+    put: (key: string, value: string, deliver = true) => write('put', key, value, deliver),
+    del: (key: string, deliver = true) => write('delete', key, '', deliver),
+    // Hands events to every stream as they are, in any order.
+    deliver: (events: WatchEvent[]) => {
+      for (const stream of streams) stream.send({ kind: 'events', events });
+    },
+    endStreams: (how: WatchEnd) => {
+      for (const stream of [...streams]) stream.end(how);
+    },
+    compact: () => (compactedTo = revision),
+    rewind: (to: bigint) => (revision = to),
+    revision: () => revision,
+  };
 }
 
-const settings = (endpoints = ['http://127.0.0.1:9'], checkEveryMs = 0) => ({ endpoints, prefix: '/p', checkEveryMs });
+const settings = (over: Partial<WatchSettings> = {}): WatchSettings => ({
+  endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379'],
+  prefix: '/p',
+  checkEveryMs: 100,
+  routingKeys: () => ['/p/master'],
+  ...over,
+});
 
 const quiet = () => {
   const lines: string[] = [];
   return { lines, log: createLogger({ format: 'text', level: 'debug', write: (line) => lines.push(line) }) };
 };
 
-// Counts the watch's change notifications and keeps the keys each named; until(n) waits for the nth.
-function changes() {
-  let count = 0;
-  let waiting: (() => void)[] = [];
-  const keys: (readonly string[] | undefined)[] = [];
-  return {
-    keys,
-    notify: (changed?: readonly string[]) => {
-      keys.push(changed);
-      count++;
-      for (const wake of waiting.splice(0)) wake();
-    },
-    until: (n: number) =>
-      within(
-        new Promise<void>((resolve) => {
-          const check = () => (count >= n ? resolve() : waiting.push(check));
-          check();
-        }),
-        3000,
-        `change ${n}`,
-      ),
-  };
+// `condition`, polled until it holds (within the test's bound).
+async function until(condition: () => boolean, what: string, ms = 3000): Promise<void> {
+  await within(
+    (async () => {
+      while (!condition()) await new Promise((resolve) => setTimeout(resolve, 10));
+    })(),
+    ms,
+    what,
+  );
 }
 
-test('resumes from its own revision after a disconnect: a fresh snapshot, then watching from the one after it', async () => {
-  const etcd = fakeEtcd(
-    [
-      { snapshot: { mirror: [['/p/master', '1']], revision: 10 }, events: [put('/p/master', '2', 11)], ends: 'disconnected (reset)' },
-      { snapshot: { mirror: [['/p/master', '3']], revision: 20 } },
-    ],
-    { snapshot: new Error('unexpected') },
-  );
+async function watching(etcd: ReturnType<typeof fakeEtcd>, over: Partial<WatchSettings> = {}) {
   const { log, lines } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(), log, changed.notify, etcd.connect);
+  const notified: (readonly string[] | undefined)[] = [];
+  const watch = watchPrefix(settings(over), log, (keys) => notified.push(keys), etcd.connect, () => 0.5);
+  await until(() => watch.stats().connected, 'the first snapshot');
+  const master = () => watch.state().mirror.get('/p/master');
+  return { watch, lines, notified, master, stop: () => within(watch.stop(), 3000, 'stop') };
+}
+
+test('a snapshot, then events as they come; a disconnect resumes from the revision held, with no second snapshot', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, notified, master, stop } = await watching(etcd);
   try {
-    await changed.until(3);
-    assert.equal(changed.keys, [undefined, ['/p/master'], undefined], 'a snapshot may change anything; an event names its key');
-    assert.equal([...watch.state().mirror], [['/p/master', '3']]);
-    assert.is(watch.state().revision, 20n);
-    assert.equal(etcd.connections.map((c) => c.fromRevision), [11n, 21n]);
+    etcd.put('/p/master', 'b');
+    await until(() => master() === 'b', 'the event');
+    assert.equal(notified.slice(0, 2), [undefined, ['/p/master']], 'a snapshot may change anything; an event names its key');
+    const held = watch.state().revision;
+    etcd.endStreams({ kind: 'failed', reason: 'disconnected (reset)' });
+    await until(() => etcd.record.watches.length === 2, 'a second watch');
+    etcd.put('/p/master', 'c');
+    await until(() => master() === 'c', 'the event after the resume');
+    assert.is(etcd.record.snapshots, 1, 'resumed, not read again');
+    assert.ok(etcd.record.watches[1]!.from <= held && etcd.record.watches[1]!.from >= 2n, `resumed from ${etcd.record.watches[1]!.from}, held ${held}`);
+    assert.is.not(etcd.record.watches[1]!.url, etcd.record.watches[0]!.url, 'on the next member');
+    assert.is(watch.stats().resumes, 1);
     assert.is(watch.stats().watchesLost, 1);
-    assert.ok(lines.some((line) => line.includes('disconnected (reset); keeping the last state and resyncing')));
   } finally {
-    await within(watch.stop(), 3000, 'stop');
+    await stop();
   }
 });
 
-test('a watch that dies right after connecting backs off instead of spinning, and says so once', async () => {
-  const etcd = fakeEtcd([], { snapshot: { mirror: [], revision: 5 }, ends: 'watch failed (canceled)' });
-  const { log, lines } = quiet();
-  const watch = watchPrefix(settings(), log, () => {}, etcd.connect);
-  await new Promise((resolve) => setTimeout(resolve, 3000));
-  await within(watch.stop(), 3000, 'stop');
-  // Backoff 0.1, 0.2, 0.4, 0.8, 1.6 s (±20 %): at most 6 connections in 3 s, where a reset per snapshot gives ~30.
-  assert.ok(etcd.connections.length <= 6, `${etcd.connections.length} connections`);
-  assert.ok(etcd.connections.length >= 3, `${etcd.connections.length} connections`);
-  assert.is(lines.filter((line) => line.includes('watch failed (canceled)')).length, 1, lines.join('\n'));
+test('an event older than one already applied breaks the stream: left at WARN, and a fresh snapshot has the change', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, lines, master, stop } = await watching(etcd);
+  try {
+    // Two changes whose responses arrive swapped: the master's change comes second.
+    const demoted = etcd.put('/p/master', 'b', false);
+    const other = etcd.put('/p/instances/x/port', '1', false);
+    etcd.deliver([other]);
+    etcd.deliver([demoted]);
+    await until(() => master() === 'b', 'the master from a fresh snapshot');
+    assert.ok(lines.some((line) => / WARN .*broke its order/.test(line)), lines.join('\n'));
+    assert.is(watch.stats().resyncs.order, 1);
+    assert.is(etcd.record.snapshots, 2);
+  } finally {
+    await stop();
+  }
 });
 
-test('a failure to connect (a credential file gone bad) is retried, never thrown', async () => {
-  const etcd = fakeEtcd(
-    [{ snapshot: new Error('--etcd-ca=/etc/ca.pem: no such file') }, { snapshot: new Error('--etcd-ca=/etc/ca.pem: no such file') }],
-    { snapshot: { mirror: [['/p/master', '1']], revision: 3 } },
-  );
-  const { log, lines } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(), log, changed.notify, etcd.connect);
+test('a lost change of a routing key is found by the next check and repaired by a fresh snapshot (ordered progress)', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, lines, master, stop } = await watching(etcd);
   try {
-    await changed.until(1);
-    assert.is(watch.state().revision, 3n);
-    assert.is(lines.filter((line) => line.includes('no such file')).length, 1, 'said once');
+    etcd.put('/p/master', 'b', false);
+    await until(() => master() === 'b', 'the master repaired');
+    assert.ok(lines.some((line) => / WARN .*\/p\/master is at revision \d+ in etcd .*lost a change/.test(line)), lines.join('\n'));
+    assert.is(watch.stats().resyncs.missed, 1);
+  } finally {
+    await stop();
+  }
+});
+
+test('on an etcd whose progress replies are not ordered (3.4.23), a lost change is repaired after two checks', async () => {
+  const etcd = fakeEtcd({ version: '3.4.23' });
+  etcd.put('/p/master', 'a');
+  const { watch, lines, master, stop } = await watching(etcd);
+  try {
+    etcd.put('/p/master', 'b', false);
+    await until(() => master() === 'b', 'the master repaired');
+    assert.ok(lines.some((line) => /not delivered for a whole check interval/.test(line)), lines.join('\n'));
+    assert.is(watch.stats().resyncs.missed, 1);
+    assert.is(watch.stats().progress, 'alive');
+  } finally {
+    await stop();
+  }
+});
+
+test('a lost change of a key that does not route is found by the listing of the prefix', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, lines, stop } = await watching(etcd, { listingMinMs: 300 });
+  try {
+    etcd.put('/p/instances/x/private_ip', '10.0.0.9', false);
+    await until(() => watch.state().mirror.get('/p/instances/x/private_ip') === '10.0.0.9', 'repaired by a snapshot');
+    assert.ok(lines.some((line) => /etcd and the mirror differ in 1 key\(s\), e\.g\. \/p\/instances\/x\/private_ip/.test(line)), lines.join('\n'));
+    assert.is(watch.stats().resyncs.listing, 1);
+  } finally {
+    await stop();
+  }
+});
+
+test('a stream that stops answering progress requests is left, and the watch resumed on the next member', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, lines, stop } = await watching(etcd);
+  try {
+    await until(() => watch.stats().progress === 'ordered', 'a progress reply');
+    const first = etcd.record.watches[0]!.url;
+    etcd.member(first).answersProgress = false;
+    await until(() => watch.stats().watchesBehind === 1, 'the stall found');
+    assert.ok(lines.some((line) => new RegExp(`WARN .*leaving member ${first}: the watch stream answered none of 2 progress requests`).test(line)), lines.join('\n'));
+    await until(() => watch.stats().connected && watch.stats().member !== first, 'on the next member');
+    assert.is(etcd.record.snapshots, 1, 'resumed');
+  } finally {
+    await stop();
+  }
+});
+
+test('a stream that never answers progress requests (a gRPC proxy) is confirmed by the routing keys, and said once', async () => {
+  const etcd = fakeEtcd({ answersProgress: false });
+  etcd.put('/p/master', 'a');
+  const { watch, lines, stop } = await watching(etcd);
+  try {
+    await until(() => watch.stats().progress === 'none', 'said to answer none', 8000);
+    const confirmed = watch.stats().confirmedAt!;
+    await until(() => watch.stats().confirmedAt! > confirmed, 'confirmed again by a check');
+    assert.is(lines.filter((line) => line.includes('answers no watch progress request')).length, 1);
+    assert.is(watch.stats().membersLeft, 0);
+  } finally {
+    await stop();
+  }
+});
+
+test('a member that cannot answer a check is left; the watch resumes on the next, with no snapshot', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, lines, master, stop } = await watching(etcd);
+  try {
+    const first = etcd.record.watches[0]!.url;
+    etcd.member(first).readsFail = true;
+    await until(() => watch.stats().membersLeft === 1, 'left');
+    etcd.put('/p/master', 'b');
+    await until(() => master() === 'b', 'followed on the next member');
+    assert.match(lines.find((line) => line.includes('leaving member'))!, `leaving member ${first}: no linearizable read within 1000 ms: no leader`);
+    assert.is(etcd.record.snapshots, 1);
+  } finally {
+    await stop();
+  }
+});
+
+test('a watch whose revision was compacted takes a fresh snapshot', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, master, stop } = await watching(etcd, { endpoints: ['http://10.0.0.1:2379'] });
+  try {
+    etcd.member('http://10.0.0.1:2379').readsFail = true;
+    await until(() => !watch.stats().connected, 'cut off');
+    etcd.put('/p/master', 'b', false);
+    etcd.put('/p/master', 'c', false);
+    etcd.compact();
+    etcd.member('http://10.0.0.1:2379').readsFail = false;
+    await until(() => master() === 'c', 'the final state');
+    assert.is(watch.stats().resyncs.compacted, 1);
+    assert.is(etcd.record.snapshots, 2);
+  } finally {
+    await stop();
+  }
+});
+
+test("etcd's revision behind the mirror's (a cluster restored from a backup): a fresh snapshot", async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  etcd.put('/p/master', 'b');
+  const { watch, master, stop } = await watching(etcd);
+  try {
+    etcd.rewind(1n);
+    etcd.put('/p/master', 'restored', false);
+    await until(() => master() === 'restored', 'the restored state');
+    assert.is(watch.stats().resyncs['etcd-behind'], 1);
+  } finally {
+    await stop();
+  }
+});
+
+test('a resync takes a fresh snapshot at once', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { watch, stop } = await watching(etcd);
+  try {
+    watch.resync();
+    await until(() => etcd.record.snapshots === 2, 'a second snapshot');
+    assert.is(watch.stats().resyncs.requested, 1);
+  } finally {
+    await stop();
+  }
+});
+
+test('a failure to connect (a credential file gone bad) is retried and said once; when no member can serve, one warning names each', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
+  const { log, lines } = quiet();
+  let failing = 4;
+  const connect: Connect = async (s, member) => {
+    if (failing-- > 0) throw new Error(`member ${member.url}: no leader`);
+    return etcd.connect(s, member);
+  };
+  const watch = watchPrefix(settings(), log, () => {}, connect, () => 0.5);
+  try {
+    await until(() => watch.stats().connected, 'connected in the end');
+    const warnings = lines.filter((line) => line.includes('no member can serve'));
+    assert.is(warnings.length, 1, lines.join('\n'));
+    assert.match(warnings[0]!, /http:\/\/10\.0\.0\.1:2379 \(.*no leader\), http:\/\/10\.0\.0\.2:2379/);
     assert.ok(lines.some((line) => line.includes('etcd: reachable again')));
   } finally {
     await within(watch.stop(), 3000, 'stop');
   }
 });
 
-test('a resync takes a fresh snapshot at once', async () => {
-  const etcd = fakeEtcd([], { snapshot: { mirror: [], revision: 7 } });
-  const { log } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(), log, changed.notify, etcd.connect);
-  try {
-    await changed.until(1);
-    watch.resync();
-    await changed.until(2);
-    assert.is(etcd.connections.length, 2);
-    assert.is(watch.stats().snapshots, 2);
-    assert.is(watch.stats().watchesLost, 0);
-  } finally {
-    await within(watch.stop(), 3000, 'stop');
-  }
-});
-
-test('judges a check: current, behind while events may be on their way, stalled when behind twice at one revision', () => {
-  const held = { revision: 10n, keys: 3 };
-  assert.equal(judgeCheck({ revision: 12n, keys: 3, newer: 0 }, held, undefined), { verdict: 'current' });
-  assert.equal(judgeCheck({ revision: 12n, keys: 3, newer: 1 }, held, undefined), { verdict: 'behind', suspect: 10n });
-  assert.equal(judgeCheck({ revision: 12n, keys: 2, newer: 0 }, held, 9n), { verdict: 'behind', suspect: 10n }, 'events came since the last check');
-  assert.equal(judgeCheck({ revision: 12n, keys: 2, newer: 0 }, held, 10n), { verdict: 'stalled' }, 'a delete it never heard of');
-  assert.equal(judgeCheck({ revision: 12n, keys: 3, newer: 2 }, held, 10n), { verdict: 'stalled' });
-});
-
-test('a member that cannot answer a check is left for the next, which gives a fresh snapshot', async () => {
-  const etcd = fakeEtcd(
-    [
-      { snapshot: { mirror: [['/p/master', '1']], revision: 10 }, checks: [{ revision: 10n, keys: 1, newer: 0 }, { revision: 10n, keys: 1, newer: 0 }, new Error('deadline exceeded')], diagnosis: 'no leader' },
-      { snapshot: { mirror: [['/p/master', '2']], revision: 15 } },
-    ],
-    { snapshot: new Error('unexpected') },
-  );
+test('a watch that dies right after connecting backs off instead of spinning, and says so once', async () => {
+  const etcd = fakeEtcd();
+  etcd.put('/p/master', 'a');
   const { log, lines } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(['http://10.0.0.1:2379', 'http://10.0.0.2:2379'], 100), log, changed.notify, etcd.connect);
-  try {
-    await changed.until(2);
-    assert.is(watch.state().revision, 15n);
-    assert.not.equal(etcd.connections[0]!.member, etcd.connections[1]!.member, 'on another member');
-    const left = lines.filter((line) => line.includes('leaving member'));
-    assert.is(left.length, 1, lines.join('\n'));
-    assert.match(left[0]!, `leaving member ${etcd.connections[0]!.member}: no linearizable read within 1000 ms: no leader`);
-    assert.is(watch.stats().membersLeft, 1);
-    assert.is(watch.stats().member, etcd.connections[1]!.member);
-  } finally {
-    await within(watch.stop(), 3000, 'stop');
-  }
+  const connect: Connect = async (s, member) => {
+    const connection = await etcd.connect(s, member);
+    return { ...connection, watch: async () => ({ requestProgress: () => {}, ended: Promise.resolve({ kind: 'failed', reason: 'watch canceled (auth)' }), cancel: () => {} }) };
+  };
+  const watch = watchPrefix(settings({ endpoints: ['http://10.0.0.1:2379'] }), log, () => {}, connect, () => 0.5);
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  await within(watch.stop(), 3000, 'stop');
+  // Backoff 50, 100, 200, 200... ms (half of 100, 200, 400, 400 with this random): ~12 in 2 s, where no backoff gives hundreds.
+  assert.ok(etcd.record.connections.length <= 15, `${etcd.record.connections.length} connections`);
+  assert.ok(etcd.record.connections.length >= 5, `${etcd.record.connections.length} connections`);
+  assert.is(lines.filter((line) => line.includes('watch canceled (auth)')).length, 1, lines.join('\n'));
 });
 
-test('a watch that stays silent while etcd moved on is caught by the checks and dropped', async () => {
-  const etcd = fakeEtcd(
-    [{ snapshot: { mirror: [['/p/master', '1']], revision: 10 }, checks: [{ revision: 11n, keys: 1, newer: 1 }] }, { snapshot: { mirror: [['/p/master', '2']], revision: 11 } }],
-    { snapshot: new Error('unexpected') },
-  );
-  const { log, lines } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(['http://10.0.0.1:2379'], 100), log, changed.notify, etcd.connect);
-  try {
-    await changed.until(2);
-    assert.is(watch.state().revision, 11n);
-    assert.ok(lines.some((line) => line.includes('the watch fell behind etcd')), lines.join('\n'));
-    assert.is(watch.stats().watchesBehind, 1);
-    assert.is(etcd.connections[0]!.checks, 3, 'the pre-check, then behind twice at one revision');
-  } finally {
-    await within(watch.stop(), 3000, 'stop');
-  }
+test('judging a check: agreement with a progress reply is current; a change on its way waits once, then is missed', () => {
+  const fresh = { pending: undefined, answered: false, unanswered: 0 };
+  const at = () => 12n;
+  assert.equal(judgeCheck({ kind: 'agrees' }, 12n, fresh, at), { verdict: 'current', state: { pending: undefined, answered: true, unanswered: 0 } });
+  assert.equal(judgeCheck({ kind: 'agrees' }, undefined, fresh, at), { verdict: 'current', state: fresh }, 'a stream that never answered: the keys decide');
+  const waiting = judgeCheck({ kind: 'pending', key: '/p/master' }, 12n, fresh, at);
+  assert.equal(waiting, { verdict: 'waiting', state: { pending: '/p/master@12', answered: true, unanswered: 0 } });
+  if (waiting.verdict !== 'waiting') throw new Error('unreachable');
+  assert.equal(judgeCheck({ kind: 'pending', key: '/p/master' }, 12n, waiting.state, at).verdict, 'end', 'the same change, a check later');
+  assert.equal(judgeCheck({ kind: 'pending', key: '/p/master' }, 12n, waiting.state, () => 13n).verdict, 'waiting', 'a newer change of the key');
+  const missed = judgeCheck({ kind: 'missed', key: '/p/master', etcd: 9n, mirror: 7n }, 12n, fresh, at);
+  assert.equal(missed.verdict === 'end' && missed.ending.kind === 'untrusted' && missed.ending.cause, 'missed');
+  const behind = judgeCheck({ kind: 'etcd-behind', revision: 3n }, 12n, fresh, at);
+  assert.equal(behind.verdict === 'end' && behind.ending.kind === 'untrusted' && behind.ending.cause, 'etcd-behind');
 });
 
-test('when no member can serve: one warning naming each member and why, the last state kept, stale from its last confirmation', async () => {
-  const down = (diagnosis: string): Script => ({ snapshot: { mirror: [], revision: 1 }, checks: [new Error('deadline exceeded')], diagnosis });
-  const etcd = fakeEtcd(
-    [{ snapshot: { mirror: [['/p/master', '1']], revision: 10 }, checks: [{ revision: 10n, keys: 1, newer: 0 }, new Error('deadline exceeded')] }, down('not answering'), down('no leader')],
-    down('no leader'),
-  );
-  const { log, lines } = quiet();
-  const changed = changes();
-  const watch = watchPrefix(settings(['http://10.0.0.1:2379', 'http://10.0.0.2:2379'], 100), log, changed.notify, etcd.connect);
-  try {
-    await changed.until(1);
-    const confirmedAt = await within(
-      (async () => {
-        for (;;) {
-          const stats = watch.stats();
-          if (stats.staleSince !== undefined && Object.keys(stats.memberProblems).length === 2) return stats.confirmedAt;
-          await new Promise((resolve) => setTimeout(resolve, 20));
-        }
-      })(),
-      3000,
-      'every member given up',
-    );
-    await within(
-      (async () => {
-        while (!lines.some((line) => line.includes('no member can serve'))) await new Promise((resolve) => setTimeout(resolve, 20));
-      })(),
-      3000,
-      'the warning',
-    );
-    const warning = lines.filter((line) => line.includes('no member can serve'));
-    assert.is(warning.length, 1, lines.join('\n'));
-    assert.match(warning[0]!, /http:\/\/10\.0\.0\.\d:2379 \((no leader|not answering)/);
-    assert.match(warning[0]!, 'keeping the last state (revision 10)');
-    assert.is(watch.stats().staleSince, confirmedAt, 'stale since the last confirmation, not since the trouble was seen');
-    assert.equal([...watch.state().mirror], [['/p/master', '1']]);
-  } finally {
-    await within(watch.stop(), 3000, 'stop');
+test('judging a check: progress requests unanswered twice, on a stream that answered before, is a stall', () => {
+  const answered = { pending: undefined, answered: true, unanswered: 0 };
+  const once = judgeCheck({ kind: 'agrees' }, undefined, answered, () => undefined);
+  assert.equal(once, { verdict: 'waiting', state: { pending: undefined, answered: true, unanswered: 1 } });
+  if (once.verdict !== 'waiting') throw new Error('unreachable');
+  const twice = judgeCheck({ kind: 'agrees' }, undefined, once.state, () => undefined);
+  assert.equal(twice.verdict === 'end' && twice.ending.kind, 'stalled');
+});
+
+test('after a turn: only an untrusted mirror, a compaction or a resync asked for takes a snapshot; short turns back off', () => {
+  const worked = { workedMs: 60_000, membersLeftInRound: 2 };
+  const brief = { workedMs: 50, membersLeftInRound: 2 };
+  const cases: [TurnEnding, typeof worked, string][] = [
+    [{ kind: 'lost', reason: 'reset' }, worked, 'next spread resume success'],
+    [{ kind: 'lost', reason: 'reset' }, brief, 'next backoff resume'],
+    [{ kind: 'cannot-confirm', reason: 'no leader' }, brief, 'next now resume'],
+    [{ kind: 'stalled', reason: 'silent' }, worked, 'next now resume success'],
+    [{ kind: 'untrusted', cause: 'order', reason: 'x' }, worked, 'next now snapshot success'],
+    [{ kind: 'untrusted', cause: 'order', reason: 'x' }, brief, 'next backoff snapshot'],
+    [{ kind: 'compacted', compactRevision: 9n }, brief, 'same now snapshot'],
+    [{ kind: 'resync-requested' }, brief, 'same now snapshot success'],
+    [{ kind: 'failed-to-start', reason: 'refused', credential: false }, brief, 'next now resume'],
+    [{ kind: 'failed-to-start', reason: 'refused', credential: false }, { workedMs: 5, membersLeftInRound: 0 }, 'next backoff resume'],
+    [{ kind: 'failed-to-start', reason: 'bad CA', credential: true }, brief, 'next backoff resume'],
+  ];
+  for (const [ending, context, expected] of cases) {
+    const next = afterTurn(ending, context);
+    const described = [next.member, next.wait, next.snapshot ? 'snapshot' : 'resume', ...(next.success ? ['success'] : [])].join(' ');
+    assert.is(described, expected, `${ending.kind} after ${context.workedMs} ms`);
   }
+  assert.ok(afterTurn({ kind: 'stopped' }, brief).stop);
 });
 
 test.run();

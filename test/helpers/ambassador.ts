@@ -7,10 +7,12 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requireCommand } from './etcd.ts';
-import { startProcess, stopIfTracked, stopPid, track } from './processes.ts';
+import { isRunning, startProcess, stopIfTracked, stopPid, track } from './processes.ts';
 
 const root = resolve(import.meta.dirname, '../..');
-export const DIST_BINARY = join(root, 'dist/ambassador');
+// The built executable: this machine's, or another architecture's (AMBASSADOR_TEST_DIST=dist/ambassador-linux-arm64,
+// run under emulation).
+export const DIST_BINARY = resolve(root, process.env.AMBASSADOR_TEST_DIST ?? 'dist/ambassador');
 
 export interface RunningAmbassador {
   child: ChildProcess;
@@ -29,6 +31,8 @@ export interface RunningAmbassador {
 
 export interface StartOptions {
   binary?: 'source' | 'dist';
+  // Another executable than the two above (an arm64 build, say).
+  executable?: string;
   runtimeDir?: string;
   env?: Record<string, string>;
   // Runs <root>/bin/ambassador inside the root filesystem `root` as `user`: chroot, in a mount namespace
@@ -60,7 +64,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
     const script = 'root=$0; user=$1; shift; mount -t proc proc "$root/proc" && exec chroot --userspec="$user" "$root" /bin/ambassador "$@"';
     [command, commandArgs] = ['unshare', ['--mount', 'sh', '-c', script, chroot.root, `${chroot.user}:${chroot.user}`, ...fullArgs]];
   } else {
-    const [binary, prefixArgs] = ambassadorCommand(options.binary ?? 'source');
+    const [binary, prefixArgs] = options.executable !== undefined ? [options.executable, []] : ambassadorCommand(options.binary ?? 'source');
     [command, commandArgs] = [binary, [...prefixArgs, ...fullArgs]];
     if (options.limitFiles !== undefined) [command, commandArgs] = ['prlimit', [`--nofile=${options.limitFiles}:${options.limitFiles}`, '--', command, ...commandArgs]];
   }
@@ -135,7 +139,7 @@ export async function startAmbassador(args: string[], options: StartOptions = {}
     cleanup: async () => {
       clearInterval(watchHaproxy);
       const pid = haproxyPid();
-      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) await stopPid(child.pid, 10_000);
+      if (isRunning(child) && child.pid !== undefined) await stopPid(child.pid, 10_000);
       if (pid !== undefined) await stopIfTracked(pid);
       if (ownDir) rmSync(chroot ? hostPath(runtimeDir) : resolve(runtimeDir, '..'), { recursive: true, force: true });
     },

@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { requireCommand } from './etcd.ts';
-import { stopPid, track } from './processes.ts';
+import { isRunning, stopPid, track } from './processes.ts';
 import type { BackendEvent } from './recorder.ts';
 
 export interface Capture {
@@ -92,7 +92,7 @@ export async function startCapture(backends: ReadonlyMap<string, string>, port: 
       return match ? Number(match[1]) : undefined;
     },
     stop: async () => {
-      if (child.exitCode !== null || child.pid === undefined) return;
+      if (!isRunning(child) || child.pid === undefined) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       // SIGINT: tcpdump prints what it holds, then exits.
       child.kill('SIGINT');

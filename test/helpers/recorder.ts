@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { stopPid, track } from './processes.ts';
+import { isRunning, stopPid, track } from './processes.ts';
 
 export interface BackendEvent {
   // session: the client's first byte arrived (a health check sends none).
@@ -60,7 +60,7 @@ export async function startRecordingBackends(backends: { name: string; host: str
       return new Promise((resolve) => waiters.add({ predicate, resolve }));
     },
     stop: async () => {
-      if (child.exitCode !== null) return;
+      if (!isRunning(child)) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.stdin!.end();
       await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 3000))]);

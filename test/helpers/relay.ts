@@ -12,6 +12,9 @@ export interface Relay {
   heal(): void;
   // Every byte is held this long each way from now on (0: none).
   delay(ms: number): void;
+  // Chunks that came while the delay was 0 but earlier ones were still held, and so waited behind them: each
+  // is one a relay that wrote at once would have let overtake.
+  queuedBehind(): number;
   close(): Promise<void>;
 }
 
@@ -22,6 +25,7 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
   let silent = false;
   let delayMs = 0;
   let accepted = 0;
+  let queuedBehind = 0;
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
     accepted++;
@@ -29,15 +33,26 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
     if (options.dropAfterMs !== undefined) setTimeout(() => client.resetAndDestroy(), options.dropAfterMs).unref();
     for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
       sockets.add(from);
-      // When each direction's last held chunk goes out: a later chunk never overtakes it, whatever the delay
-      // became in between (TCP does not reorder a stream's bytes, and a relay that did would corrupt it).
-      let lastOutAt = 0;
-      from.on('data', (data) => {
+      // Each direction's held chunks, oldest first, each with the time it is due: a chunk goes out at once only
+      // when none is held, so a drop of the delay never lets a later chunk overtake an earlier one (TCP does
+      // not reorder a stream's bytes, and a relay that did would hand its peer a broken stream).
+      const held: { dueAt: number; data: Buffer }[] = [];
+      let timer: NodeJS.Timeout | undefined;
+      const flushWhenDue = () => (timer = setTimeout(flush, Math.max(0, held[0]!.dueAt - performance.now())));
+      const flush = () => {
+        timer = undefined;
+        while (held.length > 0 && held[0]!.dueAt <= performance.now()) {
+          const { data } = held.shift()!;
+          if (!to.destroyed) to.write(data);
+        }
+        if (held.length > 0) flushWhenDue();
+      };
+      from.on('data', (data: Buffer) => {
         if (silent) return;
-        const outAt = Math.max(performance.now() + delayMs, lastOutAt);
-        if (outAt <= performance.now()) return void to.write(data);
-        lastOutAt = outAt;
-        setTimeout(() => !to.destroyed && to.write(data), outAt - performance.now());
+        if (held.length === 0 && delayMs === 0) return void to.write(data);
+        if (delayMs === 0) queuedBehind++;
+        held.push({ dueAt: Math.max(performance.now() + delayMs, held.at(-1)?.dueAt ?? 0), data });
+        if (timer === undefined) flushWhenDue();
       });
       from.on('error', () => to.destroy());
       from.on('close', () => {
@@ -56,6 +71,7 @@ export async function startRelay(target: string, options: { dropAfterMs?: number
     delay: (ms) => {
       delayMs = ms;
     },
+    queuedBehind: () => queuedBehind,
     // Bytes dropped while silent leave those streams broken: end them, as a peer timing out would.
     heal: () => {
       silent = false;

@@ -4,8 +4,11 @@
 //   bookworm-haproxy  minimal Debian 12 with its haproxy (2.6): what the official 2.6 image had
 //   trixie            Debian 13: haproxy 3.0, etcd 3.5.16, Patroni 4, PostgreSQL 17
 //   sid               Debian sid: haproxy 3.2, etcd 3.5.30
-//   trixie-haproxy-3.4  Debian 13 with haproxy 3.4 (Debian experimental's, with the newer pcre2 it needs):
-//                     what the official haproxy:3.4 image is, and the image's stand-in base
+//   trixie-haproxy-3.4  Debian 13 with haproxy 3.4 (Debian experimental's, with the newer pcre2 it needs) and
+//                     sid's etcd 3.5.30: what the official haproxy:3.4 image is (the image's stand-in base),
+//                     beside the etcd a new deployment installs
+//   trixie-haproxy-3.4-arm64  the same for arm64, run under emulation (helpers/binfmt.ts): the arm64 image's
+//                     stand-in base, and the root the arm64 suites run in
 
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -23,6 +26,8 @@ const SUITE_TOOLS = ['etcd-server', 'etcd-client', 'iproute2', 'iptables', 'tcpd
 
 interface RootSpec {
   suite: string;
+  // Another architecture than this machine's (built and run under emulation: helpers/binfmt.ts).
+  arch?: 'arm64';
   include: string[];
   // Run in the root once it is bootstrapped, with apt given extra sources (sid and experimental's Release
   // files are served past their Valid-Until, hence the option).
@@ -30,6 +35,21 @@ interface RootSpec {
 }
 
 const APT = 'apt-get -o Acquire::Check-Valid-Until=false -o APT::Get::Assume-Yes=true -o Dpkg::Options::=--force-confnew';
+
+// Debian 13 with haproxy 3.4 (Debian experimental's, with the newer pcre2 it needs) and sid's etcd 3.5.30.
+const HAPROXY_34 = [
+  `echo 'deb ${MIRROR} sid main' > /etc/apt/sources.list.d/sid.list`,
+  `echo 'deb ${MIRROR} experimental main' > /etc/apt/sources.list.d/experimental.list`,
+  // Debian 13 first; from sid only the pcre2 haproxy 3.4 needs, from experimental haproxy itself.
+  `printf 'Package: *\\nPin: release n=sid\\nPin-Priority: 100\\n' > /etc/apt/preferences.d/sid`,
+  `${APT} update`,
+  `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t sid libpcre2-8-0`,
+  `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t experimental haproxy`,
+  // sid's etcd-server runs systemd-tmpfiles when it is configured, which needs /proc.
+  `mount -t proc proc /proc && DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t sid etcd-server etcd-client; status=$?; umount /proc; exit $status`,
+  'rm /etc/apt/sources.list.d/sid.list /etc/apt/sources.list.d/experimental.list /etc/apt/preferences.d/sid',
+  `${APT} update || true`,
+];
 
 export const ROOTS = {
   'bookworm-haproxy': { suite: 'bookworm', include: ['haproxy'] },
@@ -40,21 +60,8 @@ export const ROOTS = {
     after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni python3-etcd postgresql-17`],
   },
   sid: { suite: 'sid', include: ['haproxy', ...SUITE_TOOLS] },
-  'trixie-haproxy-3.4': {
-    suite: 'trixie',
-    include: SUITE_TOOLS,
-    after: [
-      `echo 'deb ${MIRROR} sid main' > /etc/apt/sources.list.d/sid.list`,
-      `echo 'deb ${MIRROR} experimental main' > /etc/apt/sources.list.d/experimental.list`,
-      // Debian 13 first; from sid only the pcre2 haproxy 3.4 needs, from experimental haproxy itself.
-      `printf 'Package: *\\nPin: release n=sid\\nPin-Priority: 100\\n' > /etc/apt/preferences.d/sid`,
-      `${APT} update`,
-      `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t sid libpcre2-8-0`,
-      `DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends -t experimental haproxy`,
-      'rm /etc/apt/sources.list.d/sid.list /etc/apt/sources.list.d/experimental.list /etc/apt/preferences.d/sid',
-      `${APT} update || true`,
-    ],
-  },
+  'trixie-haproxy-3.4': { suite: 'trixie', include: SUITE_TOOLS, after: HAPROXY_34 },
+  'trixie-haproxy-3.4-arm64': { suite: 'trixie', arch: 'arm64', include: SUITE_TOOLS, after: HAPROXY_34 },
 } satisfies Record<string, RootSpec>;
 
 export type RootName = keyof typeof ROOTS;
@@ -82,7 +89,7 @@ export function debianRoot(name: RootName): string {
   };
   // An unpacking error of a package in --include is finished by `after` (see trixie's).
   try {
-    run('debootstrap', ['--variant=minbase', `--include=${spec.include.join(',')}`, spec.suite, building, MIRROR]);
+    run('debootstrap', ['--variant=minbase', ...(spec.arch ? [`--arch=${spec.arch}`] : []), `--include=${spec.include.join(',')}`, spec.suite, building, MIRROR]);
   } catch (err) {
     if (spec.after === undefined) throw err;
   }
@@ -96,20 +103,22 @@ export function debianRoot(name: RootName): string {
 
 // A command run inside the root `name` (built if need be), in a mount and pid namespace of its own (and a
 // private network namespace with `network`): `project`, /tmp, /dev and /sys bound in at the same paths,
-// /proc mounted, the command run from `project`. The namespaces' first process is a shell, which reaps
-// whatever is left orphaned in there; everything dies with it.
-export function inRoot(name: RootName, project: string, command: string[], network: boolean): string[] {
+// /proc mounted, the command run from `project`; and `binds`, the host's files or folders at the same paths
+// (the host's own tools for a root of another architecture, say). The namespaces' first process is a shell,
+// which reaps whatever is left orphaned in there; everything dies with it.
+export function inRoot(name: RootName, project: string, command: string[], network: boolean, binds: string[] = []): string[] {
   const root = debianRoot(name);
   const script = [
-    'root=$1; project=$2; shift 2',
+    'root=$1; project=$2; binds=$3; shift 3',
     ...(network ? ['ip link set lo up'] : []),
     'mkdir -p "$root$project"',
     'mount --rbind /dev "$root/dev" && mount --rbind /sys "$root/sys" && mount --bind /tmp "$root/tmp"',
     'mount -t proc proc "$root/proc" && mount --bind "$project" "$root$project"',
+    'for path in $binds; do if [ -d "$path" ]; then mkdir -p "$root$path"; else touch "$root$path"; fi; mount --bind "$path" "$root$path" || exit 1; done',
     'chroot "$root" sh -c \'cd "$0" && "$@"\' "$project" "$@"',
   ].join('\n');
   const namespaces = network ? ['--net', '--pid', '--fork', '--mount', '--kill-child'] : ['--pid', '--fork', '--mount', '--kill-child'];
-  return ['unshare', ...namespaces, '--', 'sh', '-c', script, 'sh', root, project, ...command];
+  return ['unshare', ...namespaces, '--', 'sh', '-c', script, 'sh', root, project, binds.join(' '), ...command];
 }
 
 export function bookwormWithHaproxy(): string {

@@ -1,6 +1,8 @@
-// Which TCP endpoints a process is connected to, from /proc: its socket inodes matched in /proc/net/tcp{,6}.
+// Which TCP endpoints a process is connected to, from /proc: its socket inodes matched in /proc/net/tcp{,6}
+// (read as lib/haproxy/sockets.ts reads them).
 
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { tcpTable } from '../../lib/haproxy/sockets.ts';
 
 // The IPv4 address:port of each established connection of `pid`, e.g. 127.0.0.51:2379.
 export function remoteEndpoints(pid: number): string[] {
@@ -11,15 +13,11 @@ export function remoteEndpoints(pid: number): string[] {
       if (match) inodes.add(match[1]!);
     } catch {}
   }
-  const endpoints: string[] = [];
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      // fields: sl local_address rem_address st ... inode (10th)
-      if (fields.length > 9 && fields[3] === '01' && inodes.has(fields[9]!)) endpoints.push(decode(fields[2]!));
-    }
-  }
-  return endpoints;
+  return ['/proc/net/tcp', '/proc/net/tcp6'].flatMap((table) =>
+    tcpTable(readFileSync(table, 'utf8'))
+      .filter(({ state, inode }) => state === '01' && inodes.has(inode))
+      .map(({ remote }) => decode(remote)),
+  );
 }
 
 // /proc's hex address:port; an IPv4 address is little-endian (IPv6 ones are left in hex).

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { startAmbassador, type RunningAmbassador, type StartOptions } from './ambassador.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { answeredBy, freePort, startBackend, whoAnswers, eventually, type Backend } from './net.ts';
-import { limitedSuite } from './limits.ts';
+import { limitedSuite, TIME_SCALE } from './limits.ts';
 import { stopAll } from './processes.ts';
 
 export interface World {
@@ -60,12 +60,12 @@ export async function createWorld(): Promise<World> {
       running.push(ambassador);
       return Object.assign(ambassador, { port });
     },
-    routesTo: async (port, name, timeoutMs = 10_000) => {
+    routesTo: async (port, name, timeoutMs = 10_000 * TIME_SCALE) => {
       await eventually(() => whoAnswers(port), (answer) => answer === name, timeoutMs, `port ${port} to be answered by ${JSON.stringify(name)}`);
     },
     servedBy: async (port, names) => {
       const expected = [...names].sort().join();
-      await eventually(() => answeredBy(port, 12), (seen) => seen.join() === expected, 10_000, `port ${port} to be answered by ${expected} alone`);
+      await eventually(() => answeredBy(port, 12), (seen) => seen.join() === expected, 10_000 * TIME_SCALE, `port ${port} to be answered by ${expected} alone`);
     },
     afterEach: async () => {
       await Promise.all(running.splice(0).map((ambassador) => ambassador.cleanup()));
@@ -103,11 +103,12 @@ export function worldSuite<Extra extends object = object>(name: string, prepare?
     await finish?.(context).catch(() => {});
     await context.world?.close().catch(() => {});
   });
-  const run = () => {
+  // `closeLimitMs`: how long `finish` and the world's close may take together.
+  const run = (closeLimitMs?: number) => {
     test('leaves no process it started running', async (context) => {
       await finish?.(context);
       await context.world.close();
-    });
+    }, closeLimitMs);
     test.run();
   };
   return { test, run };
