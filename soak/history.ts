@@ -19,6 +19,8 @@ export type SoakEvent =
   | { type: 'healthz'; t: bigint; status: number; body: string }
   | { type: 'fault-start'; t: bigint; id: number; kind: string; target?: string }
   | { type: 'fault-end'; t: bigint; id: number }
+  // What a fault found out while it ran (where etcd's leadership went, say).
+  | { type: 'fault-note'; t: bigint; id: number; note: string }
   | { type: 'quiet-start'; t: bigint }
   | { type: 'quiet-end'; t: bigint }
   | { type: 'ambassador-start'; t: bigint; pid: number }

@@ -5,22 +5,24 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stopAll } from '../test/helpers/processes.ts';
-import { check, type Verdict } from './checker.ts';
+import { check, DEFAULT_CHECK, type Verdict } from './checker.ts';
 import { createHistory, now } from './history.ts';
 import { inject, type Injected } from './nemesis.ts';
-import { makeSchedule, random, type Schedule } from './schedule.ts';
+import { makeSchedule, random, scheduledKinds, type Schedule } from './schedule.ts';
 import { startSoakWorld } from './world.ts';
 
-export interface SoakRun {
+interface SoakRun {
   seed: number;
   durationMs: number;
+  // A schedule kept from an earlier run (a regression's), instead of one drawn from the seed.
+  schedule?: Schedule;
   dir: string;
   log(line: string): void;
 }
 
 export async function runSoak(run: SoakRun): Promise<{ verdict: Verdict; schedule: Schedule }> {
   mkdirSync(run.dir, { recursive: true });
-  const schedule = makeSchedule(run.seed, run.durationMs);
+  const schedule = run.schedule ?? makeSchedule(run.seed, run.durationMs);
   writeFileSync(join(run.dir, 'schedule.json'), JSON.stringify(schedule, null, 2) + '\n');
   const history = createHistory(join(run.dir, 'history.jsonl'));
   const world = await startSoakWorld(history, run.dir, run.seed);
@@ -54,5 +56,5 @@ export async function runSoak(run: SoakRun): Promise<{ verdict: Verdict; schedul
     await history.close();
     await stopAll().catch((err: Error) => run.log(err.message));
   }
-  return { verdict: check(history.events), schedule };
+  return { verdict: check(history.events, DEFAULT_CHECK, scheduledKinds(schedule)), schedule };
 }

@@ -18,7 +18,11 @@ export const FAULT_KINDS = [
   'kill-ambassador', // SIGKILL, restarted at once (as its supervisor would)
   'pause-ambassador', // SIGSTOP past the fence window
   'kill-haproxy-worker', // ambassador exits 1 by design; restarted
+  'kill-haproxy-master', // haproxy's master SIGKILLed: its workers end, ambassador exits 1; restarted
+  'oom-haproxy-worker', // the worker, in a memory cgroup at its usage, killed by the OOM killer (or SIGKILL under that pressure) with sessions open
+  'vanish-master', // the master's host drops every packet, answers nothing (no reset); etcd names another master meanwhile
   'write-burst', // 500 writes in and outside the prefix
+  'burst-during-leader-change', // 500 writes while etcd's leadership moves to another member
   'sighup', // ambassador resyncs
 ] as const;
 
@@ -31,7 +35,7 @@ export interface Fault {
   member?: number;
 }
 
-export interface Cycle {
+interface Cycle {
   // Offsets from the run's start, in ms.
   at: number;
   faults: Fault[];
@@ -59,11 +63,11 @@ export function random(seed: number): () => number {
   };
 }
 
-export const QUIET_MS = 8_000;
+const QUIET_MS = 8_000;
 // Faults whose member is chosen by the schedule.
 const FIXED_MEMBER = new Set<FaultKind>(['partition-member', 'pause-member', 'kill-member', 'replace-member']);
 // Pairs that cannot run at once: they fight over the same process or the same member.
-const EXCLUSIVE = new Set<FaultKind>(['kill-ambassador', 'pause-ambassador', 'kill-haproxy-worker', 'replace-member', 'compact-disconnected']);
+const EXCLUSIVE = new Set<FaultKind>(['kill-ambassador', 'pause-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'replace-member', 'compact-disconnected']);
 
 export function makeSchedule(seed: number, durationMs: number): Schedule {
   const next = random(seed);
@@ -92,4 +96,9 @@ export function makeSchedule(seed: number, durationMs: number): Schedule {
     at += holdMs + QUIET_MS + 1_000;
   }
   return { seed, durationMs, cycles };
+}
+
+// The fault kinds a schedule holds: what its run must show happening.
+export function scheduledKinds(schedule: Schedule): FaultKind[] {
+  return [...new Set(schedule.cycles.flatMap((cycle) => cycle.faults.map((fault) => fault.kind)))];
 }

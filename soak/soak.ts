@@ -1,5 +1,7 @@
 // npm run soak -- [--seed N] [--duration 5m|1h] [--out DIR]   a seeded run of the nemesis against
 //                                                                dist/ambassador and a 3-member etcd cluster
+// npm run soak -- --schedule FILE [--out DIR]                    a run of a kept schedule (a regression's)
+// npm run soak -- --root trixie|sid|trixie-haproxy-3.4 ...       the same inside a Debian root: its haproxy and etcd
 // npm run soak -- --check DIR                                    the checker, again, on a stored run
 //
 // A run draws its schedule from the seed and writes it (schedule.json) before it starts; then history.jsonl,
@@ -9,9 +11,11 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { check, type Verdict } from './checker.ts';
+import { check, DEFAULT_CHECK, type Verdict } from './checker.ts';
 import { readHistory } from './history.ts';
 import { runSoak } from './run.ts';
+import { inRoot, type RootName } from '../test/helpers/rootfs.ts';
+import { scheduledKinds, type Schedule } from './schedule.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const args = process.argv.slice(2);
@@ -37,31 +41,35 @@ function report(verdict: Verdict): void {
 
 const checkDir = flag('check');
 if (checkDir !== undefined) {
-  const verdict = check(readHistory(join(checkDir, 'history.jsonl')));
+  const schedule = JSON.parse(readFileSync(join(checkDir, 'schedule.json'), 'utf8')) as Schedule;
+  const verdict = check(readHistory(join(checkDir, 'history.jsonl')), DEFAULT_CHECK, scheduledKinds(schedule));
   report(verdict);
   process.exit(verdict.violations.length === 0 ? 0 : 1);
 }
 
-const seed = Number(flag('seed') ?? 1);
-const duration = durationMs(flag('duration') ?? '5m');
-const commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+const kept = flag('schedule') === undefined ? undefined : (JSON.parse(readFileSync(flag('schedule')!, 'utf8')) as Schedule);
+const seed = kept?.seed ?? Number(flag('seed') ?? 1);
+const duration = kept?.durationMs ?? durationMs(flag('duration') ?? '5m');
+// Inside a root there is no git: the commit comes along.
+const commit = process.env.AMBASSADOR_SOAK_COMMIT ?? execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+const rootName = flag('root') as RootName | undefined;
 const out = resolve(flag('out') ?? join(root, 'soak/results', `${new Date().toISOString().slice(0, 10)}-seed${seed}-${flag('duration') ?? '5m'}`));
 
 if (process.env.AMBASSADOR_TEST_NETNS !== '1') {
-  // Into a private network, pid and mount namespace, then this same script again.
+  // Into a private network, pid and mount namespace (inside the root named, if one is), then this same
+  // script again.
   mkdirSync(out, { recursive: true });
+  const again = [process.execPath, ...process.execArgv, import.meta.filename, ...args.filter((arg, i) => arg !== '--root' && args[i - 1] !== '--root'), '--out', out];
+  const command = rootName !== undefined ? inRoot(rootName, root, again, true) : ['unshare', '--net', '--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sh', '-c', 'ip link set lo up && "$@"', 'sh', ...again];
   try {
-    execFileSync('unshare', ['--net', '--pid', '--fork', '--mount-proc', '--kill-child', '--', 'sh', '-c', 'ip link set lo up && "$@"', 'sh', process.execPath, ...process.execArgv, import.meta.filename, ...args, '--out', out], {
-      stdio: 'inherit',
-      env: { ...process.env, AMBASSADOR_TEST_NETNS: '1' },
-    });
+    execFileSync(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...process.env, AMBASSADOR_TEST_NETNS: '1', AMBASSADOR_SOAK_COMMIT: commit } });
     process.exit(0);
   } catch {
     process.exit(1);
   }
 }
 
-const { verdict, schedule } = await runSoak({ seed, durationMs: duration, dir: out, log: (line) => console.log(line) });
+const { verdict, schedule } = await runSoak({ seed, durationMs: duration, ...(kept ? { schedule: kept } : {}), dir: out, log: (line) => console.log(line) });
 const haproxy = (() => {
   try {
     return execFileSync('haproxy', ['-v'], { encoding: 'utf8' }).split('\n')[0];

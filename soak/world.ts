@@ -12,6 +12,7 @@ import { Etcd3 } from 'etcd3';
 import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
 import { startCapture, type Capture } from '../test/helpers/capture.ts';
 import { startEtcdCluster, type EtcdCluster } from '../test/helpers/etcd-cluster.ts';
+import { iptables } from '../test/helpers/netns.ts';
 import { freePort, openSession, whoAnswers, type Session } from '../test/helpers/net.ts';
 import { startRecordingBackends, type RecordingBackends } from '../test/helpers/recorder.ts';
 import { startRelay, type Relay } from '../test/helpers/relay.ts';
@@ -20,8 +21,8 @@ import { now, type History } from './history.ts';
 import { random } from './schedule.ts';
 
 export const PREFIX = '/soak/services/db';
-export const INSTANCES = ['a', 'b', 'c'];
-export const MAX_STALE = '5s';
+const INSTANCES = ['a', 'b', 'c'];
+const MAX_STALE = '5s';
 
 export interface SoakWorld {
   cluster: EtcdCluster;
@@ -29,6 +30,12 @@ export interface SoakWorld {
   ambassador(): RunningAmbassador | undefined;
   // The relay (so the member) ambassador's etcd connection goes through now, if one.
   watched(): number | undefined;
+  // The master the writer last knew etcd to name.
+  master(): string;
+  // The instance's host drops every packet and answers nothing, as a host that lost power; the writer names
+  // another master within a second, as Patroni would once the host's leader lease lapsed, and never this one
+  // until undone. Returns the undo.
+  vanish(name: string): () => void;
   // Holds the writer (quiet periods), once its write in flight is done; or lets it go on.
   pauseWriter(): Promise<void>;
   resumeWriter(): void;
@@ -133,13 +140,17 @@ export async function startSoakWorld(history: History, dir: string, seed: number
     }
   };
   let running = true;
+  // A vanished instance: never chosen, and moved away from at once.
+  let vanished: string | undefined;
+  let hurry: () => void = () => {};
   const writer = (async () => {
     while (running) {
-      await sleep(2000 + next() * 2000);
+      await Promise.race([sleep(2000 + next() * 2000), new Promise<void>((resolve) => (hurry = resolve))]);
       if (!writing || !running) continue;
       let done: () => void = () => {};
       inFlight = new Promise((resolve) => (done = resolve));
-      const target = INSTANCES.filter((name) => name !== master)[Math.floor(next() * 2)]!;
+      const choices = INSTANCES.filter((name) => name !== master && name !== vanished);
+      const target = choices[Math.floor(next() * choices.length)]!;
       const sent = now();
       try {
         await writeMaster(target);
@@ -220,6 +231,21 @@ export async function startSoakWorld(history: History, dir: string, seed: number
       } catch {
         return undefined;
       }
+    },
+    master: () => master,
+    vanish: (name) => {
+      const address = addresses.get(name)!;
+      const rules = [
+        ['INPUT', '-d', address, '-j', 'DROP'],
+        ['OUTPUT', '-s', address, '-j', 'DROP'],
+      ];
+      for (const rule of rules) iptables('-A', ...rule);
+      vanished = name;
+      setTimeout(() => hurry(), 1000);
+      return () => {
+        for (const rule of rules) iptables('-D', ...rule);
+        vanished = undefined;
+      };
     },
     pauseWriter: async () => {
       writing = false;
