@@ -71,6 +71,8 @@ export interface FenceOrder {
   misses: number;
   // Fences whose sessions were still open at the bound (1 s), when ambassador opened the new master anyway.
   unconfirmed: number;
+  // Fences whose shut streams froze (haproxy 2.7-3.1), ended by a reload before the new master opened.
+  frozen: number;
 }
 
 // The fence as the wire shows it: two backends, two sessions held to the master, a load client opening new
@@ -116,6 +118,7 @@ export async function fenceOrder(etcd: TestEtcd, prefix: string, start: (flags: 
       longestMs: Number(overlaps.reduce((max, o) => (o.overlapNs > max ? o.overlapNs : max), 0n)) / 1e6,
       misses,
       unconfirmed: ambassador.logs.filter((line) => line.includes('still open')).length,
+      frozen: ambassador.logs.filter((line) => line.includes('froze when their sessions were shut')).length,
     };
   } finally {
     await capture.stop();
