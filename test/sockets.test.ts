@@ -19,11 +19,13 @@ const table = [
   '   2: 0100007F:A002 1500000A:1538 08 00000000:00000000 00:00000000 00000000     0        0 103 1 0 20 4 30 10 -1',
   '   3: 0100007F:A003 1500000A:1538 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0 20 4 30 10 -1',
   '   4: 0100007F:A004 1600000A:1538 01 00000000:00000000 00:00000000 00000000     0        0 104 1 0 20 4 30 10 -1',
+  '   5: 1500000A:1538 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 105 1 0 20 4 30 10 -1',
 ].join('\n');
 
 test('finds the connections to an endpoint whose near side is not closed yet, by socket inode', () => {
   const endpoint = kernelEndpoint('10.0.0.21', 5432)!;
-  // 101, 999 established, 103 close-wait: open. 102 fin-wait-1: closed by its owner. 104: elsewhere.
+  // 101, 999 established, 103 close-wait: open. 102 fin-wait-1: closed by its owner. 104: elsewhere. 105: the
+  // endpoint's own side of 101 (the instance on this host).
   assert.equal(openConnections(table, new Set([endpoint])), new Map([['101', endpoint], ['103', endpoint], ['999', endpoint]]));
   assert.equal(openConnections(table, new Set([kernelEndpoint('10.0.0.23', 5432)!])), new Map());
 });

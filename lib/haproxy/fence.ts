@@ -104,7 +104,7 @@ export function createFence(settings: FenceSettings) {
   // whether haproxy has closed its side of each connection. A worker a reload left behind cannot be told to
   // shut sessions (its proxies are stopping): the kernel says whether one still holds a connection to a
   // fenced server, and then it is stopped, with its sessions.
-  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Set<number>, sinceMs: number): Promise<StillOpen> => {
+  const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Map<number, Set<string>>, sinceMs: number): Promise<StillOpen> => {
     const ids = fenced.map(({ id }) => id);
     let listed: Map<string, number> | undefined;
     if (listsStreams !== false && !settings.drainFirst) {
@@ -126,22 +126,38 @@ export function createFence(settings: FenceSettings) {
         if (workers.length <= 1 && (counted.length === 0 || sinceMs < KERNEL_AFTER_MS)) return open;
       }
     }
-    if (counted.length === 0 && workers.length <= 1) return open;
-    if (sinceMs < KERNEL_AFTER_MS && workers.length <= 1) return { ...open, servers: new Set([...open.servers, ...counted.map(({ id }) => id)]), counted: true };
-    const endpoints = new Map(fenced.flatMap((server) => {
-      const endpoint = kernelEndpoint(server.address, server.port);
-      return endpoint === undefined ? [] : [[endpoint, server] as const];
-    }));
-    // The current worker has outlived the fewest reloads; without the master's answer none is taken for old.
-    const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
-    const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
-    const old = (pid: number) => list !== undefined && pid !== current;
     const add = (server: ServerAddress, inode?: string) => {
       open.servers.add(server.id);
       if (inode !== undefined) open.connections.add(inode);
       if (counted.includes(server)) open.counted = true;
     };
+    // haproxy's own count is trusted for the current worker until KERNEL_AFTER_MS: a live instance answers
+    // the close at once.
+    const kernelForCurrent = counted.length > 0 && sinceMs >= KERNEL_AFTER_MS;
+    if (workers.length <= 1 && !kernelForCurrent) {
+      for (const server of counted) add(server);
+      return open;
+    }
+    const endpoints = new Map(fenced.flatMap((server) => {
+      const endpoint = kernelEndpoint(server.address, server.port);
+      return endpoint === undefined ? [] : [[endpoint, server] as const];
+    }));
+    // The current worker has outlived the fewest reloads. Without the master's answer none is taken for old,
+    // and the kernel is asked about each.
+    const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
+    const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
+    const old = (pid: number) => list !== undefined && pid !== current;
     for (const pid of workers) {
+      // A stopped worker holds its sessions until it has exited, which closes them all.
+      const stoppedHolding = stopped.get(pid);
+      if (stoppedHolding !== undefined) {
+        for (const id of stoppedHolding) open.servers.add(id);
+        continue;
+      }
+      if (!old(pid) && list !== undefined && !kernelForCurrent) {
+        for (const server of counted) add(server);
+        continue;
+      }
       const connections = await kernelOpenConnections(pid, new Set(endpoints.keys())).catch(() => undefined);
       if (connections === undefined) {
         if (!old(pid)) for (const server of counted) add(server);
@@ -156,8 +172,8 @@ export function createFence(settings: FenceSettings) {
         held.add(server.id);
         count++;
       }
-      if (count > 0 && old(pid) && !stopped.has(pid)) {
-        stopped.add(pid);
+      if (count > 0 && old(pid)) {
+        stopped.set(pid, held);
         log.warn(`haproxy: stopping worker ${pid}, left by a reload, which holds ${count} session(s) to fenced ${[...held].join(', ')}`);
         process.kill(pid, 'SIGTERM');
       }
@@ -172,7 +188,8 @@ export function createFence(settings: FenceSettings) {
   // are not waited on: only a reload ends them.
   const confirm = async (fenced: readonly ServerAddress[], fencedAt: number): Promise<Exclude<FenceOutcome, 'failed'>> => {
     const deadline = fencedAt + FENCE_CONFIRM_MS;
-    const stopped = new Set<number>();
+    // Old workers stopped by this fence, and the fenced servers each held.
+    const stopped = new Map<number, Set<string>>();
     let open: StillOpen;
     for (;;) {
       open = await openAfterFence(fenced, stopped, performance.now() - fencedAt);

@@ -8,6 +8,9 @@ import { isIP } from 'node:net';
 
 // ESTABLISHED, SYN_SENT, SYN_RECV and CLOSE_WAIT: states in which haproxy has not closed its side.
 const OPEN_STATES = new Set(['01', '02', '03', '08']);
+// kernelEndpoint's length for each family: eight or 32 hex digits, a colon, four.
+const IPV4_ENDPOINT_LENGTH = 13;
+const IPV6_ENDPOINT_LENGTH = 37;
 
 // An address and port as /proc/net/tcp{,6} writes them: the address in the host's (little-endian) word
 // order, the port in hex. Undefined for what is not an IP literal.
@@ -38,21 +41,31 @@ function expandIPv6(address: string): string[] {
   return [...left, ...fill, ...right];
 }
 
-// The rows of a /proc/net/tcp{,6} table: each connection's far end (kernelEndpoint form), state (hex, 01 is
-// ESTABLISHED) and socket inode.
+// One row of a /proc/net/tcp{,6} table: the connection's far end (kernelEndpoint form), state (hex, 01 is
+// ESTABLISHED) and socket inode; undefined for the header or a short line.
+function tcpRow(line: string): { remote: string; state: string; inode: string } | undefined {
+  const fields = line.trim().split(/\s+/);
+  return fields.length >= 10 && fields[0] !== 'sl' ? { remote: fields[2]!, state: fields[3]!, inode: fields[9]! } : undefined;
+}
+
+// The rows of such a table.
 export function tcpTable(table: string): { remote: string; state: string; inode: string }[] {
-  return table
-    .split('\n')
-    .slice(1)
-    .map((line) => line.trim().split(/\s+/))
-    .filter((fields) => fields.length >= 10)
-    .map((fields) => ({ remote: fields[2]!, state: fields[3]!, inode: fields[9]! }));
+  return table.split('\n').flatMap((line) => tcpRow(line) ?? []);
 }
 
 // The connections in such a table whose far end is one of `endpoints` and that are still open for sending, any
-// process's: socket inode → endpoint.
+// process's: socket inode → endpoint. A busy host's table holds tens of thousands of rows (sockets in
+// TIME_WAIT), nearly all elsewhere: only the rows that mention an endpoint are split.
 export function openConnections(table: string, endpoints: ReadonlySet<string>): Map<string, string> {
-  return new Map(tcpTable(table).filter(({ remote, state }) => endpoints.has(remote) && OPEN_STATES.has(state)).map(({ inode, remote }) => [inode, remote]));
+  const open = new Map<string, string>();
+  for (const endpoint of endpoints) {
+    for (let at = table.indexOf(endpoint); at !== -1; at = table.indexOf(endpoint, at + endpoint.length)) {
+      const end = table.indexOf('\n', at);
+      const row = tcpRow(table.slice(table.lastIndexOf('\n', at) + 1, end === -1 ? undefined : end));
+      if (row?.remote === endpoint && OPEN_STATES.has(row.state)) open.set(row.inode, endpoint);
+    }
+  }
+  return open;
 }
 
 // The connections of process `pid` to `endpoints` that are still open for sending, read from /proc: socket
@@ -61,8 +74,11 @@ export function openConnections(table: string, endpoints: ReadonlySet<string>): 
 // the kernel's tables cannot be read (another user's process, /proc mounted hidepid).
 export async function kernelOpenConnections(pid: number, endpoints: ReadonlySet<string>): Promise<Map<string, string>> {
   const candidates = new Map<string, string>();
-  for (const table of ['tcp', 'tcp6']) {
-    for (const [inode, endpoint] of openConnections(await readFile(`/proc/${pid}/net/${table}`, 'utf8'), endpoints)) candidates.set(inode, endpoint);
+  // haproxy connects to an IPv4 server by an IPv4 socket: each table is read only for its own family.
+  for (const [table, length] of [['tcp', IPV4_ENDPOINT_LENGTH], ['tcp6', IPV6_ENDPOINT_LENGTH]] as const) {
+    const ofFamily = new Set([...endpoints].filter((endpoint) => endpoint.length === length));
+    if (ofFamily.size === 0) continue;
+    for (const [inode, endpoint] of openConnections(await readFile(`/proc/${pid}/net/${table}`, 'utf8'), ofFamily)) candidates.set(inode, endpoint);
   }
   const open = new Map<string, string>();
   if (candidates.size === 0) return open;

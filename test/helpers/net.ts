@@ -120,3 +120,23 @@ export async function answers(port: number, count: number): Promise<string[]> {
 export async function answeredBy(port: number, count: number): Promise<string[]> {
   return [...new Set(await answers(port, count))].sort();
 }
+
+// Leaves about `count` closed connections in TIME_WAIT (for a minute), as a busy host has them: the kernel's
+// connection table that lib/haproxy/sockets.ts reads grows by as many rows.
+export async function leaveTimeWait(count: number, host = '127.0.0.9'): Promise<void> {
+  const server = createServer((socket) => socket.end());
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, host, resolve));
+  const { port } = server.address() as { port: number };
+  let made = 0;
+  const once = () =>
+    new Promise<void>((resolve) => {
+      // From many source addresses: one has fewer ephemeral ports than a busy host has connections.
+      const socket = connect({ port, host, localAddress: `127.0.1.${1 + (made++ % 200)}` });
+      socket.on('data', () => {}).on('end', () => socket.end()).on('close', () => resolve()).on('error', () => resolve());
+    });
+  try {
+    while (made < count) await Promise.all(Array.from({ length: 200 }, once));
+  } finally {
+    server.close();
+  }
+}
