@@ -145,7 +145,12 @@ async function startFleet(count: number, endpoints: string[], prefix: string, ch
   const share = (i: number) => Math.floor(count / workers.length) + (i < count % workers.length ? 1 : 0);
   // A fleet that starts at once reads the prefix N times: spread over a few seconds, as a rollout would.
   const spreadMs = Math.min(20_000, Math.max(1_000, count * 2));
-  await Promise.all(workers.map((worker, i) => worker.ask({ start: { count: share(i), endpoints, prefix, checkMs, spreadMs } }, 'started')));
+  try {
+    await Promise.all(workers.map((worker, i) => worker.ask({ start: { count: share(i), endpoints, prefix, checkMs, spreadMs } }, 'started')));
+  } catch (err) {
+    for (const worker of workers) worker.child.kill('SIGKILL');
+    throw err;
+  }
   return {
     workers,
     current: async (revision) => {
@@ -216,7 +221,8 @@ export async function fleetWorkload(record: RecordRow): Promise<void> {
           continue;
         }
         process.stderr.write(`bench: ${name}\n`);
-        await fleetCell(record, cluster, name, count, prefixes.get(size)!, idleMsPerSecond);
+        // A fleet this machine cannot carry (its workers do not all start in time) is a row, not the end of the run.
+        await fleetCell(record, cluster, name, count, prefixes.get(size)!, idleMsPerSecond).catch((err: Error) => record(`${name}: not run (${err.message})`, NaN, ''));
       }
     }
 
