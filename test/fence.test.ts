@@ -15,8 +15,9 @@ import { worldSuite, type World } from './helpers/world.ts';
 const { test, run } = worldSuite('the fence');
 
 // What CI's host holds after the load test that runs before this suite (about 64,000 connections in 10 s, each
-// two rows). Under emulation (the arm64 phase) ambassador reads a table ten times slower: a tenth of the rows.
-const BUSY_HOST_CONNECTIONS = process.arch === 'x64' ? 100_000 : 10_000;
+// two rows). Under emulation (the arm64 phase) every step, this test's own included, is 10-20 times slower:
+// a fiftieth of the rows.
+const BUSY_HOST_CONNECTIONS = process.arch === 'x64' ? 100_000 : 2_000;
 
 // Instances a and b on recording backends; a deaf one reads nothing after its greeting.
 async function twoMasters(world: World, prefix: string, deafA = false) {
