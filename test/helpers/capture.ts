@@ -28,6 +28,10 @@ function clockOffset(): bigint {
   return real - (before + after) / 2n;
 }
 
+// The kernel's buffer for the capture (tcpdump's default is 2 MiB): a 2-core machine busy with the load the
+// capture watches can leave tcpdump unscheduled for long enough to fill the default one.
+const CAPTURE_BUFFER_KIB = 32_768;
+
 const LINE = /^(\d+)\.(\d{9}) IP (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[([^\]]*)\].*length (\d+)/;
 
 // Captures TCP traffic to or from `backends` (name → address), all on `port`, on interface `device`.
@@ -36,7 +40,7 @@ export async function startCapture(backends: ReadonlyMap<string, string>, port: 
   const hosts = [...backends.values()].map((address) => `host ${address}`).join(' or ');
   const child: ChildProcess = spawn(
     'tcpdump',
-    ['-i', device, '-n', '-l', '-tt', '--time-stamp-precision=nano', '-s', '128', `tcp port ${port} and (${hosts})`],
+    ['-i', device, '-n', '-l', '-tt', '--time-stamp-precision=nano', '-s', '128', '-B', String(CAPTURE_BUFFER_KIB), `tcp port ${port} and (${hosts})`],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   track(child.pid);
