@@ -98,9 +98,10 @@ export async function startCapture(backends: ReadonlyMap<string, string>, port: 
     stop: async () => {
       if (!isRunning(child) || child.pid === undefined) return;
       const exited = new Promise((resolve) => child.once('exit', resolve));
-      // SIGINT: tcpdump prints what it holds, then exits.
+      // SIGINT: tcpdump prints what it holds, then its counts, then exits; what it holds can take seconds to
+      // write and parse after a long capture on a busy machine, and without the counts the capture proves nothing.
       child.kill('SIGINT');
-      await Promise.race([Promise.all([exited, drained]), new Promise((resolve) => setTimeout(resolve, 3000))]);
+      await Promise.race([Promise.all([exited, drained]), new Promise((resolve) => setTimeout(resolve, 30_000))]);
       await stopPid(child.pid);
     },
   };
