@@ -106,14 +106,19 @@ function readTimeline(unsorted: readonly SoakEvent[], settings: CheckSettings): 
   return { events, start: events[0]?.t ?? 0n, end, faults, ...mastersNamed(events), source, connections, clientSessions: clientSessionsOf(connections), settings };
 }
 
-// The master etcd named, over time: acknowledged writes; a write of unknown outcome that the next read shows
-// made counts as made at any moment from its sending to that read.
+// The master etcd named, over time. A write takes effect at some moment between its sending and its answer,
+// so ambassador may act on it before the writer hears back: the master it names is allowed from the sending,
+// and the one it replaces stays named until the answer. A write of unknown outcome is settled by the writer
+// with a write of the master known then, on the same condition: if that one is acknowledged, the lost one was
+// never made; if not, the read that follows shows whether it was, and it counts as made at any moment from
+// its sending to that read.
 function mastersNamed(events: readonly SoakEvent[]): Pick<Timeline, 'changes' | 'ambiguous'> {
   const changes: Timeline['changes'] = [];
   const ambiguous: Timeline['ambiguous'] = [];
   let pending: { sent: bigint; master: string }[] = [];
   for (const event of events) {
     if (event.type === 'write') {
+      ambiguous.push({ from: event.sent, to: event.t, master: event.master });
       changes.push({ t: event.t, master: event.master });
       pending = [];
     } else if (event.type === 'write-unknown') {

@@ -3,6 +3,7 @@
 // written as JSON lines, so that a run can be checked again later (npm run soak -- --check <dir>).
 
 import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { gunzipSync } from 'node:zlib';
 
 export type SoakEvent =
   // A connection as a backend saw it (source backend: its own record) or as the wire did (source wire).
@@ -50,8 +51,11 @@ export function createHistory(file: string): History {
   };
 }
 
+// A stored run keeps its history gzipped (history.jsonl.gz).
 export function readHistory(file: string): SoakEvent[] {
-  return readFileSync(file, 'utf8')
+  const bytes = readFileSync(file);
+  return (file.endsWith('.gz') ? gunzipSync(bytes) : bytes)
+    .toString('utf8')
     .split('\n')
     .filter(Boolean)
     .map((line) => JSON.parse(line, (_, v) => (typeof v === 'string' && /^-?\d+n$/.test(v) ? BigInt(v.slice(0, -1)) : v)) as SoakEvent)

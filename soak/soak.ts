@@ -9,7 +9,7 @@
 // private network, pid and mount namespace of its own, like the cluster tests. Exit 1 on any violation.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { check, DEFAULT_CHECK, type Verdict } from './checker.ts';
 import { readHistory } from './history.ts';
@@ -42,7 +42,9 @@ function report(verdict: Verdict): void {
 const checkDir = flag('check');
 if (checkDir !== undefined) {
   const schedule = JSON.parse(readFileSync(join(checkDir, 'schedule.json'), 'utf8')) as Schedule;
-  const verdict = check(readHistory(join(checkDir, 'history.jsonl')), DEFAULT_CHECK, scheduledKinds(schedule));
+  const history = ['history.jsonl', 'history.jsonl.gz'].map((name) => join(checkDir, name)).find((file) => existsSync(file));
+  if (history === undefined) throw new Error(`${checkDir} holds no history.jsonl or history.jsonl.gz`);
+  const verdict = check(readHistory(history), DEFAULT_CHECK, scheduledKinds(schedule));
   report(verdict);
   process.exit(verdict.violations.length === 0 ? 0 : 1);
 }
