@@ -52,7 +52,7 @@ test('a removed instance drains: its sessions stay, new connections go elsewhere
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   await world.etcd.del(`${prefix}/instances/3/private_ip`);
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`]);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--log-level=debug']);
   await world.routesTo(ambassador.port, 'node-1');
   let session = await openSession(ambassador.port);
   while (session.greeting !== 'node-1') {
@@ -61,9 +61,11 @@ test('a removed instance drains: its sessions stay, new connections go elsewhere
   }
   await world.etcd.del(`${prefix}/instances/1/private_ip`);
   await world.servedBy(ambassador.port, ['node-2']);
-  // What is asserted is that nothing happens: the window spans at least one sweep of draining servers (every
-  // 1 s), the one step that could wrongly delete the server under the session.
-  await sleep(1500);
+  // The sweep of draining servers is the one step that could wrongly delete the server under the session:
+  // two sweeps that saw it and kept it, then the session is still there.
+  const kept = /haproxy: drained server service\/1 kept, 1 session\(s\) open/;
+  const first = await ambassador.waitForLog(kept, 5000);
+  await ambassador.waitForLog(kept, 5000, ambassador.logs.indexOf(first) + 1);
   assert.not.ok(session.isClosed(), 'the session to the removed instance lives on');
   assert.ok((await serverStates(ambassador.runtimeDir)).some((s) => /^1 .* drain$/.test(s)), 'still draining');
   session.close();

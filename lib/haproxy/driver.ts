@@ -203,7 +203,11 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     const sessions = await serverSessions(adminSocket).catch(() => new Map<string, number>());
     const draining = new Map(liveServers.draining);
     for (const id of liveServers.draining.keys()) {
-      if ((sessions.get(id) ?? 1) > 0) continue;
+      const open = sessions.get(id) ?? 1;
+      if (open > 0) {
+        log.debug(`haproxy: drained server ${id} kept, ${open} session(s) open`);
+        continue;
+      }
       if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
         draining.delete(id);
         log.debug(`haproxy: deleted drained server ${id}`);
