@@ -21,6 +21,7 @@ import { worldSuite, type World } from './helpers/world.ts';
 
 const { test, run } = worldSuite('faults');
 
+const AUTHENTICATE = '/etcdserverpb.Auth/Authenticate';
 const report = (what: string, ms: number) => console.log(`      ${what}: ${ms.toFixed(0)} ms`);
 
 // Time from now until a new connection through `port` is answered by `name`.
@@ -114,13 +115,15 @@ test('a watch that stays open but stops delivering (a proxy that drops it) is ca
   }
 });
 
-test('an expired auth token, with a read-only etcd user, reconnects and converges', async ({ world }) => {
+test('an auth token that expires between checks is renewed, with a read-only etcd user, and the watch converges, across a reconnect too', async ({ world }) => {
   const etcd = await startEtcd({ args: ['--auth-token-ttl', '2'] });
   const prefix = '/auth/services/mysql';
   const secrets = join(world.tempDir, 'etcd-password');
   writeFileSync(secrets, 'reader-secret-4417\n', { mode: 0o600 });
   const etcdctl = (...args: string[]) => execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, ...args], { stdio: 'pipe' });
-  const relay = await startRelay(etcd.endpoint);
+  // ambassador → relay (to drop its connections) → a gRPC-aware proxy (to see etcd refuse the token) → etcd.
+  const proxy = await startH2Proxy(etcd.endpoint);
+  const relay = await startRelay(proxy.endpoint);
   try {
     etcdctl('user', 'add', 'root:root-secret');
     etcdctl('auth', 'enable');
@@ -133,20 +136,28 @@ test('an expired auth token, with a read-only etcd user, reconnects and converge
     for (const i of [1, 2, 3]) await etcd.put(`${prefix}/instances/${i}/private_ip`, `127.0.0.1${i}`);
     await etcd.put(`${prefix}/master`, '2');
 
+    // Each request renews a simple token: checks 5 s apart leave the 2 s token to expire between them, on a
+    // connection that stays up.
     const ambassador = await world.start(
-      [`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`, '--etcd-user=ambassador', `--etcd-password-file=${secrets}`, '--log-level=debug'],
+      [`--etcd-prefix=${prefix}`, '--master-only', `--etcd=${relay.endpoint}`, '--etcd-user=ambassador', `--etcd-password-file=${secrets}`, '--etcd-check-interval=5s', '--log-level=debug'],
       { replaceEtcd: true },
     );
     await world.routesTo(ambassador.port, 'node-2');
-    await sleep(4000); // past the token's 2 s
-    relay.heal(); // drops every connection: the watch must reconnect with a token that has expired
+    const authenticated = proxy.calls(AUTHENTICATE);
+    assert.ok(authenticated >= 1, 'ambassador authenticated through the proxy');
+    await eventually(() => proxy.errors('invalid auth token'), (refused) => refused > 0, 15_000, 'etcd refused the expired token');
+    await eventually(() => proxy.calls(AUTHENTICATE), (calls) => calls > authenticated, 5000, 'ambassador authenticated again');
     await etcd.put(`${prefix}/master`, '3');
-    report('reconnect after token expiry → routed', await convergence(world, ambassador.port, 'node-3'));
+    report('token renewed → routed', await convergence(world, ambassador.port, 'node-3'));
+    relay.heal(); // drops every connection: the watch reconnects, with whatever token it holds then
+    await etcd.put(`${prefix}/master`, '1');
+    report('reconnect → routed', await convergence(world, ambassador.port, 'node-1'));
     const cmdline = readFileSync(`/proc/${ambassador.child.pid}/cmdline`, 'utf8');
     assert.not.match(cmdline, 'reader-secret', 'the password is not on the command line');
     assert.not.ok(ambassador.logs.some((line) => line.includes('reader-secret')), 'the password is never logged');
   } finally {
     await relay.close();
+    await proxy.close();
     await etcd.stop();
   }
 });

@@ -1,7 +1,7 @@
 // A gRPC-aware proxy in front of one etcd endpoint (HTTP/2 without TLS, call by call) that can break watch
 // streams on purpose, one gRPC message at a time: go deaf (keep every watch stream open but pass none of etcd's
 // answers on), swap two of etcd's watch responses, or lose one. What a proxy or a server with a bug, or a
-// relay that reorders, looks like to a client; every other call goes through untouched.
+// relay that reorders, looks like to a client; every other call goes through untouched, and counted.
 
 import { connect, constants, createServer, type ClientHttp2Session, type Http2Server, type ServerHttp2Session } from 'node:http2';
 import { freePort } from './net.ts';
@@ -21,6 +21,10 @@ export interface H2Proxy {
   // Watch streams opened through the proxy so far, and open now.
   watchStreams(): number;
   openWatchStreams(): number;
+  // Calls made through the proxy to a gRPC method ('/etcdserverpb.Auth/Authenticate', say), and calls that etcd
+  // answered with an error whose message holds `text`.
+  calls(method: string): number;
+  errors(text: string): number;
   close(): Promise<void>;
 }
 
@@ -46,6 +50,8 @@ export async function startH2Proxy(target: string): Promise<H2Proxy> {
   let muted = false;
   let watches = 0;
   let openWatches = 0;
+  const calls = new Map<string, number>();
+  const errorMessages: string[] = [];
   const plans: Plan[] = [];
   const server: Http2Server = createServer();
   const sessions = new Set<ServerHttp2Session>();
@@ -81,6 +87,12 @@ export async function startH2Proxy(target: string): Promise<H2Proxy> {
   server.on('stream', (down, headers) => {
     const path = headers[constants.HTTP2_HEADER_PATH] as string;
     const watch = path === WATCH;
+    calls.set(path, (calls.get(path) ?? 0) + 1);
+    // etcd's error is in the trailers, or in the headers of an answer that has nothing else.
+    const noteError = (fields: Record<string, unknown>) => {
+      const message = fields['grpc-message'];
+      if (typeof message === 'string' && fields['grpc-status'] !== '0') errorMessages.push(decodeURIComponent(message));
+    };
     const streamId = watch ? ++watches : 0;
     if (watch) {
       openWatches++;
@@ -89,6 +101,7 @@ export async function startH2Proxy(target: string): Promise<H2Proxy> {
     const forward = Object.fromEntries(Object.entries(headers).filter(([name]) => !name.startsWith(':') || name === ':path' || name === ':method'));
     const up = session().request(forward, { endStream: false });
     up.on('response', (responseHeaders) => {
+      noteError(responseHeaders);
       const { [constants.HTTP2_HEADER_STATUS]: status, ...rest } = responseHeaders;
       if (!down.headersSent && !down.destroyed) down.respond({ ':status': status ?? 200, ...rest }, { waitForTrailers: true });
     });
@@ -106,7 +119,10 @@ export async function startH2Proxy(target: string): Promise<H2Proxy> {
       }
     });
     let trailers = {};
-    up.on('trailers', (sent) => (trailers = sent));
+    up.on('trailers', (sent) => {
+      noteError(sent);
+      trailers = sent;
+    });
     down.on('wantTrailers', () => down.sendTrailers(trailers));
     up.on('end', () => {
       if (!down.destroyed) down.end();
@@ -133,6 +149,8 @@ export async function startH2Proxy(target: string): Promise<H2Proxy> {
     passed: (text) => plan('pass', text),
     watchStreams: () => watches,
     openWatchStreams: () => openWatches,
+    calls: (method) => calls.get(method) ?? 0,
+    errors: (text) => errorMessages.filter((message) => message.includes(text)).length,
     close: async () => {
       upstream?.destroy();
       for (const s of sessions) s.destroy();
