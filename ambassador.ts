@@ -9,14 +9,16 @@ import { hostPort } from './lib/address.ts';
 import { CredentialError, readCredentials } from './lib/credentials.ts';
 import { dryRunReport } from './lib/dryrun.ts';
 import { createFollower } from './lib/follow.ts';
-import { findExecutable, haproxyVersion } from './lib/haproxy/config.ts';
+import { availableParallelism } from 'node:os';
+import { findExecutable, haproxyVersion, maxServers, openFileLimit } from './lib/haproxy/config.ts';
 import { createHaproxy } from './lib/haproxy/driver.ts';
 import { fenceDrainsFirst } from './lib/haproxy/fence.ts';
 import { applyOnce } from './lib/haproxy/once.ts';
 import { createLogger } from './lib/log.ts';
 import { parseCommandLine, usage } from './lib/options.ts';
-import { patroniRoutingKeys, readCluster, selectPatroni } from './lib/patroni.ts';
-import { createServiceSelector, describeProblem, routingKeys, type Selection } from './lib/registry.ts';
+import { portTaken } from './lib/ports.ts';
+import { MAX_PATRONI_VALUE_BYTES, patroniRoutingKeys, readCluster, selectPatroni } from './lib/patroni.ts';
+import { createServiceSelector, describeProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES, routingKeys, type Selection } from './lib/registry.ts';
 import { createRenderer, proxyNames, type RenderSettings } from './lib/render.ts';
 import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
 import { createStatus, type StatusSnapshot } from './lib/status.ts';
@@ -61,6 +63,8 @@ const etcd: WatchSettings = {
   checkEveryMs: options.etcdCheckMs,
   routingKeys: (mirror) => (options.layout === 'patroni' ? patroniRoutingKeys(mirror, options.etcdPrefix) : routingKeys(mirror, { ...selectSettings, public: options.public })),
   prefix: options.etcdPrefix,
+  maxKeyBytes: MAX_KEY_BYTES,
+  maxValueBytes: options.layout === 'patroni' ? MAX_PATRONI_VALUE_BYTES : MAX_VALUE_BYTES,
   ca: options.etcdCa,
   cert: options.etcdCert,
   key: options.etcdKey,
@@ -123,6 +127,7 @@ log.info(`ambassador ${version} starting`, {
 const setpriv = await findExecutable('setpriv', process.env);
 if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
 const haproxyBinary = options.haproxy.includes('/') ? options.haproxy : ((await findExecutable(options.haproxy, process.env)) ?? options.haproxy);
+const fileLimit = await openFileLimit();
 const haproxySettings = {
   binary: haproxyBinary,
   configPath: options.haproxyConfig,
@@ -131,11 +136,13 @@ const haproxySettings = {
   fence: options.masterOnly,
   drainBeforeFence: false,
   proxies: proxyNames(renderSettings),
+  fileLimit,
+  maxServers: maxServers(fileLimit, availableParallelism()),
   log,
   setpriv,
 };
 try {
-  await prepareRuntimeDir(options.runtimeDir, log);
+  await prepareRuntimeDir(options.runtimeDir);
   const release = await haproxyVersion(haproxyBinary);
   haproxySettings.drainBeforeFence = fenceDrainsFirst(release);
   log.info(`using ${release}`, { haproxy: haproxyBinary, runtime_dir: options.runtimeDir, drain_before_fence: haproxySettings.drainBeforeFence || undefined });
@@ -147,6 +154,10 @@ try {
     process.exit(0);
   }
   await claimRuntimeDir(options.runtimeDir, options.haproxyConfig, log);
+  for (const port of [options.port, options.replicaPort]) {
+    const taken = port === undefined ? undefined : await portTaken(options.bind, port);
+    if (taken !== undefined) throw new SetupError(taken);
+  }
 } catch (err) {
   log.error(err instanceof SetupError ? err.message : `cannot set up ${options.runtimeDir}: ${(err as Error).message}`);
   process.exit(1);
@@ -211,10 +222,23 @@ async function stop(code: number, reason: string): Promise<void> {
 
 process.on('SIGTERM', () => void stop(0, 'SIGTERM'));
 process.on('SIGINT', () => void stop(0, 'SIGINT'));
+// A burst of SIGHUPs (a config tool that signals on every file it touches) is one resync: it waits for
+// SIGHUP_QUIET_MS without another, or SIGHUP_MAX_WAIT_MS after the first.
+const SIGHUP_QUIET_MS = 250;
+const SIGHUP_MAX_WAIT_MS = 2_000;
+let sighups = 0;
+let sighupTimer: NodeJS.Timeout | undefined;
+let firstSighupAt = 0;
 process.on('SIGHUP', () => {
-  log.info('SIGHUP: resyncing from etcd and trying the newest state again');
-  watch.resync();
-  haproxy.retryNow();
+  if (sighups++ === 0) firstSighupAt = performance.now();
+  clearTimeout(sighupTimer);
+  const wait = Math.min(SIGHUP_QUIET_MS, firstSighupAt + SIGHUP_MAX_WAIT_MS - performance.now());
+  sighupTimer = setTimeout(() => {
+    log.info(`SIGHUP${sighups > 1 ? ` (${sighups} of them)` : ''}: resyncing from etcd and trying the newest state again`);
+    sighups = 0;
+    watch.resync();
+    haproxy.retryNow();
+  }, Math.max(0, wait));
 });
 void haproxy.unexpectedExit.then(({ code, signal, error, lastAlerts }) => {
   const how = error !== undefined ? `could not be started (${error})` : signal ? `was killed by ${signal}` : `exited with code ${code}`;

@@ -7,7 +7,7 @@
 //   {stop: true}       stop them all → {stopped}
 
 import { createLogger } from '../lib/log.ts';
-import { routingKeys } from '../lib/registry.ts';
+import { MAX_KEY_BYTES, MAX_VALUE_BYTES, routingKeys } from '../lib/registry.ts';
 import { watchPrefix, type PrefixWatch } from '../lib/watch.ts';
 
 interface Start {
@@ -29,7 +29,7 @@ const send = (message: unknown) => process.send!(message, undefined, {}, () => {
 process.on('message', async (command: Command) => {
   if ('start' in command) {
     const { count, endpoints, prefix, checkMs, spreadMs } = command.start;
-    const settings = { endpoints, prefix, checkEveryMs: checkMs, routingKeys: (mirror: ReadonlyMap<string, string>) => routingKeys(mirror, { prefix, public: false, masterOnly: true }) };
+    const settings = { endpoints, prefix, maxKeyBytes: MAX_KEY_BYTES, maxValueBytes: MAX_VALUE_BYTES, checkEveryMs: checkMs, routingKeys: (mirror: ReadonlyMap<string, string>) => routingKeys(mirror, { prefix, public: false, masterOnly: true }) };
     for (let i = 0; i < count; i++) {
       const own = new Map<string, bigint>();
       seen.push(own);

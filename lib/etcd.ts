@@ -7,15 +7,20 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { InterceptingCall, type Interceptor } from '@grpc/grpc-js';
 import { noop } from 'cockatiel';
-import { Etcd3, WatchClient, type IOptions, type IWatchResponse } from 'etcd3';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError, GRPCResourceExhastedError, WatchClient, type IOptions, type IRangeRequest, type IRangeResponse, type IWatchResponse } from 'etcd3';
 import { readCredentials, type CredentialFiles, type Credentials } from './credentials.ts';
 import type { KeyState, WatchEvent } from './mirror.ts';
+import { bytesOf, textOf } from './text.ts';
 
 export interface EtcdSettings extends CredentialFiles {
   endpoints: readonly string[];
   prefix: string;
   user?: string | undefined;
   password?: string | undefined;
+  // The largest key (counted below the prefix) and value held as they are; larger ones are held as a stand-in
+  // (lib/text.ts): a hostile write can neither fill the memory nor the log.
+  maxKeyBytes: number;
+  maxValueBytes: number;
 }
 
 // One member: the URL ambassador talks to, and the name its TLS certificate is checked against.
@@ -87,21 +92,23 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
   const rangeEnd = prefixEnd(prefix);
   const streams = new Set<WatchStream>();
   const deadline = (withinMs: number) => ({ deadline: Date.now() + withinMs });
+  const texts = textsOf(settings);
+  const pages = (request: PageRequest, withinMs: number) => readPages(client, { key: Buffer.from(prefix), range_end: rangeEnd, ...request }, withinMs);
   return {
     member: member.url,
     version: async (withinMs) => (await client.maintenance.status(deadline(withinMs))).version,
     snapshot: async () => {
-      const response = await client.getAll().prefix(prefix).exec();
-      const entries = new Map(response.kvs.map((kv) => [kv.key.toString(), { value: kv.value.toString(), modRevision: BigInt(kv.mod_revision) }]));
-      return { entries, revision: BigInt(response.header.revision) };
+      const entries = new Map<string, KeyState>();
+      const revision = await pages({}, SNAPSHOT_DEADLINE_MS)((kv) => entries.set(texts.key(kv.key), { value: texts.value(kv.value), modRevision: BigInt(kv.mod_revision) }));
+      return { entries, revision };
     },
     read: async (keys, withinMs) => {
       // One key is a Range; several, a read-only transaction of exact-key Ranges. Either is one index lookup
       // per key, whatever the prefix holds.
-      const ranges = keys.map((key) => ({ key: Buffer.from(key) }));
+      const ranges = keys.map((key) => ({ key: bytesOf(key) }));
       const found = new Map<string, KeyState>();
       const add = (kvs: { key: Buffer; value: Buffer; mod_revision: string }[] = []) => {
-        for (const kv of kvs) found.set(kv.key.toString(), { value: kv.value.toString(), modRevision: BigInt(kv.mod_revision) });
+        for (const kv of kvs) found.set(texts.key(kv.key), { value: texts.value(kv.value), modRevision: BigInt(kv.mod_revision) });
       };
       if (ranges.length === 1) {
         const response = await client.kv.range(ranges[0]!, deadline(withinMs));
@@ -113,16 +120,17 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
       return { revision: BigInt(response.header.revision), found };
     },
     listAt: async (revision, withinMs) => {
+      const listed = new Map<string, bigint>();
       try {
-        const response = await client.kv.range({ key: Buffer.from(prefix), range_end: rangeEnd, keys_only: true, revision: String(revision), serializable: true }, deadline(withinMs));
-        return new Map(response.kvs.map((kv) => [kv.key.toString(), BigInt(kv.mod_revision)]));
+        await pages({ keys_only: true, revision: String(revision), serializable: true }, withinMs)((kv) => listed.set(texts.key(kv.key), BigInt(kv.mod_revision)));
+        return listed;
       } catch (err) {
         if (/compacted/i.test((err as Error).message)) return 'compacted';
         throw err;
       }
     },
     watch: async (fromRevision, onMessage) => {
-      const stream = await openWatch(client, prefix, rangeEnd, fromRevision, onMessage);
+      const stream = await openWatch(client, prefix, rangeEnd, fromRevision, texts, onMessage);
       streams.add(stream);
       void stream.ended.then(() => streams.delete(stream));
       return stream;
@@ -144,6 +152,76 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
       client.close();
     },
   };
+}
+
+// Keys and values as the mirror holds them (lib/text.ts): a key's stand-in keeps the prefix and a little more.
+interface Texts {
+  key(bytes: Buffer): string;
+  value(bytes: Buffer): string;
+}
+
+function textsOf(settings: EtcdSettings): Texts {
+  const prefixBytes = Buffer.byteLength(keyPrefix(settings.prefix));
+  return {
+    key: (bytes) => textOf(bytes, prefixBytes + settings.maxKeyBytes, prefixBytes + 48),
+    value: (bytes) => textOf(bytes, settings.maxValueBytes),
+  };
+}
+
+// A whole read of the prefix may be larger than one gRPC message (64 MiB), and a hostile registry makes it so:
+// it is read in pages, every page at the revision of the first, each about PAGE_TARGET_BYTES (the next page's
+// key count follows the last page's size), a page refused as too large read again in quarters. This long for
+// the whole read.
+const SNAPSHOT_DEADLINE_MS = 30_000;
+const PAGE_FIRST_KEYS = 100;
+const PAGE_MAX_KEYS = 10_000;
+const PAGE_TARGET_BYTES = 2 << 20;
+
+type PageRequest = Pick<IRangeRequest, 'keys_only' | 'revision' | 'serializable'>;
+type RangeKv = IRangeResponse['kvs'][number];
+
+// Reads the range page by page, handing each key on; resolves to the revision every page was read at.
+function readPages(client: Etcd3, request: IRangeRequest, withinMs: number) {
+  return async (each: (kv: RangeKv) => void): Promise<bigint> => {
+    const end = Date.now() + withinMs;
+    let key = request.key!;
+    let revision = request.revision === undefined ? undefined : String(request.revision);
+    let limit = PAGE_FIRST_KEYS;
+    for (;;) {
+      // Pages after the first are read at its revision, from the member that answered it: a serializable read
+      // there is as current as the first.
+      const page = { ...request, key, limit, ...(revision === undefined ? {} : { revision, serializable: true }) };
+      let response: IRangeResponse;
+      try {
+        response = await client.kv.range(page, { deadline: end });
+      } catch (err) {
+        if (!tooLarge(err) || limit === 1) throw err;
+        limit = Math.max(1, Math.floor(limit / 4));
+        continue;
+      }
+      revision ??= response.header.revision;
+      let bytes = 0;
+      for (const kv of response.kvs) {
+        bytes += kv.key.length + kv.value.length;
+        each(kv);
+      }
+      const last = response.kvs.at(-1);
+      if (!response.more || last === undefined) return BigInt(revision);
+      key = Buffer.concat([last.key, Buffer.of(0)]);
+      limit = Math.max(1, Math.min(PAGE_MAX_KEYS, Math.floor((limit * PAGE_TARGET_BYTES) / Math.max(bytes, 1))));
+    }
+  };
+}
+
+// etcd refused the user's credentials: a wrong user or password, or no permission on the prefix. Asking again
+// at once, or another member, gets the same answer.
+export function refusedCredentials(err: unknown): boolean {
+  return err instanceof EtcdAuthenticationFailedError || err instanceof EtcdPermissionDeniedError || err instanceof EtcdUserNotFoundError;
+}
+
+// gRPC refused a message over its size limit.
+function tooLarge(err: unknown): boolean {
+  return err instanceof GRPCResourceExhastedError || /RESOURCE_EXHAUSTED|larger than max/i.test((err as Error).message);
 }
 
 // The prefix as a directory, so /services/mysql never matches /services/mysql2.
@@ -198,8 +276,9 @@ function clientOptions(settings: EtcdSettings, member: Member, credentials: Cred
 
 // One watcher on one gRPC stream of our own, through the client's connection (its TLS, token and
 // require-leader metadata): etcd answers a progress request per stream, and a second watcher on the stream
-// would make it wait for the slower (etcd issue 20242).
-async function openWatch(client: Etcd3, prefix: string, rangeEnd: Buffer, fromRevision: bigint, onMessage: (message: WatchMessage) => void): Promise<WatchStream> {
+// would make it wait for the slower (etcd issue 20242). Keys and values are turned into mirror text as they
+// arrive, so that no large value is held.
+async function openWatch(client: Etcd3, prefix: string, rangeEnd: Buffer, fromRevision: bigint, texts: Texts, onMessage: (message: WatchMessage) => void): Promise<WatchStream> {
   // The library keeps its connection pool to itself; the watch client is built on it as the library does.
   const pool = (client as unknown as { pool: ConstructorParameters<typeof WatchClient>[0] }).pool;
   const stream = await new WatchClient(pool).watch();
@@ -210,27 +289,28 @@ async function openWatch(client: Etcd3, prefix: string, rangeEnd: Buffer, fromRe
     open = false;
     resolveEnded(how);
   };
+  // The events of a response etcd split in fragments (each under its request size limit), until the last.
+  let fragments: WatchEvent[] = [];
   stream.on('data', (response: IWatchResponse) => {
     if (response.canceled) {
       const compactRevision = BigInt(response.compact_revision || '0');
       end(compactRevision > 0n ? { kind: 'compacted', compactRevision } : { kind: 'failed', reason: `watch canceled (${response.cancel_reason || 'no reason given'})` });
     } else if (response.events.length > 0) {
-      onMessage({
-        kind: 'events',
-        events: response.events.map((event) => ({
-          type: event.type === 'Put' ? 'put' : 'delete',
-          key: event.kv.key.toString(),
-          value: event.kv.value.toString(),
-          modRevision: BigInt(event.kv.mod_revision),
-        })),
-      });
+      for (const event of response.events) {
+        fragments.push({ type: event.type === 'Put' ? 'put' : 'delete', key: texts.key(event.kv.key), value: texts.value(event.kv.value), modRevision: BigInt(event.kv.mod_revision) });
+      }
+      if (response.fragment) return;
+      onMessage({ kind: 'events', events: fragments });
+      fragments = [];
     } else if (response.watch_id === STREAM_REPLY || !response.created) {
       onMessage({ kind: 'progress', revision: BigInt(response.header.revision) });
     }
   });
   stream.on('error', (err: Error) => end({ kind: 'failed', reason: `disconnected (${err.message.split('\n')[0]})` }));
   stream.on('end', () => end({ kind: 'failed', reason: 'watch ended' }));
-  stream.write({ create_request: { key: Buffer.from(prefix), range_end: rangeEnd, start_revision: String(fromRevision) } });
+  // Fragmented: a catch-up of many large revisions in one response would pass gRPC's message limit, and the
+  // stream would fail at the same revision on every try.
+  stream.write({ create_request: { key: Buffer.from(prefix), range_end: rangeEnd, start_revision: String(fromRevision), fragment: true } });
   const cancel = () => {
     end({ kind: 'failed', reason: 'cancelled' });
     stream.cancel();

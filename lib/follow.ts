@@ -4,15 +4,15 @@
 
 import type { ApplyPath, ApplyResult, Wanted } from './haproxy/queue.ts';
 import type { Logger } from './log.ts';
-import { serverTable } from './plan.ts';
-import { describeChange, problemChanges, type Problem, type Selection } from './registry.ts';
+import { selectionOf, serverTable, type ServerTable } from './plan.ts';
+import { describeChange, problemChanges, type PortServers, type Problem, type Selection } from './registry.ts';
 import type { RegistryState } from './watch.ts';
 
 interface FollowSettings {
   state(): RegistryState;
   // `changed`: the keys changed since the last call, or undefined if anything may have.
   select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection;
-  render(selection: Selection): string;
+  render(selection: PortServers): string;
   apply(wanted: Wanted): Promise<ApplyResult>;
   log: Logger;
   masterOnly: boolean;
@@ -81,8 +81,7 @@ export function createFollower(settings: FollowSettings): Follower {
       briefTimers.delete(text);
     }
     if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
-    const fenced = () => settings.render({ ...selection, servers: selection.servers.map((server) => (server.enabled ? { ...server, enabled: false } : server)) });
-    const wanted = { config: settings.render(selection), servers: serverTable(selection), fencedConfig: fenced };
+    const wanted = { config: settings.render(selection), servers: serverTable(selection), configOf: (table: ServerTable) => settings.render(selectionOf(table)) };
     void settings.apply(wanted).then(({ outcome, path, ms }) => {
       if (outcome !== 'applied' || path === undefined) return;
       const description = describeChange(applied, selection, settings.masterOnly);

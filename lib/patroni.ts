@@ -3,7 +3,8 @@
 // Pure: every value is validated here; a member that fails is a problem that keeps it out, never text in the config.
 
 import { checkAddress, parsePort } from './address.ts';
-import { serverName, sortProblems, uniqueServers, type Instance, type Problem, type Selection, type Server } from './registry.ts';
+import { isOversized } from './text.ts';
+import { oversizedKeyProblem, routableName, serverName, sortProblems, uniqueServers, unreadable, type Instance, type Problem, type Selection, type Server } from './registry.ts';
 
 export interface PatroniSettings {
   prefix: string;
@@ -31,7 +32,7 @@ interface Cluster {
 }
 
 // Patroni's values are small JSON; a bigger one is not Patroni's.
-const MAX_VALUE = 64 << 10;
+export const MAX_PATRONI_VALUE_BYTES = 64 << 10;
 const MEMBER_KEY = /^members\/([^/]+)$/;
 const DEFAULT_POSTGRES_PORT = 5432;
 // A member that says so is no longer the primary, whatever the leader key says: fence it. ('replica' is not
@@ -42,7 +43,7 @@ const NOT_PRIMARY_ROLES = new Set(['demoted', 'uninitialized']);
 // key and the leader's member key.
 export function patroniRoutingKeys(mirror: ReadonlyMap<string, string>, prefix: string): string[] {
   const leader = mirror.get(`${prefix}/leader`)?.trim();
-  return leader === undefined || !/^[^/\s]+$/.test(leader) ? [`${prefix}/leader`] : [`${prefix}/leader`, `${prefix}/members/${leader}`];
+  return leader === undefined || !routableName(leader) ? [`${prefix}/leader`] : [`${prefix}/leader`, `${prefix}/members/${leader}`];
 }
 
 export function readCluster(mirror: ReadonlyMap<string, string>, prefix: string): Cluster {
@@ -53,9 +54,14 @@ export function readCluster(mirror: ReadonlyMap<string, string>, prefix: string)
   let optime: number | undefined;
   for (const [key, value] of mirror) {
     if (!key.startsWith(base)) continue;
+    if (isOversized(key)) {
+      problems.push(oversizedKeyProblem(key, prefix));
+      continue;
+    }
     const relative = key.slice(base.length);
-    if (value.length > MAX_VALUE) {
-      if (relative === 'leader' || relative === 'status' || MEMBER_KEY.test(relative)) problems.push({ key, value, reason: `${value.length} bytes: too big for Patroni's value` });
+    const unusable = unreadable(value, MAX_PATRONI_VALUE_BYTES);
+    if (unusable !== undefined) {
+      if (relative === 'leader' || relative === 'status' || MEMBER_KEY.test(relative)) problems.push({ key, value, reason: unusable, ...(MEMBER_KEY.test(relative) ? { instance: MEMBER_KEY.exec(relative)![1]! } : {}) });
       continue;
     }
     if (relative === 'leader') {

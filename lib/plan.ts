@@ -7,7 +7,7 @@
 import { isIP } from 'node:net';
 import { hostPort } from './address.ts';
 import { PROXY_NAME, REPLICA_PROXY_NAME, SERVER_CHECKS } from './render.ts';
-import type { Selection, Server } from './registry.ts';
+import type { PortServers, Server } from './registry.ts';
 
 // A server removed from etcd that haproxy still has: it takes no new connection and is deleted (del server)
 // once its last session ends. Never in the config file.
@@ -51,10 +51,15 @@ interface PlanSettings {
 export const MAX_RUNTIME_COMMANDS = 1000;
 
 // The table a selection asks for: its lists as they are, nothing draining.
-export function serverTable(selection: Pick<Selection, 'servers' | 'replicas'>): ServerTable {
+export function serverTable(selection: PortServers): ServerTable {
   const proxies = new Map<string, readonly Server[]>([[PROXY_NAME, selection.servers]]);
   if (selection.replicas !== undefined) proxies.set(REPLICA_PROXY_NAME, selection.replicas);
   return { proxies, draining: new Map() };
+}
+
+// The lists of a table, as render takes them: the inverse of serverTable (draining servers are in no config).
+export function selectionOf(table: ServerTable): PortServers {
+  return { servers: table.proxies.get(PROXY_NAME) ?? [], replicas: table.proxies.get(REPLICA_PROXY_NAME) };
 }
 
 type State = 'ready' | 'maint' | 'drain';
@@ -153,6 +158,22 @@ export function afterFence(live: ServerTable, fenced: readonly ServerAddress[]):
   const ids = new Set(fenced.map(({ id }) => id));
   const proxies = new Map([...live.proxies].map(([proxy, servers]) => [proxy, servers.map((server) => (ids.has(`${proxy}/${server.server}`) ? { ...server, enabled: false } : server))]));
   return { proxies, draining: live.draining };
+}
+
+// The routing part of a change (master-only): the live table, but for the primary port's master, which is
+// enabled as wanted, added or moved if haproxy lacks it or runs it elsewhere; every server it replaces is in
+// maintenance. The driver makes this at run time before any reload, so that a failover never waits on a reload
+// that haproxy may refuse or that cannot be done (a full disk, a lost runtime dir).
+export function routingStep(live: ServerTable, wanted: ServerTable): ServerTable {
+  const was = live.proxies.get(PROXY_NAME) ?? [];
+  const masters = new Map((wanted.proxies.get(PROXY_NAME) ?? []).filter((server) => server.enabled).map((server) => [server.server, server]));
+  const servers = was.map((server) => masters.get(server.server) ?? (server.enabled ? { ...server, enabled: false } : server));
+  for (const master of masters.values()) {
+    if (was.some((server) => server.server === master.server)) continue;
+    const slot = servers.findIndex((server) => server.server > master.server);
+    servers.splice(slot === -1 ? servers.length : slot, 0, master);
+  }
+  return { proxies: new Map([...live.proxies, [PROXY_NAME, servers]]), draining: live.draining };
 }
 
 // The table of a wanted state with its primary port's servers all in maintenance: what haproxy runs after a

@@ -3,6 +3,14 @@
 
 import { createHash } from 'node:crypto';
 import { checkAddress, parsePort } from './address.ts';
+import { byteLength, hasInvalidUtf8, isOversized, shortText } from './text.ts';
+
+// The bounds of what is read (docs/operating.md, "Bounds"): the longest key below the prefix and the longest
+// instance name, for every layout; the longest value of this layout, whose values are names, addresses and ports.
+// A larger key or value is held only as a stand-in (lib/text.ts) and is a problem, never text in the config.
+export const MAX_KEY_BYTES = 512;
+export const MAX_NAME_BYTES = 255;
+export const MAX_VALUE_BYTES = 512;
 
 interface RegistrySettings {
   prefix: string;
@@ -38,6 +46,13 @@ interface Service {
 // An instance as haproxy gets it: with --master-only every instance is there, only the master enabled.
 export interface Server extends Instance {
   enabled: boolean;
+}
+
+// The servers of each port, as haproxy gets them: `servers` for --port, `replicas` for --replica-port
+// (undefined without one).
+export interface PortServers {
+  servers: readonly Server[];
+  replicas: readonly Server[] | undefined;
 }
 
 // What each port routes to: `servers` for --port, `replicas` for --replica-port (undefined without one).
@@ -80,19 +95,42 @@ function instanceNames(keys: Iterable<string>, base: string): Set<string> {
   return names;
 }
 
+// Why a value read from etcd cannot be used as text, if it cannot: over its bound, or not UTF-8.
+export function unreadable(value: string, maxBytes: number): string | undefined {
+  // (A mirror filled from etcd holds a stand-in for a long value; one made otherwise may hold it whole.)
+  if (isOversized(value) || (value.length * 3 > maxBytes && byteLength(value) > maxBytes)) return `a value of ${byteLength(value)} bytes: longer than the ${maxBytes} allowed`;
+  if (hasInvalidUtf8(value)) return 'not UTF-8';
+  return undefined;
+}
+
+// Why an instance (or member) name cannot be routed, if it cannot.
+export function badName(name: string): string | undefined {
+  if (hasInvalidUtf8(name)) return 'the instance name is not UTF-8';
+  const bytes = byteLength(name);
+  return bytes > MAX_NAME_BYTES ? `an instance name of ${bytes} bytes: longer than the ${MAX_NAME_BYTES} allowed` : undefined;
+}
+
+// A key over its bound, under the prefix: what it would have been cannot be told, so it is a problem of its own.
+export function oversizedKeyProblem(key: string, prefix: string): Problem {
+  return { key, reason: `a key of ${byteLength(key) - byteLength(prefix) - 1} bytes below the prefix: longer than the ${MAX_KEY_BYTES} allowed` };
+}
+
 function readInstance(mirror: ReadonlyMap<string, string>, settings: RegistrySettings, name: string): InstanceRead {
   const keyOf = (field: Field) => `${settings.prefix}/instances/${name}/${field}`;
   const addressField: Field = settings.public ? 'public_ip' : 'private_ip';
   const rawAddress = mirror.get(keyOf(addressField));
   if (rawAddress === undefined) return { problems: [] };
+  const misnamed = badName(name);
+  if (misnamed !== undefined) return { problems: [{ key: keyOf(addressField), reason: misnamed, instance: name }] };
   const problems: Problem[] = [];
   const address = checkAddress(rawAddress.trim());
-  if (!address.ok) problems.push({ key: keyOf(addressField), value: rawAddress, reason: address.reason, instance: name });
+  const addressProblem = unreadable(rawAddress, MAX_VALUE_BYTES) ?? (address.ok ? undefined : address.reason);
+  if (addressProblem !== undefined) problems.push({ key: keyOf(addressField), value: rawAddress, reason: addressProblem, instance: name });
   let port = settings.backendPort;
   const rawPort = mirror.get(keyOf('port'));
   if (rawPort !== undefined) {
     const parsed = parsePort(rawPort.trim());
-    if (parsed === undefined) problems.push({ key: keyOf('port'), value: rawPort, reason: 'not a port (1-65535)', instance: name });
+    if (parsed === undefined) problems.push({ key: keyOf('port'), value: rawPort, reason: unreadable(rawPort, MAX_VALUE_BYTES) ?? 'not a port (1-65535)', instance: name });
     else port = parsed;
   }
   if (!address.ok || problems.length > 0) return { problems };
@@ -112,6 +150,13 @@ function createServiceReader(settings: RegistrySettings) {
   let instances: Instance[] = [];
   let master: string | undefined;
   let clashes: Problem[] = [];
+  // Keys over their bound under the prefix (few: each is a problem said once).
+  const oversizedKeys = new Set<string>();
+  const noteKey = (mirror: ReadonlyMap<string, string>, key: string) => {
+    if (!isOversized(key)) return;
+    if (mirror.has(key)) oversizedKeys.add(key);
+    else oversizedKeys.delete(key);
+  };
 
   // Reads the instance again; false if its routable form did not change. An unchanged one keeps its object.
   const reread = (mirror: ReadonlyMap<string, string>, name: string): boolean => {
@@ -127,6 +172,8 @@ function createServiceReader(settings: RegistrySettings) {
 
   const readAll = (mirror: ReadonlyMap<string, string>) => {
     master = mirror.get(`${base}master`)?.trim();
+    oversizedKeys.clear();
+    for (const key of mirror.keys()) noteKey(mirror, key);
     // The instances read before too: those gone from etcd are dropped.
     for (const name of new Set([...reads.keys(), ...instanceNames(mirror.keys(), base)])) reread(mirror, name);
     clashes = [];
@@ -138,6 +185,7 @@ function createServiceReader(settings: RegistrySettings) {
   // False on a clash of server names.
   const readChanged = (mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string>): boolean => {
     if (changed.has(`${base}master`)) master = mirror.get(`${base}master`)?.trim();
+    for (const key of changed) noteKey(mirror, key);
     let next: Instance[] | undefined;
     for (const name of instanceNames(changed, base)) {
       const was = reads.get(name)?.instance;
@@ -157,7 +205,7 @@ function createServiceReader(settings: RegistrySettings) {
   return {
     read(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Service {
       if (changed === undefined || clashes.length > 0 || !readChanged(mirror, changed)) readAll(mirror);
-      const problems = [...clashes];
+      const problems = [...clashes, ...[...oversizedKeys].map((key) => oversizedKeyProblem(key, settings.prefix))];
       for (const name of troubled) problems.push(...reads.get(name)!.problems);
       return { instances, master, problems: sortProblems(problems) };
     },
@@ -228,7 +276,9 @@ export function selectServers(service: Service, settings: SelectSettings, cache 
   const key = `${settings.prefix}/master`;
   const problems = [...service.problems];
   const master = service.instances.find((instance) => instance.name === service.master);
+  const unusable = service.master === undefined ? undefined : unreadable(service.master, MAX_VALUE_BYTES);
   if (service.master === undefined) problems.push({ key, reason: 'no master is set: no instance is routed' });
+  else if (unusable !== undefined) problems.push({ key, value: service.master, reason: `${unusable}: no instance is routed` });
   else if (master === undefined) problems.push({ key, value: service.master, reason: 'names no routable instance: no instance is routed' });
   const servers = service.instances.map((instance) => cache.of(instance, instance === master));
   return { servers, replicas, master: service.master, problems };
@@ -239,8 +289,14 @@ export function selectServers(service: Service, settings: SelectSettings, cache 
 export function routingKeys(mirror: ReadonlyMap<string, string>, settings: Pick<RegistrySettings, 'prefix' | 'public'> & Pick<SelectSettings, 'masterOnly'>): string[] {
   const base = settings.prefix + '/';
   const master = mirror.get(`${base}master`)?.trim();
-  if (!settings.masterOnly || master === undefined || !/^[^/\s]+$/.test(master)) return [`${base}master`];
+  if (!settings.masterOnly || master === undefined || !routableName(master)) return [`${base}master`];
   return [`${base}master`, `${base}instances/${master}/${settings.public ? 'public_ip' : 'private_ip'}`, `${base}instances/${master}/port`];
+}
+
+// Whether a name read from a value (the master's, the leader's) can name an instance, and so a key to read:
+// within its bound, one path segment, and no stand-in (which no key read by name could have).
+export function routableName(name: string): boolean {
+  return /^[^/\s]+$/.test(name) && !isOversized(name) && badName(name) === undefined;
 }
 
 // haproxy server names allow [A-Za-z0-9_.:-]. A plain name is used as is; any other gets a readable part
@@ -289,12 +345,26 @@ export function describeChange(before: Selection | undefined, after: Selection, 
   return parts.join(', ') || 'servers unchanged';
 }
 
-// A problem as one log line: the value quoted and escaped (a newline stays "\n"), and cut short if huge.
+// A problem as one log line: the key and value quoted and escaped where they need it (a newline stays "\n"),
+// each cut short if long.
 export function describeProblem(problem: Problem): string {
-  if (problem.value === undefined) return `rejected ${problem.key}: ${problem.reason}`;
-  const value = problem.value;
-  const shown = JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value) + (value.length > 80 ? ` (${value.length} chars)` : '');
-  return `rejected ${problem.key}=${shown}: ${problem.reason}`;
+  const key = shownKey(problem.key);
+  if (problem.value === undefined) return `rejected ${key}: ${problem.reason}`;
+  return `rejected ${key}=${JSON.stringify(shortText(problem.value))}: ${problem.reason}`;
+}
+
+// Any key within its bound is shown whole; a stand-in for a longer one shows its head.
+const SHOWN_KEY_CHARS = 640;
+
+// A key as a log line or /state shows it: as it is when it is plain and short, else quoted and cut.
+function shownKey(key: string): string {
+  const short = shortText(key, SHOWN_KEY_CHARS);
+  return short === key && /^[\x21-\x7e]+$/.test(key) ? key : JSON.stringify(short);
+}
+
+// A problem as /state and the log show it: its key and value cut short, never held in full twice.
+export function shownProblem(problem: Problem): Problem {
+  return { ...problem, key: shortText(problem.key, SHOWN_KEY_CHARS), ...(problem.value === undefined ? {} : { value: shortText(problem.value) }), ...(problem.instance === undefined ? {} : { instance: shortText(problem.instance) }) };
 }
 
 // Which problems are new and which are gone since the last look, so that each is said once when it appears

@@ -3,7 +3,7 @@
 // Every value it writes was validated by registry.ts or options.ts; it never formats raw etcd data.
 
 import { hostPort } from './address.ts';
-import type { Selection, Server } from './registry.ts';
+import type { PortServers, Server } from './registry.ts';
 
 export interface RenderSettings {
   prefix: string;
@@ -33,13 +33,13 @@ export const SERVER_CHECKS = 'check inter 2s fall 2 rise 2 on-marked-down shutdo
 const SERVER_DEFAULTS = `${SERVER_CHECKS} init-addr libc,none`;
 
 // Servers not enabled (master-only standbys) are written `disabled`, so a failover is a state change at run time.
-export function renderConfig(settings: RenderSettings, selection: Pick<Selection, 'servers' | 'replicas'>): string {
+export function renderConfig(settings: RenderSettings, selection: PortServers): string {
   return createRenderer(settings)(selection);
 }
 
 // renderConfig for a stream of selections: the line of a server object seen before is not made again, so a
 // change formats only the servers it changed (see createServiceSelector).
-export function createRenderer(settings: RenderSettings): (selection: Pick<Selection, 'servers' | 'replicas'>) => string {
+export function createRenderer(settings: RenderSettings): (selection: PortServers) => string {
   const serverLines = new WeakMap<Server, string>();
   const serverLine = (server: Server) => {
     let line = serverLines.get(server);
@@ -63,6 +63,9 @@ export function createRenderer(settings: RenderSettings): (selection: Pick<Selec
     `# haproxy config for etcd prefix ${settings.prefix}, written by ambassador on every change: edits are lost.`,
     'global',
     `    stats socket ${settings.adminSocket} mode 600 level admin`,
+    // The port is ours alone: with SO_REUSEPORT a second process on it (another ambassador's haproxy) would
+    // share its new connections, and clients would reach two databases. A reload hands the listeners over.
+    '    noreuseport',
     // A reload leaves the old worker serving its open connections; this bounds how long it may.
     `    hard-stop-after ${settings.hardStopAfter}`,
     // That bound, not a count: from haproxy 3.3 a worker that outlived 50 reloads is stopped, sessions and all.

@@ -20,16 +20,39 @@ export function runtimeFiles(dir: string) {
 export class SetupError extends Error {}
 
 // The runtime dir holds the config (by default), the admin sockets and the pid files: private to us, or refused.
-export async function prepareRuntimeDir(dir: string, log: Logger): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+// A directory ambassador did not make is never changed: one open to others may be shared (`/tmp`, a service's
+// folder), and making it private would break whatever else uses it.
+export async function prepareRuntimeDir(dir: string): Promise<void> {
+  const made = await mkdir(dir, { recursive: true, mode: 0o700 });
   const info = await lstat(dir);
   const uid = process.getuid?.() ?? 0;
   if (!info.isDirectory()) throw new SetupError(`runtime dir ${dir} is not a directory (a link or a file is in the way)`);
   if (info.uid !== uid) throw new SetupError(`runtime dir ${dir} belongs to uid ${info.uid}, not to this user (uid ${uid}): choose another --runtime-dir`);
-  if ((info.mode & 0o077) !== 0) {
+  if ((info.mode & 0o077) === 0) return;
+  const mode = (info.mode & 0o7777).toString(8).padStart(4, '0');
+  // Only a dir this call made can be open here, through an odd umask: it is ours to close.
+  if (made !== undefined) return chmod(dir, 0o700);
+  throw new SetupError(`runtime dir ${dir} is open to others (mode ${mode}) and may be shared: ambassador keeps its admin sockets in a private dir and never changes one it did not make; give it a dir of its own, e.g. --runtime-dir=${dir.replace(/\/+$/, '')}/ambassador`);
+}
+
+// The runtime dir as prepareRuntimeDir left it, made again if it went missing while running, or given back its
+// mode if it was changed (it is ours: it passed prepareRuntimeDir). Says what it found.
+export async function restoreRuntimeDir(dir: string): Promise<'as it was' | 'was deleted: made it again' | 'had its mode changed: made it private again'> {
+  const info = await lstat(dir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (info === undefined) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
     await chmod(dir, 0o700);
-    log.warn('runtime dir was open to others; made it private', { dir, mode: (info.mode & 0o777).toString(8) });
+    // Still held by this ambassador.
+    await writePrivate(runtimeFiles(dir).ambassadorPid, `${process.pid}\n`);
+    return 'was deleted: made it again';
   }
+  if (!info.isDirectory()) throw new SetupError(`runtime dir ${dir} is no longer a directory`);
+  if ((info.mode & 0o777) === 0o700) return 'as it was';
+  await chmod(dir, 0o700);
+  return 'had its mode changed: made it private again';
 }
 
 // One ambassador per runtime dir; an haproxy left behind by one that was killed is stopped before we start ours.

@@ -3,6 +3,11 @@
 
 import { createServer } from 'node:http';
 
+// A scraper, a health check and a person or two: more connections than this are closed at once, and idle ones
+// after IDLE_MS, so that a flood of idle connections cannot take the file descriptors a failover needs.
+const MAX_CONNECTIONS = 32;
+const IDLE_MS = 10_000;
+
 export interface StatusAnswer {
   code: number;
   type: string;
@@ -24,6 +29,11 @@ export function serveStatus(host: string, port: number, respond: (path: string) 
       (err: Error) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
     );
   });
+  server.maxConnections = MAX_CONNECTIONS;
+  server.headersTimeout = IDLE_MS;
+  server.requestTimeout = IDLE_MS;
+  server.keepAliveTimeout = IDLE_MS / 2;
+  server.setTimeout(IDLE_MS, (socket) => socket.destroy());
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve({ close: () => new Promise((done) => server.close(() => done())) }));

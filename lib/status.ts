@@ -10,7 +10,7 @@ import type { LastChange } from './follow.ts';
 import type { ApplyPath, HaproxyStats, ServerTraffic, Traffic } from './haproxy/driver.ts';
 import { serveStatus, type StatusAnswer, type StatusServer } from './status-server.ts';
 import { PROXY_NAME, REPLICA_PROXY_NAME } from './render.ts';
-import type { Problem, Server as HaproxyServer } from './registry.ts';
+import { shownProblem, type Problem, type Server as HaproxyServer } from './registry.ts';
 import type { WatchStats } from './watch.ts';
 
 export interface StatusSnapshot {
@@ -49,6 +49,7 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
   if (haproxy.masterPid === undefined) {
     return { healthy: false, reason: etcd.snapshots === 0 ? 'waiting for the first etcd snapshot; haproxy not started' : 'haproxy is not running' };
   }
+  if (haproxy.masterBlocked !== undefined) return { healthy: false, reason: `the master cannot be opened: ${haproxy.masterBlocked}` };
   if (haproxy.refusedNewest) return { healthy: false, reason: 'haproxy refused the config for the newest etcd state; an older one is serving' };
   const notLiveMs = haproxy.notLiveSince === undefined ? 0 : now - haproxy.notLiveSince;
   if (notLiveMs >= maxStaleMs) {
@@ -93,6 +94,7 @@ const SNAPSHOT_METRICS: SnapshotMetric[] = [
     labels: ['cause'],
     read: (s) => Object.entries(s.etcd.resyncs).map(([cause, count]) => [{ cause }, count]),
   },
+  { type: 'counter', name: 'ambassador_etcd_checks_total', help: 'checks of the routing keys against etcd that were answered (one per --etcd-check-interval)', read: (s) => s.etcd.checks },
   { type: 'counter', name: 'ambassador_etcd_listings_total', help: 'listings of the prefix compared with the mirror', read: (s) => s.etcd.listings },
   { type: 'counter', name: 'ambassador_etcd_watches_lost_total', help: 'etcd watches lost after working (disconnect, member restarted, auth)', read: (s) => s.etcd.watchesLost },
   { type: 'counter', name: 'ambassador_etcd_members_left_total', help: 'etcd members left because they could not confirm the state (no leader, paused, cut off) or their watch stopped delivering', read: (s) => s.etcd.membersLeft },
@@ -121,6 +123,8 @@ const SNAPSHOT_METRICS: SnapshotMetric[] = [
   { type: 'counter', name: 'ambassador_runtime_fallbacks_total', help: 'changes where a runtime command failed and a reload was done instead', read: (s) => s.haproxy.runtimeFallbacks },
   { type: 'counter', name: 'ambassador_fences_unconfirmed_total', help: 'failovers where haproxy still showed sessions on the old master 1 s after the fence, and the new master was opened anyway', read: (s) => s.haproxy.fencesUnconfirmed },
   { type: 'counter', name: 'ambassador_fences_frozen_total', help: 'failovers where haproxy froze streams it shut (an haproxy 2.7-3.1 bug), ended by a reload and a stop of the worker holding them before the new master opened', read: (s) => s.haproxy.fencesFrozen },
+  { type: 'gauge', name: 'ambassador_master_blocked', help: '1 while the master the newest etcd state names cannot be opened in haproxy (the reason is in /healthz and the log)', read: (s) => (s.haproxy.masterBlocked === undefined ? 0 : 1) },
+  { type: 'counter', name: 'ambassador_runtime_dir_restored_total', help: 'times the runtime dir was found deleted or changed while running, and made right again', read: (s) => s.haproxy.runtimeDirRestored },
   { type: 'gauge', name: 'ambassador_haproxy_workers', help: 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', read: (s) => s.haproxy.workers },
   { type: 'gauge', name: 'ambassador_haproxy_current', help: '1 when haproxy runs the config for the newest etcd state', read: (s) => (s.haproxy.current ? 1 : 0) },
   { type: 'gauge', name: 'ambassador_healthy', help: '1 when /healthz answers 200', read: (s, maxStaleMs) => (health(s, maxStaleMs).healthy ? 1 : 0) },
@@ -265,7 +269,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       routed: server.enabled,
     })),
     replicas: snapshot.replicas?.map((server) => ({ name: server.name, server: server.server, address: server.address, port: server.port, routed: server.enabled })),
-    problems: snapshot.problems,
+    problems: snapshot.problems.map(shownProblem),
     lastChange: snapshot.lastChange ? { ...snapshot.lastChange, revision: snapshot.lastChange.revision.toString() } : null,
     etcd: {
       connected: snapshot.etcd.connected,
@@ -278,6 +282,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       snapshots: snapshot.etcd.snapshots,
       resumes: snapshot.etcd.resumes,
       resyncs: snapshot.etcd.resyncs,
+      checks: snapshot.etcd.checks,
       listings: snapshot.etcd.listings,
       progress: snapshot.etcd.progress ?? null,
     },
@@ -291,6 +296,8 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       fencesUnconfirmed: snapshot.haproxy.fencesUnconfirmed,
       fencesFrozen: snapshot.haproxy.fencesFrozen,
       failing: snapshot.haproxy.failing ?? null,
+      masterBlocked: snapshot.haproxy.masterBlocked ?? null,
+      runtimeDirRestored: snapshot.haproxy.runtimeDirRestored,
     },
   };
 }

@@ -7,10 +7,10 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CredentialError } from './credentials.ts';
-import { connectEtcd3, resolveMembers, type Connect, type EtcdConnection, type EtcdSettings, type WatchMessage, type WatchStream } from './etcd.ts';
+import { connectEtcd3, refusedCredentials, resolveMembers, type Connect, type EtcdConnection, type EtcdSettings, type WatchMessage, type WatchStream } from './etcd.ts';
 import type { Logger } from './log.ts';
 import { advanceTo, applyEvents, compareKeys, compareListing, emptyMirror, mirrorOf, progressOrdered, type KeysVerdict, type Mirror } from './mirror.ts';
-import { FailureStreak } from './retry.ts';
+import { Backoff, FailureStreak } from './retry.ts';
 
 export interface RegistryState {
   mirror: ReadonlyMap<string, string>;
@@ -36,6 +36,8 @@ export interface WatchStats {
   // Watches started again from the revision held, with no snapshot.
   resumes: number;
   resyncs: Record<ResyncCause, number>;
+  // Checks of the routing keys against etcd that were answered.
+  checks: number;
   // Listings of the prefix compared with the mirror.
   listings: number;
   // Watches lost after working (disconnect, member restarted...).
@@ -81,11 +83,14 @@ const DIAGNOSE_DEADLINE_MS = 500;
 // prefix, so its interval does too (10,000 instances: 5 min), keeping its share per ambassador-second flat.
 const LISTING_MIN_MS = 30_000;
 const LISTING_MS_PER_KEY = 15;
-// Retries after a round of members that all failed: from 100 ms, doubled, to 400 ms, each drawn between half
-// and all of that, so that a fleet that lost etcd at once does not come back in one instant, and one
-// ambassador is current within 400 ms of etcd answering again.
+// Retries after a round of members that all failed: from 100 ms, doubled, to 400 ms, each ±20 %, so that a
+// fleet that lost etcd at once does not come back in one instant, and one ambassador is current within 400 ms
+// of etcd answering again. Credentials that etcd refused (a wrong password, no permission on the prefix) or
+// that cannot be read will not pass in a moment, whichever member is asked: from 1 s to 30 s.
 const RETRY_FIRST_MS = 100;
 const RETRY_MAX_MS = 400;
+const CREDENTIAL_RETRY_FIRST_MS = 1_000;
+const CREDENTIAL_RETRY_MAX_MS = 30_000;
 // A watch lost after working (its member restarted, say) goes to the next member after up to this long: the
 // fleet on that member lost it in the same instant.
 const RECONNECT_SPREAD_MS = 250;
@@ -232,6 +237,7 @@ export function watchPrefix(settings: WatchSettings, log: Logger, onChange: (key
     snapshots: 0,
     resumes: 0,
     resyncs: { order: 0, missed: 0, listing: 0, 'etcd-behind': 0, compacted: 0, requested: 0 },
+    checks: 0,
     listings: 0,
     watchesLost: 0,
     membersLeft: 0,
@@ -250,7 +256,8 @@ export function watchPrefix(settings: WatchSettings, log: Logger, onChange: (key
     stats.staleSince ??= stats.confirmedAt ?? Date.now();
   };
   let interrupt: (reason: string) => void = () => {};
-  let retries = 0;
+  const retry = new Backoff(RETRY_FIRST_MS, RETRY_MAX_MS, random);
+  const credentialRetry = new Backoff(CREDENTIAL_RETRY_FIRST_MS, CREDENTIAL_RETRY_MAX_MS, random);
   const streak = new FailureStreak();
   let outageSince: number | undefined;
   // A failure was logged and its end not yet.
@@ -277,6 +284,7 @@ export function watchPrefix(settings: WatchSettings, log: Logger, onChange: (key
     try {
       return await connection.read(routingKeys(), CHECK_DEADLINE_MS);
     } catch (err) {
+      if (refusedCredentials(err)) throw new CredentialError(`etcd refused the credentials of --etcd-user=${settings.user}: ${describe(err)}`);
       throw new MemberError(`${await connection.diagnose(DIAGNOSE_DEADLINE_MS)} (${describe(err)})`);
     }
   };
@@ -313,6 +321,7 @@ export function watchPrefix(settings: WatchSettings, log: Logger, onChange: (key
       // A stream that answered none of the first requests never will (an etcd gRPC proxy logs each as an error).
       const reply = n >= SILENT_PROBES && !state.answered ? undefined : await progress.ask(stream, PROGRESS_DEADLINE_MS);
       const verdict = judgeCheck(compareKeys(mirror, read, keys, heldAtSend), reply, state, (key) => read.found.get(key)?.modRevision);
+      stats.checks++;
       if (verdict.verdict === 'end') return verdict.ending;
       state = verdict.state;
       if (state.answered) stats.progress = progress.ordered ? 'ordered' : 'alive';
@@ -432,28 +441,26 @@ export function watchPrefix(settings: WatchSettings, log: Logger, onChange: (key
       const decision = afterTurn(ending, { workedMs: performance.now() - startedAt, membersLeftInRound: members.length - failures.length - 1 });
       if (decision.stop) break;
       if (decision.success) {
-        retries = 0;
+        retry.reset();
+        credentialRetry.reset();
         streak.ended();
       }
       if (decision.member === 'next') next++;
       snapshot = decision.snapshot || !trusted;
       say(ending, member.url, members.length, failures);
       failures = ending.kind === 'failed-to-start' && decision.wait === 'now' ? [...failures, `${member.url} (${ending.reason})`] : [];
-      const delay = decision.wait === 'now' ? 0 : decision.wait === 'spread' ? random() * RECONNECT_SPREAD_MS : backoff();
+      const refused = ending.kind === 'failed-to-start' && ending.credential;
+      const delay = decision.wait === 'now' ? 0 : decision.wait === 'spread' ? random() * RECONNECT_SPREAD_MS : (refused ? credentialRetry : retry).next();
       if (delay === 0) continue;
       const reason = await Promise.race([sleep(delay).then(() => ''), interrupted]);
       if (reason === RESYNC) {
-        retries = 0;
+        retry.reset();
+        credentialRetry.reset();
         snapshot = true;
         announce = true;
         stats.resyncs.requested++;
       }
     }
-  };
-
-  const backoff = () => {
-    const base = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** retries++);
-    return base * (0.5 + random() * 0.5);
   };
 
   // The log line and counts for how a turn ended.

@@ -80,7 +80,7 @@ test('no client reaches the new master before every session to the old one is cl
 
 test('the session count a fence waits on (before haproxy 3.2) sees a held session, by the whole proxy and then by the server\'s id', async ({ world }) =>
   withSessionToA(world, false, async (_prefix, ambassador, session) => {
-    const socket = join(ambassador.runtimeDir, 'admin.sock');
+    const socket = { adminSocket: join(ambassador.runtimeDir, 'admin.sock'), masterSocket: join(ambassador.runtimeDir, 'master.sock') };
     const sids = new Map<string, number>();
     // The probe that saw the route to a may still be counted for a moment after it closed.
     const first = await eventually(() => within(proxySessions(socket, ['service/a', 'service/b'], sids), 5_000, 'the whole proxy read'), (sessions) => sessions.get('service/a') === 1, 5_000, 'the held session alone counted');

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { afterFence, MAX_RUNTIME_COMMANDS, planChange, serverTable, type Plan, type ServerTable } from '../lib/plan.ts';
+import { afterFence, MAX_RUNTIME_COMMANDS, planChange, routingStep, serverTable, type Plan, type ServerTable } from '../lib/plan.ts';
 import type { Server } from '../lib/registry.ts';
 import { SERVER_CHECKS } from '../lib/render.ts';
 
@@ -210,6 +210,26 @@ test('passes over the servers a change did not touch, and says only what it chan
     'shutdown sessions server service/i00000',
     'set server service/i00001 state ready',
   ]);
+});
+
+
+test('the routing part of a change that needs a reload: only the master moves, at run time, whatever else changes', () => {
+  const live = table({ a: ready('10.0.0.1'), b: maint('10.0.0.2'), 'replicas/a': maint('10.0.0.1'), 'replicas/b': ready('10.0.0.2') });
+  const many: Record<string, Entry> = { a: maint('10.0.0.1'), b: maint('10.0.0.2'), c: ready('10.0.0.3') };
+  for (let i = 0; i < MAX_RUNTIME_COMMANDS; i++) many[`n${i}`] = maint(`10.1.${i >> 8}.${i & 255}`);
+  const wanted = table(many);
+  assert.is(planChange(live, wanted, { fence: true }).kind, 'reload', 'the whole change needs a reload');
+  const step = routingStep(live, wanted);
+  assert.equal(entries(step), { a: maint('10.0.0.1'), b: maint('10.0.0.2'), c: ready('10.0.0.3'), 'replicas/a': maint('10.0.0.1'), 'replicas/b': ready('10.0.0.2') });
+  const plan = planChange(live, step, { fence: true });
+  assert.is(plan.kind, 'runtime');
+  if (plan.kind !== 'runtime') return;
+  assert.equal(plan.fence, ['set server service/a state maint', 'shutdown sessions server service/a']);
+  assert.equal(plan.enables, ['set server service/c state ready']);
+  // A master already live at another address is moved; one live and enabled is left as it is.
+  const moved = routingStep(live, table({ a: maint('10.0.0.1'), b: ready('10.0.0.9') }));
+  assert.equal(entries(moved).b, ready('10.0.0.9'));
+  assert.is(planChange(live, routingStep(live, table({ a: ready('10.0.0.1') })), { fence: true }).kind, 'none');
 });
 
 test.run();

@@ -7,7 +7,7 @@ import { limitedSuite, within } from './helpers/limits.ts';
 
 const test = limitedSuite('apply queue');
 
-const wanted = (config: string): Wanted => ({ config, servers: { proxies: new Map(), draining: new Map() }, fencedConfig: () => config });
+const wanted = (config: string): Wanted => ({ config, servers: { proxies: new Map(), draining: new Map() }, configOf: () => config });
 
 // A fake haproxy: each attempt waits for the test to answer it.
 function fakeHaproxy() {

@@ -1,6 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { createServiceSelector, describeChange, describeProblem, problemChanges, readService, selectServers, serverName, uniqueServers, type Problem } from '../lib/registry.ts';
+import { createServiceSelector, describeChange, describeProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES, problemChanges, readService, routingKeys, selectServers, serverName, uniqueServers, type Problem } from '../lib/registry.ts';
+import { textOf } from '../lib/text.ts';
 
 const P = '/services/mysql';
 const settings = { prefix: P, public: false, backendPort: 5432, masterOnly: false, replicas: false };
@@ -24,6 +25,45 @@ test('reads the seed layout', () => {
   ]);
   assert.is(service.master, '2');
   assert.equal(service.problems, []);
+});
+
+// What the watch holds for these bytes (lib/etcd.ts).
+const held = (bytes: Buffer | string) => textOf(Buffer.from(bytes), MAX_VALUE_BYTES);
+const heldKey = (key: string) => textOf(Buffer.from(key), Buffer.byteLength(P) + 1 + MAX_KEY_BYTES, Buffer.byteLength(P) + 49);
+
+test('values and keys past their bounds, names past theirs and bytes that are not UTF-8 are problems, and route nothing', () => {
+  const entries = mirror({
+    master: '2',
+    'instances/1/private_ip': held('1'.repeat(1 << 20)),
+    'instances/2/private_ip': '10.0.0.2',
+    'instances/2/port': held(Buffer.from([0x35, 0xff])),
+    [`instances/${'n'.repeat(256)}/private_ip`]: '10.0.0.3',
+    'instances/4/private_ip': held(Buffer.from([0x31, 0x30, 0x2e, 0xc0])),
+    'instances/5/private_ip': '10.0.0.5',
+  });
+  entries.set(heldKey(`${P}/instances/${'k'.repeat(600)}/private_ip`), '10.0.0.6');
+  entries.set(`${P}/instances/${held(Buffer.from([0x6e, 0xff]))}/private_ip`, '10.0.0.7');
+  const service = readService(entries, settings);
+  assert.equal(service.instances.map((instance) => instance.name), ['5']);
+  const reasons = service.problems.map((problem) => problem.reason).sort();
+  assert.equal(reasons, [
+    `a key of ${600 + 'instances//private_ip'.length} bytes below the prefix: longer than the 512 allowed`,
+    'a value of 1048576 bytes: longer than the 512 allowed',
+    'an instance name of 256 bytes: longer than the 255 allowed',
+    'not UTF-8',
+    'not UTF-8',
+    'the instance name is not UTF-8',
+  ]);
+  assert.ok(service.problems.every((problem) => describeProblem(problem).length < 800), 'each said in a short line');
+});
+
+test('a master that cannot name an instance (too long, not UTF-8) is a problem, and no key is read by its name', () => {
+  for (const master of [held('m'.repeat(1_400_000)), 'm'.repeat(300), held(Buffer.from([0x6e, 0xff]))]) {
+    const entries = mirror({ master, 'instances/2/private_ip': '10.0.0.2' });
+    const selection = selectServers(readService(entries, masterOnly), masterOnly);
+    assert.equal(selection.servers.filter((server) => server.enabled), []);
+    assert.equal(routingKeys(entries, { prefix: P, public: false, masterOnly: true }), [`${P}/master`]);
+  }
 });
 
 test('enables every instance, or only the master with masterOnly', () => {
@@ -151,7 +191,7 @@ test('describes a problem on one line, the value quoted, escaped and cut short',
   assert.is(describeProblem({ key: '/p/master', reason: 'no master is set' }), 'rejected /p/master: no master is set');
   assert.is(describeProblem({ key: '/p/instances/1/port', value: '80\nx', reason: 'bad' }), 'rejected /p/instances/1/port="80\\nx": bad');
   const long = describeProblem({ key: 'k', value: 'x'.repeat(1000), reason: 'r' });
-  assert.match(long, /^rejected k="x{80}…" \(1000 chars\): r$/);
+  assert.match(long, /^rejected k="x{80}… \(1000 bytes\)": r$/);
 });
 
 test('problem changes: each problem is new once, and resolved once when it is gone', () => {

@@ -10,6 +10,9 @@ test('writes addresses as /proc/net/tcp does: IPv4 little-endian, IPv6 by little
   assert.is(kernelEndpoint('::1', 5432), '00000000000000000000000001000000:1538');
   assert.is(kernelEndpoint('fd00::1:2', 80), '000000FD000000000000000002000100:0050');
   assert.is(kernelEndpoint('db.example', 5432), undefined);
+  // IPv4-mapped: haproxy connects by an IPv6 socket, which the kernel lists in tcp6 with the IPv4 address last.
+  assert.is(kernelEndpoint('::ffff:127.0.0.3', 5432), '0000000000000000FFFF00000300007F:1538');
+  assert.is(kernelEndpoint('::FFFF:7F00:3', 5432), '0000000000000000FFFF00000300007F:1538');
 });
 
 const table = [

@@ -102,6 +102,8 @@ function fakeEtcd(behaviour: Partial<MemberBehaviour> = {}) {
 const settings = (over: Partial<WatchSettings> = {}): WatchSettings => ({
   endpoints: ['http://10.0.0.1:2379', 'http://10.0.0.2:2379'],
   prefix: '/p',
+  maxKeyBytes: 512,
+  maxValueBytes: 512,
   checkEveryMs: 100,
   routingKeys: () => ['/p/master'],
   ...over,

@@ -1,11 +1,35 @@
 // The clients of haproxy's two control sockets: the admin socket (runtime API: server changes, sessions)
 // and the master CLI (`show proc`: the reload counter and the workers). One request per connection, each
-// bounded in time; parsing the answers is pure.
+// bounded in time; parsing the answers is pure. A worker command goes to the admin socket, or, when that path
+// is lost (its runtime dir deleted), through the master CLI, which forwards `@1 <command>` to the current worker.
 
 import { connect } from 'node:net';
 import { hostPort } from '../address.ts';
 
 const REQUEST_TIMEOUT_MS = 2_000;
+
+// Where a worker command goes. The master re-creates its socket on every reload; a worker never re-creates its
+// admin socket (a reload hands the new worker the old listener, unlinked path and all), so once that path is
+// lost, commands go through the master.
+export interface WorkerControl {
+  adminSocket: string;
+  masterSocket: string;
+}
+
+// The errors of a socket whose path is gone or barred, rather than of haproxy itself.
+function lostPath(err: unknown): boolean {
+  return ['ENOENT', 'ENOTDIR', 'EACCES', 'ECONNREFUSED'].includes((err as NodeJS.ErrnoException).code ?? '');
+}
+
+// A worker command (several joined by '; '), the whole answer.
+export async function ask(control: WorkerControl, command: string, timeoutMs = REQUEST_TIMEOUT_MS): Promise<string> {
+  try {
+    return await request(control.adminSocket, command, timeoutMs);
+  } catch (err) {
+    if (!lostPath(err)) throw err;
+  }
+  return request(control.masterSocket, command.split('; ').map((part) => `@1 ${part}`).join('; '), timeoutMs);
+}
 
 // One request, the whole answer; rejects on a socket error or after timeoutMs.
 export function request(socket: string, command: string, timeoutMs = REQUEST_TIMEOUT_MS): Promise<string> {
@@ -26,9 +50,9 @@ const DONE = /^(New server registered\.|Server deleted\.|IP changed from .*|no n
 
 // Commands sent as one request, which haproxy runs back to back: a failover's fence and enable are one step.
 // Undefined when haproxy answered each as done, else what it answered otherwise.
-export async function runtimeCommands(socket: string, commands: readonly string[]): Promise<string | undefined> {
+export async function runtimeCommands(control: WorkerControl, commands: readonly string[]): Promise<string | undefined> {
   try {
-    const answer = await request(socket, commands.join('; '));
+    const answer = await ask(control, commands.join('; '));
     const refused = answer.split('\n').map((line) => line.trim()).filter((line) => line !== '' && !DONE.test(line));
     return refused.length === 0 ? undefined : refused.join(' | ');
   } catch (err) {
@@ -48,8 +72,8 @@ function parseStat(csv: string): Record<string, string>[] {
 }
 
 // Current sessions per server, by `<proxy>/<server>`.
-export async function serverSessions(socket: string): Promise<Map<string, number>> {
-  const rows = parseStat(await request(socket, 'show stat -1 4 -1'));
+export async function serverSessions(control: WorkerControl): Promise<Map<string, number>> {
+  const rows = parseStat(await ask(control, 'show stat -1 4 -1'));
   return new Map(rows.map((row) => [`${row.pxname}/${row.svname}`, Number(row.scur)]));
 }
 
@@ -58,17 +82,17 @@ export async function serverSessions(socket: string): Promise<Map<string, number
 // learnt from the first whole-proxy answer into `sids`, and later asks read its one row. A row that does not
 // name the server asked for (it was deleted, its id reused) sends that server back to a whole-proxy read. A
 // server haproxy does not list has none.
-export async function proxySessions(socket: string, ids: readonly string[], sids: Map<string, number>): Promise<Map<string, number>> {
+export async function proxySessions(control: WorkerControl, ids: readonly string[], sids: Map<string, number>): Promise<Map<string, number>> {
   const sessions = new Map<string, number>();
   const unknown = new Set<string>();
   for (const id of ids) {
     const sid = sids.get(id);
-    const row = sid === undefined ? undefined : statRows(await request(socket, `show stat ${proxyOf(id)} 4 ${sid}`), new Set([id])).get(id);
+    const row = sid === undefined ? undefined : statRows(await ask(control, `show stat ${proxyOf(id)} 4 ${sid}`), new Set([id])).get(id);
     if (row === undefined) unknown.add(id);
     else sessions.set(id, row.scur);
   }
   for (const proxy of new Set([...unknown].map(proxyOf))) {
-    for (const [id, row] of statRows(await request(socket, `show stat ${proxy} 4 -1`), unknown)) {
+    for (const [id, row] of statRows(await ask(control, `show stat ${proxy} 4 -1`), unknown)) {
       sessions.set(id, row.scur);
       sids.set(id, row.sid);
     }
@@ -98,10 +122,10 @@ function statRows(answer: string, wanted: ReadonlySet<string>): Map<string, { sc
 // The streams haproxy still holds for each of the given servers (`<proxy>/<server>`), by `show sess server`
 // (haproxy 3.2 and later). A stream lives until its connections are closed, so none listed means none open.
 // Undefined when this haproxy ignores the filter (before 3.2 it lists every stream, the CLI's own included).
-export async function serverStreams(socket: string, ids: readonly string[]): Promise<Map<string, number> | undefined> {
+export async function serverStreams(control: WorkerControl, ids: readonly string[]): Promise<Map<string, number> | undefined> {
   const streams = new Map<string, number>();
   for (const id of ids) {
-    const answer = await request(socket, `show sess server ${id}`);
+    const answer = await ask(control, `show sess server ${id}`);
     const lines = answer.split('\n').filter((line) => line.startsWith('0x'));
     if (lines.some((line) => line.includes(' fe=GLOBAL '))) return undefined;
     streams.set(id, lines.length);
@@ -110,8 +134,8 @@ export async function serverStreams(socket: string, ids: readonly string[]): Pro
 }
 
 // The address and port haproxy runs each server of `proxy` at (`show servers state`), by `<proxy>/<server>`.
-export async function serverAddresses(socket: string, proxy: string): Promise<Map<string, string>> {
-  const answer = await request(socket, `show servers state ${proxy}`);
+export async function serverAddresses(control: WorkerControl, proxy: string): Promise<Map<string, string>> {
+  const answer = await ask(control, `show servers state ${proxy}`);
   const lines = answer.split('\n');
   const header = lines.find((line) => line.startsWith('# be_id'));
   if (header === undefined) throw new Error(`show servers state ${proxy}: ${answer.trim().split('\n')[0]}`);
@@ -172,8 +196,8 @@ function trafficOf(stat: Record<string, string>[], info: string, proxies: readon
 }
 
 // Both reads in one request, within timeoutMs.
-export async function readTraffic(socket: string, proxies: readonly string[], timeoutMs: number): Promise<Traffic> {
-  const answer = await request(socket, 'show info; show stat -1 4 -1', timeoutMs);
+export async function readTraffic(control: WorkerControl, proxies: readonly string[], timeoutMs: number): Promise<Traffic> {
+  const answer = await ask(control, 'show info; show stat -1 4 -1', timeoutMs);
   const statAt = answer.indexOf('# pxname');
   if (statAt < 0) throw new Error('haproxy gave no stats');
   return trafficOf(parseStat(answer.slice(statAt)), answer.slice(0, statAt), proxies);
@@ -211,8 +235,9 @@ export function parseShowProc(text: string): ProcessList | undefined {
 
 // The pid of the worker that answers on the admin socket: a worker answers there only once it has loaded its
 // config. Undefined when none answers within timeoutMs.
-export async function answeringWorker(adminSocket: string, timeoutMs = REQUEST_TIMEOUT_MS): Promise<number | undefined> {
-  const answer = await request(adminSocket, 'show info', timeoutMs).catch(() => '');
+export async function answeringWorker(control: WorkerControl, timeoutMs = REQUEST_TIMEOUT_MS): Promise<number | undefined> {
+  // None answering is what this asks about: any failure to ask says the same.
+  const answer = await ask(control, 'show info', timeoutMs).catch(() => '');
   const pid = /^Pid: (\d+)$/m.exec(answer)?.[1];
   return pid === undefined ? undefined : Number(pid);
 }

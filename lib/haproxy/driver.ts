@@ -1,15 +1,19 @@
 // The haproxy driver: the parts in this folder put together. Each change is carried out as lib/plan.ts decides:
 // runtime API commands over the admin socket, then the config file rewritten to match; or stage file →
-// `haproxy -c` → rename → reload confirmed by the master CLI. The apply queue keeps one change in flight and
-// decides about failures; an exit of the haproxy master is reported once, for ambassador to stop.
+// `haproxy -c` → rename → reload confirmed by the master CLI. A failover never waits on a reload: the master's
+// part of a change is made at run time first, whatever becomes of the rest. The apply queue keeps one change in
+// flight and decides about failures; an exit of the haproxy master is reported once, for ambassador to stop. A
+// runtime dir lost while running is made again, and haproxy reached through its master until it restarts.
 
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hostPort } from '../address.ts';
 import type { Logger } from '../log.ts';
 import type { Options } from '../options.ts';
-import { afterFence, fencedTable, planChange, type ServerAddress, type ServerTable } from '../plan.ts';
-import { runtimeFiles, writePrivate } from '../rundir.ts';
-import { readTraffic, runtimeCommands, serverAddresses, serverSessions, type Traffic } from './admin.ts';
+import { afterFence, fencedTable, planChange, routingStep, type ServerAddress, type ServerTable } from '../plan.ts';
+import { PROXY_NAME } from '../render.ts';
+import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../rundir.ts';
+import { readTraffic, request, runtimeCommands, serverAddresses, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
 import { createFence } from './fence.ts';
 import { installChecked, replaceConfig } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
@@ -32,6 +36,10 @@ interface HaproxySettings {
   drainBeforeFence: boolean;
   // The proxies the config has (lib/render.ts).
   proxies: readonly string[];
+  // The open-file limit haproxy runs under, and the most servers it can open under it (lib/haproxy/config.ts):
+  // a state with more is refused before haproxy sees it.
+  fileLimit: number;
+  maxServers: number;
   log: Logger;
   // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
   // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
@@ -48,6 +56,10 @@ export interface HaproxyStats extends QueueStats {
   fencesUnconfirmed: number;
   // Fences whose shut-down streams froze (haproxy 2.7-3.1), ended by a reload before the new master opened.
   fencesFrozen: number;
+  // Why the newest state's master is not open in haproxy, while it is not.
+  masterBlocked: string | undefined;
+  // Times the runtime dir was found missing or changed, and made right again.
+  runtimeDirRestored: number;
 }
 
 interface Haproxy {
@@ -74,6 +86,10 @@ const ADDRESS_CONFIRM_MS = 2_000;
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
+// How often the runtime dir is looked at between changes, so that one deleted while all is quiet is made again
+// before the next failover needs it; and how long the master has to answer on its socket again after a SIGHUP.
+const RUNTIME_DIR_CHECK_MS = 5_000;
+const MASTER_SOCKET_BACK_MS = 5_000;
 
 export function createHaproxy(settings: HaproxySettings): Haproxy {
   const { binary, configPath, runtimeDir, log, setpriv } = settings;
@@ -82,7 +98,42 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let stopping = false;
   let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
   let runtimeFallbacks = 0;
-  const fence = createFence({ adminSocket, masterSocket, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
+  let runtimeDirRestored = 0;
+  let masterBlocked: string | undefined;
+  let restoring: Promise<void> | undefined;
+  // Whether the config file on disk describes what haproxy runs: a reload must never load anything else.
+  let fileInStep = true;
+
+  // The runtime dir made right again, and the master's socket with it: a master re-creates its socket on every
+  // reload, even one that fails (the config may be gone with the dir; the worker serving keeps serving). Only
+  // between changes, never during a start or a reload.
+  const restore = () =>
+    (restoring ??= (async () => {
+      try {
+        const was = await restoreRuntimeDir(runtimeDir);
+        if (was !== 'as it was') {
+          runtimeDirRestored++;
+          log.warn(`haproxy: runtime dir ${runtimeDir} ${was}`);
+          if (child?.pid !== undefined) await writePrivate(haproxyPid, `${child.pid}\n`);
+        }
+        if (!child?.running() || existsSync(masterSocket)) return;
+        log.warn('haproxy: its sockets are gone; the master reloads to listen on its socket again, and haproxy is reached through its master from now on');
+        if (!existsSync(configPath)) fileInStep = false;
+        child.signal('SIGHUP');
+        for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {
+          if (await request(masterSocket, 'show proc', 500).then(() => true, () => false)) return;
+        }
+        log.error(`haproxy: the master did not listen on ${masterSocket} again within ${MASTER_SOCKET_BACK_MS / 1000} s`);
+      } catch (err) {
+        log.error(`haproxy: runtime dir ${runtimeDir} cannot be made right: ${(err as Error).message}`);
+      } finally {
+        restoring = undefined;
+      }
+    })());
+  // Whether the runtime dir or haproxy's sockets in it are gone or barred (a stat each: a few microseconds).
+  const runtimeDirLost = () => !existsSync(runtimeDir) || !existsSync(masterSocket);
+  const control: WorkerControl = { adminSocket, masterSocket };
+  const fence = createFence({ control, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
   // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
   let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
@@ -103,32 +154,34 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     void proc.exited.then((exit) => {
       if (!stopping) reportExit(exit);
     });
-    if (proc.pid !== undefined) await writePrivate(haproxyPid, `${proc.pid}\n`).catch(() => {});
+    // The pid file lets a later ambassador stop an haproxy this one left behind; without it, setpriv's death
+    // signal still stops it, so failing to write it is said and not fatal.
+    if (proc.pid !== undefined) await writePrivate(haproxyPid, `${proc.pid}\n`).catch((err: Error) => log.warn(`haproxy: cannot write ${haproxyPid}: ${err.message}`));
     log.info('haproxy: started', { pid: proc.pid, config: configPath });
-    const loaded = await firstLoad({ ...proc, adminSocket });
+    const loaded = await firstLoad({ ...proc, control });
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
   };
 
-  // The runtime path, step by step, each confirmed (see lib/plan.ts); then the file rewritten to describe what
-  // is now live. False when the change needs a reload instead.
-  const applyAtRuntime = async (next: Wanted): Promise<boolean> => {
-    const plan = planChange(liveServers, next.servers, { fence: settings.fence });
-    if (plan.kind === 'none') {
-      await replaceConfig(configPath, next.config);
-      return true;
-    }
-    const served = [...next.servers.proxies.values()].some((servers) => servers.some((server) => server.enabled));
+  // Makes `target` live at run time, step by step, each confirmed (see lib/plan.ts). False when it needs a
+  // reload instead (a fence it needed is made first). `configOf` renders a table, for the reload that ends a
+  // frozen fence.
+  const applyAtRuntime = async (target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {
+    const plan = planChange(liveServers, target, { fence: settings.fence });
+    if (plan.kind === 'none') return true;
+    const served = [...target.proxies.values()].some((servers) => servers.some((server) => server.enabled));
     fenceEchoUntil = plan.fence.length > 0 && served ? performance.now() + FENCE_ECHO_MS : 0;
     const fenced = await fence.run(plan.fence, plan.fenced, sendCommands);
     if (fenced === 'failed') return false;
     if (fenced === 'frozen') {
       // A reload to the fenced state (the new master still closed) leaves the frozen streams to the old worker,
       // which the fence stops; then the rest of the change, from there.
-      const install = await installChecked(binary, configPath, next.fencedConfig());
+      const closed = fencedTable(target);
+      const install = await installChecked(binary, configPath, configOf(closed));
       if (install.kind !== 'installed' || (await reloadChild(child!)).kind !== 'applied') return false;
-      liveServers = fencedTable(next.servers);
+      liveServers = closed;
+      fileInStep = true;
       await fence.confirm(plan.fenced);
-      return applyAtRuntime(next);
+      return applyAtRuntime(target, configOf);
     }
     if (plan.kind === 'reload') {
       liveServers = afterFence(liveServers, plan.fenced);
@@ -140,14 +193,13 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     if (!(await sendCommands(plan.enables))) return false;
     liveServers = plan.next;
     if (liveServers.draining.size > 0) queue.sweepSoon();
-    await replaceConfig(configPath, next.config);
     return true;
   };
 
   const sendCommands = async (commands: readonly string[]): Promise<boolean> => {
     for (let i = 0; i < commands.length; i += COMMANDS_PER_REQUEST) {
       const batch = commands.slice(i, i + COMMANDS_PER_REQUEST);
-      const failure = await runtimeCommands(adminSocket, batch);
+      const failure = await runtimeCommands(control, batch);
       if (failure !== undefined) {
         log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
         runtimeFallbacks++;
@@ -165,7 +217,8 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     const proxies = [...new Set(moved.map(({ id }) => id.slice(0, id.indexOf('/'))))];
     for (;;) {
       const live = new Map<string, string>();
-      for (const proxy of proxies) for (const [id, at] of await serverAddresses(adminSocket, proxy).catch(() => new Map<string, string>())) live.set(id, at);
+      // An answer that cannot be read is asked again until the bound, like one that is not there yet.
+      for (const proxy of proxies) for (const [id, at] of await serverAddresses(control, proxy).catch(() => new Map<string, string>())) live.set(id, at);
       const pending = moved.filter(({ id, address, port }) => live.get(id) !== hostPort(address, port));
       if (pending.length === 0) return true;
       if (performance.now() >= deadline) {
@@ -177,30 +230,90 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     }
   };
 
-  const attempt = async (next: Wanted, liveConfig: string | undefined): Promise<Attempt> => {
+  // The config file made to describe what haproxy runs, after a change it did not take whole: a reload (ours on
+  // a lost runtime dir, or an operator's) must load what is live, never an older master.
+  const keepFileInStep = async (next: Wanted) => {
+    try {
+      await replaceConfig(configPath, next.configOf(liveServers));
+      fileInStep = true;
+    } catch (err) {
+      fileInStep = false;
+      log.warn(`haproxy: cannot write ${configPath} to match what is live: ${(err as Error).message}`);
+    }
+  };
+
+  const attempt = async (next: Wanted): Promise<Attempt> => {
     if (stopping || (child !== undefined && !child.running())) return { kind: 'failed', reason: 'haproxy is not running' };
-    if (child && settings.apply === 'runtime' && (await applyAtRuntime(next))) return { kind: 'applied', path: 'runtime' };
+    if (child !== undefined && runtimeDirLost()) await restore();
+    const result = await change(next);
+    const blocked = child ? masterClosed(next.servers) : undefined;
+    if (blocked !== undefined && blocked !== masterBlocked) log.error(`haproxy: the master cannot be opened: ${blocked}; the primary port has no server until it can`);
+    masterBlocked = blocked;
+    return result;
+  };
+
+  // One try at making `next` live; the master's part of it at least, at run time, if all else fails.
+  const change = async (next: Wanted): Promise<Attempt> => {
+    const servers = [...next.servers.proxies.values()].reduce((sum, list) => sum + list.length, 0);
+    const tooMany =
+      servers > settings.maxServers
+        ? `${servers} servers: more than the ${settings.maxServers} haproxy can open under the open-file limit of ${settings.fileLimit} (a descriptor per server, two per connection); raise the limit (LimitNOFILE=, ulimit -n)`
+        : undefined;
+    const runtime = child !== undefined && settings.apply === 'runtime';
+    if (runtime && tooMany === undefined && (await applyAtRuntime(next.servers, next.configOf))) {
+      try {
+        await replaceConfig(configPath, next.config);
+      } catch (err) {
+        // Live, but the file lags: tried again (a full disk passes), and a reload meanwhile is warned about.
+        fileInStep = false;
+        return { kind: 'failed', reason: `live, but ${configPath} cannot be written: ${(err as Error).message}` };
+      }
+      fileInStep = true;
+      return { kind: 'applied', path: 'runtime' };
+    }
+    // The rest needs a reload, or cannot be made at all: the master's part of it first, at run time.
+    if (runtime && settings.fence) await applyAtRuntime(routingStep(liveServers, next.servers), next.configOf);
+    if (tooMany !== undefined) {
+      if (child) await keepFileInStep(next);
+      return { kind: 'refused', reason: tooMany };
+    }
     const install = await installChecked(binary, configPath, next.config);
-    if (install.kind !== 'installed') return install;
+    if (install.kind !== 'installed') {
+      if (child) await keepFileInStep(next);
+      return install;
+    }
     const loaded: Attempt = child ? await reloadChild(child) : await start();
     if (loaded.kind === 'applied') {
       liveServers = next.servers;
-    } else if (child && liveConfig !== undefined) {
+      fileInStep = true;
+    } else if (child) {
       // The master kept the old worker: put the file back in step with what is live.
-      await replaceConfig(configPath, liveConfig).catch(() => {});
+      await keepFileInStep(next);
     }
     return loaded;
   };
 
+  // Why the master `wanted` enables is not open in haproxy, if it is not (after an attempt that did not make the
+  // whole change).
+  const masterClosed = (wanted: ServerTable): string | undefined => {
+    const live = new Map((liveServers.proxies.get(PROXY_NAME) ?? []).map((server) => [server.server, server]));
+    const closed = (wanted.proxies.get(PROXY_NAME) ?? []).filter((server) => server.enabled && !live.get(server.server)?.enabled);
+    if (closed.length === 0 || !settings.fence) return undefined;
+    return `${closed.map((server) => server.name).join(', ')} (${hostPort(closed[0]!.address, closed[0]!.port)}) could not be opened at run time`;
+  };
+
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
-    const loaded = await reload({ ...proc, adminSocket }, settings.proxies, log);
+    if (!fileInStep) log.warn(`haproxy: reloading while ${configPath} may not describe what is live`);
+    const loaded = await reload({ ...proc, control }, settings.proxies, log);
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
 
-  // Deletes draining servers that have no session left; true while some still have sessions.
+  // Deletes draining servers that have no session left; true while some still have sessions. Looks at the
+  // runtime dir too.
   const sweep = async (): Promise<boolean> => {
     if (liveServers.draining.size === 0 || !child?.running()) return false;
-    const sessions = await serverSessions(adminSocket).catch(() => new Map<string, number>());
+    // Sessions that cannot be read now are read at the next sweep: every server is kept meanwhile.
+    const sessions = await serverSessions(control).catch(() => new Map<string, number>());
     const draining = new Map(liveServers.draining);
     for (const id of liveServers.draining.keys()) {
       const open = sessions.get(id) ?? 1;
@@ -208,7 +321,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         log.debug(`haproxy: drained server ${id} kept, ${open} session(s) open`);
         continue;
       }
-      if ((await runtimeCommands(adminSocket, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
+      if ((await runtimeCommands(control, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
         draining.delete(id);
         log.debug(`haproxy: deleted drained server ${id}`);
       }
@@ -218,6 +331,12 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   const queue = createApplyQueue({ attempt, sweep, log });
+
+  // A runtime dir deleted or changed while all is quiet is made right before the next change needs it.
+  const looking = setInterval(() => {
+    if (child?.running() && !queue.stats().busy && runtimeDirLost()) void restore();
+  }, RUNTIME_DIR_CHECK_MS);
+  looking.unref();
 
   return {
     apply: (next) => queue.apply(next),
@@ -229,10 +348,13 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       workers: child?.workers().length ?? 0,
       runtimeFallbacks,
       ...fence.stats(),
+      masterBlocked,
+      runtimeDirRestored,
     }),
-    traffic: async () => (child?.running() ? readTraffic(adminSocket, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
+    traffic: async () => (child?.running() ? readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
       stopping = true;
+      clearInterval(looking);
       queue.stop();
       await child?.stop(STOP_GRACE_MS, KILL_AFTER_MS);
     },

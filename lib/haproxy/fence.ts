@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import type { ServerAddress } from '../plan.ts';
-import { proxySessions, request, serverStreams, showProc } from './admin.ts';
+import { ask, proxySessions, serverStreams, showProc, type WorkerControl } from './admin.ts';
 import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
 
 // haproxy closes the sessions of a fenced server within a turn or two of its loop (well under a millisecond);
@@ -55,8 +55,7 @@ export function streamsOf(showSess: string, ids: readonly string[]): Map<string,
 }
 
 interface FenceSettings {
-  adminSocket: string;
-  masterSocket: string;
+  control: WorkerControl;
   log: Logger;
   drainFirst: boolean;
   // The haproxy worker processes now.
@@ -78,7 +77,7 @@ interface StillOpen {
 }
 
 export function createFence(settings: FenceSettings) {
-  const { adminSocket, masterSocket, log } = settings;
+  const { control, log } = settings;
   let unconfirmed = 0;
   let frozen = 0;
   // Connections to a fenced server that outlived a fence's bound while haproxy counted no session on them:
@@ -92,7 +91,7 @@ export function createFence(settings: FenceSettings) {
   // Until no stream is connecting to the servers, within CONNECTING_WAIT_MS.
   const connectsDone = async (ids: readonly string[]) => {
     for (const deadline = performance.now() + CONNECTING_WAIT_MS; performance.now() < deadline; await sleep(POLL_MS)) {
-      const streams = streamsOf(await request(adminSocket, 'show sess').catch(() => ''), ids);
+      const streams = streamsOf(await ask(control, 'show sess').catch(() => ''), ids);
       if ([...streams.values()].every(({ connecting }) => connecting === 0)) return;
     }
   };
@@ -108,17 +107,17 @@ export function createFence(settings: FenceSettings) {
     const ids = fenced.map(({ id }) => id);
     let listed: Map<string, number> | undefined;
     if (listsStreams !== false && !settings.drainFirst) {
-      const answer = await serverStreams(adminSocket, ids).catch(() => null);
+      const answer = await serverStreams(control, ids).catch(() => null);
       if (answer !== null) [listsStreams, listed] = [answer !== undefined, answer];
     }
-    const counts = listed ?? (await proxySessions(adminSocket, ids, serverIds).catch(() => undefined));
+    const counts = listed ?? (await proxySessions(control, ids, serverIds).catch(() => undefined));
     const counted = fenced.filter(({ id }) => counts === undefined || (counts.get(id) ?? 0) > 0);
     const workers = settings.workers();
     const open: StillOpen = { servers: new Set(), connections: new Set(), counted: false, frozen: false };
     // On 2.7-3.1 a stream listed beyond what haproxy counts on its server is one it froze (a killed session
     // whose far end has not closed stays counted, but is no longer listed).
     if (settings.drainFirst) {
-      const streams = streamsOf(await request(adminSocket, 'show sess').catch(() => ''), ids);
+      const streams = streamsOf(await ask(control, 'show sess').catch(() => ''), ids);
       const frozen = fenced.filter(({ id }) => (streams.get(id)?.listed ?? 0) > (counts?.get(id) ?? 0));
       if (frozen.length > 0) {
         for (const { id } of frozen) open.servers.add(id);
@@ -144,7 +143,7 @@ export function createFence(settings: FenceSettings) {
     }));
     // The current worker has outlived the fewest reloads. Without the master's answer none is taken for old,
     // and the kernel is asked about each.
-    const list = workers.length > 1 ? await showProc(masterSocket) : undefined;
+    const list = workers.length > 1 ? await showProc(control.masterSocket) : undefined;
     const current = list ? [...list.workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid : undefined;
     const old = (pid: number) => list !== undefined && pid !== current;
     for (const pid of workers) {

@@ -7,7 +7,7 @@ import { unlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
 import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
-import { installChecked } from './config.ts';
+import { haproxyEnvironment, installChecked } from './config.ts';
 import { firstLoad, reload } from './reload.ts';
 import { isAlive } from './process.ts';
 
@@ -30,7 +30,7 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
   const { haproxyPid, masterSocket, adminSocket } = runtimeFiles(runtimeDir);
   const running = await readPid(haproxyPid);
   if (running !== undefined && (await commandLine(running)).includes(configPath)) {
-    const target = { masterSocket, adminSocket, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
+    const target = { masterSocket, control: { masterSocket, adminSocket }, signal: (name: NodeJS.Signals) => process.kill(running, name), running: () => isAlive(running) };
     const loaded = await reload(target, proxies, log);
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy ${running} did not reload: ${loaded.reason}`);
     return 'reloaded';
@@ -38,6 +38,7 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
   await unlink(haproxyPid).catch(() => {});
   // The launcher exits once the daemon is up; the daemon may keep the stderr pipe, so wait for the exit only.
   const launcher = spawn(binary, ['-W', '-D', '-p', haproxyPid, '-S', `${masterSocket},mode,600`, '-f', configPath], {
+    env: haproxyEnvironment(),
     stdio: ['ignore', 'ignore', 'pipe'],
     detached: true,
   });
@@ -59,7 +60,7 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
     // its pid file a moment after the launcher exits.
     let daemon = await readPid(haproxyPid);
     for (const deadline = performance.now() + PID_FILE_WAIT_MS; daemon === undefined && performance.now() < deadline; daemon = await readPid(haproxyPid)) await sleep(10);
-    const loaded = await firstLoad({ masterSocket, adminSocket, signal: () => {}, running: () => daemon !== undefined && isAlive(daemon) });
+    const loaded = await firstLoad({ masterSocket, control: { masterSocket, adminSocket }, signal: () => {}, running: () => daemon !== undefined && isAlive(daemon) });
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy did not start: ${loaded.reason}${alerts() ? `: ${alerts()}` : ''}`);
     return 'started';
   } finally {

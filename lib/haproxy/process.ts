@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { stopInSteps } from '../stop.ts';
+import { haproxyEnvironment } from './config.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface HaproxyExit {
@@ -45,7 +46,7 @@ export function startProcess(settings: ProcessSettings): HaproxyProcess {
   const args = ['-W', '-db', '-S', `${masterSocket},mode,600`, '-f', configPath];
   const [command, commandArgs] = setpriv ? [setpriv, ['--pdeathsig', 'SIGTERM', binary, ...args]] : [binary, args];
   // Its own process group: a Ctrl-C on the terminal reaches ambassador, which then stops haproxy in order.
-  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn(command, commandArgs, { env: haproxyEnvironment(), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   const listeners = new Set<(line: string) => void>();
   const lastAlerts: string[] = [];
   let alive = child.pid !== undefined;

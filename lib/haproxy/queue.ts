@@ -14,9 +14,9 @@ export type ApplyPath = 'start' | 'runtime' | 'reload';
 export interface Wanted {
   config: string;
   servers: ServerTable;
-  // The config with the primary port's servers all in maintenance, for a reload that must not open the new
-  // master yet (lib/haproxy/fence.ts); made only when asked.
-  fencedConfig(): string;
+  // The config for another table of servers, with everything else as in `config`: for a reload that must not
+  // open the new master yet (lib/haproxy/fence.ts), and for the file when only part of a change is live.
+  configOf(servers: ServerTable): string;
 }
 
 // One try at making `next` live.
@@ -31,7 +31,7 @@ export interface ApplyResult {
 }
 
 interface QueueSettings {
-  attempt(next: Wanted, liveConfig: string | undefined): Promise<Attempt>;
+  attempt(next: Wanted): Promise<Attempt>;
   // Deletes drained servers that have no session left; true while some are still draining.
   sweep(): Promise<boolean>;
   log: Logger;
@@ -43,6 +43,8 @@ interface QueueSettings {
 export interface QueueStats {
   // The newest wanted config is live.
   current: boolean;
+  // A change is being made now.
+  busy: boolean;
   refusedNewest: boolean;
   // The failure being retried, if any.
   failing: string | undefined;
@@ -89,7 +91,7 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
 
   const attemptOnce = async (next: Wanted): Promise<Attempt> => {
     try {
-      return await settings.attempt(next, liveConfig);
+      return await settings.attempt(next);
     } catch (err) {
       return { kind: 'failed', reason: (err as Error).message };
     }
@@ -188,6 +190,7 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
     },
     stats: () => ({
       current: !busy && wanted !== undefined && wanted.config === liveConfig,
+      busy,
       refusedNewest: wanted !== undefined && wanted.config === refusedConfig,
       failing: streak.failing,
       notLiveSince,

@@ -7,7 +7,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
-import { answeringWorker, showProc, type ProcessList } from './admin.ts';
+import { answeringWorker, showProc, type ProcessList, type WorkerControl } from './admin.ts';
 import { isAlive } from './process.ts';
 
 export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
@@ -15,7 +15,7 @@ export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { 
 // The haproxy master being reloaded: our child, or a daemon an earlier --once started (whose output is not ours).
 interface ReloadTarget {
   masterSocket: string;
-  adminSocket: string;
+  control: WorkerControl;
   signal(name: NodeJS.Signals): void;
   running(): boolean;
   onLine?(listener: (line: string) => void): () => void;
@@ -69,7 +69,7 @@ export async function firstLoad(target: ReloadTarget): Promise<Load> {
   const deadline = performance.now() + LOAD_TIMEOUT_MS;
   while (performance.now() < deadline) {
     if (!target.running()) return { kind: 'failed', reason: 'haproxy exited while starting' };
-    if ((await answeringWorker(target.adminSocket, 500)) !== undefined) return { kind: 'loaded' };
+    if ((await answeringWorker(target.control, 500)) !== undefined) return { kind: 'loaded' };
     await sleep(POLL_MS);
   }
   return { kind: 'failed', reason: `haproxy did not start a worker within ${LOAD_TIMEOUT_MS / 1000} s` };
@@ -96,7 +96,7 @@ async function load(target: ReloadTarget, before: ProcessList, known: Set<number
       sentAt = performance.now();
     }
     if (reexecuted) {
-      const answering = await answeringWorker(target.adminSocket, 500);
+      const answering = await answeringWorker(target.control, 500);
       if (answering !== undefined && !known.has(answering)) return { kind: 'loaded' };
     }
     await sleep(POLL_MS);

@@ -33,8 +33,11 @@ export function kernelEndpoint(address: string, port: number): string | undefine
   return undefined;
 }
 
+// The eight 16-bit words of an IPv6 address, in hex. An IPv4 tail (::ffff:127.0.0.3, an IPv4-mapped address) is
+// written as two words first, as the URL parser writes it.
 function expandIPv6(address: string): string[] {
-  const [head, tail] = address.split('::') as [string, string | undefined];
+  const canonical = new URL(`http://[${address}]`).hostname.slice(1, -1);
+  const [head, tail] = canonical.split('::') as [string, string | undefined];
   const left = head === '' ? [] : head.split(':');
   const right = tail === undefined || tail === '' ? [] : tail.split(':');
   const fill = tail === undefined ? [] : Array(8 - left.length - right.length).fill('0');
