@@ -173,9 +173,11 @@ process.on('exit', () => {
 const status = options.status ? createStatus(statusSnapshot, options.maxStaleMs, () => haproxy.traffic()) : undefined;
 const follower = createFollower({
   state: () => watch.state(),
+  routingKeys: etcd.routingKeys,
   select,
   render: createRenderer(renderSettings),
   apply: (wanted) => haproxy.apply(wanted),
+  idle: () => haproxy.idle(),
   log,
   masterOnly: options.masterOnly,
   problemsFound: (count) => status?.problemsFound(count),

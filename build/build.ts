@@ -158,7 +158,30 @@ function emulation(arch: Arch): NodeJS.ProcessEnv {
 // pkg's single-executable pipeline (its `--sea` without a package.json), called as a function so that the
 // sea-config can carry execArgv: V8 flags baked into the executable. With execArgvExtension "cli",
 // --node-options still adds to them (a later flag wins), so an operator can raise a limit.
-for (const arch of targets) {
+// The stage folder is one per machine: two builds at once (two checkouts, two test phases) take turns.
+const STAGE_LOCK = `${stage}.lock`;
+async function holdingStage<T>(body: () => Promise<T>): Promise<T> {
+  for (const deadline = Date.now() + 600_000; ; await new Promise((resolve) => setTimeout(resolve, 200))) {
+    try {
+      mkdirSync(STAGE_LOCK);
+      writeFileSync(join(STAGE_LOCK, 'pid'), String(process.pid));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = existsSync(join(STAGE_LOCK, 'pid')) ? Number(readFileSync(join(STAGE_LOCK, 'pid'), 'utf8').trim() || NaN) : NaN;
+      // A lock whose holder is gone (killed mid-build) is taken over; one just made has no pid for a moment.
+      if (Number.isInteger(holder) && !existsSync(`/proc/${holder}`)) rmSync(STAGE_LOCK, { recursive: true, force: true });
+      if (Date.now() > deadline) throw new Error(`${STAGE_LOCK} held by pid ${holder} for 10 minutes`);
+    }
+  }
+  try {
+    return await body();
+  } finally {
+    rmSync(STAGE_LOCK, { recursive: true, force: true });
+  }
+}
+
+for (const arch of targets) await holdingStage(async () => {
   rmSync(stage, { recursive: true, force: true });
   mkdirSync(stage, { recursive: true });
   writeFileSync(join(stage, 'sea-main.cjs'), seaMain);
@@ -183,4 +206,4 @@ for (const arch of targets) {
   if (!version.startsWith('ambassador ')) throw new Error(`${output} --version printed ${JSON.stringify(version)}, not ambassador's version`);
   const digest = createHash('sha256').update(readFileSync(output)).digest('hex');
   console.log(`built ${output} (linux/${arch.debian}): ${version}, ${(statSync(output).size / 1e6).toFixed(1)} MB, sha256 ${digest}`);
-}
+});

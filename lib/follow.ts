@@ -10,10 +10,15 @@ import type { RegistryState } from './watch.ts';
 
 interface FollowSettings {
   state(): RegistryState;
+  // The keys whose changes route traffic (the master and its address: lib/watch.ts): followed at once.
+  routingKeys(mirror: ReadonlyMap<string, string>): string[];
   // `changed`: the keys changed since the last call, or undefined if anything may have.
   select(mirror: ReadonlyMap<string, string>, changed: ReadonlySet<string> | undefined): Selection;
   render(selection: PortServers): string;
   apply(wanted: Wanted): Promise<ApplyResult>;
+  // Resolves once haproxy is not in the middle of a change: a state computed before then would only be
+  // superseded (under a burst of writes, hundreds of renders of a large config a second, for nothing).
+  idle(): Promise<void>;
   log: Logger;
   masterOnly: boolean;
   // Counts for the status page.
@@ -39,6 +44,10 @@ interface Follower {
   lastChange(): LastChange | undefined;
 }
 
+// Other changes (membership churn) are followed at most this often: a burst of thousands of writes becomes a few
+// updates instead of thousands of renders of a large config (memory under a burst: docs/operating.md, "Bounds").
+const CHURN_MS = 50;
+
 // Patroni leaves the leader key empty for ~100 ms in a switchover; a crashed leader's key is replaced within
 // a second of its expiry. Longer than this, no leader is news.
 const BRIEF_MS = 3_000;
@@ -55,6 +64,10 @@ export function createFollower(settings: FollowSettings): Follower {
   let changeSeenAt: number | undefined;
   // The keys changed since the last update; undefined once anything may have.
   let changedKeys: Set<string> | undefined;
+  // An update on its way: at once (waiting only for haproxy to be between changes), or after CHURN_MS.
+  let pending: 'now' | 'later' | undefined;
+  let later: NodeJS.Timeout | undefined;
+  let lastUpdateAt = -Infinity;
 
   const update = () => {
     const seenAt = changeSeenAt ?? performance.now();
@@ -92,13 +105,32 @@ export function createFollower(settings: FollowSettings): Follower {
     });
   };
 
+  const schedule = (urgent: boolean) => {
+    if (pending === 'now') return;
+    const wait = urgent ? 0 : lastUpdateAt + CHURN_MS - performance.now();
+    if (wait > 0) {
+      if (pending === undefined) later = setTimeout(() => ((pending = undefined), schedule(true)), wait);
+      pending = 'later';
+      return;
+    }
+    clearTimeout(later);
+    pending = 'now';
+    setImmediate(() =>
+      void settings.idle().then(() => {
+        pending = undefined;
+        lastUpdateAt = performance.now();
+        update();
+      }),
+    );
+  };
+
   return {
     changed: (keys) => {
       if (keys === undefined) changedKeys = undefined;
       else for (const key of keys) changedKeys?.add(key);
-      if (changeSeenAt !== undefined) return;
-      changeSeenAt = performance.now();
-      setImmediate(update);
+      changeSeenAt ??= performance.now();
+      const routing = keys === undefined ? undefined : new Set(settings.routingKeys(settings.state().mirror));
+      schedule(routing === undefined || keys!.some((key) => routing.has(key)));
     },
     newest: () => newest,
     lastChange: () => lastChange,

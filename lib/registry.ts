@@ -356,10 +356,11 @@ export function describeProblem(problem: Problem): string {
 // Any key within its bound is shown whole; a stand-in for a longer one shows its head.
 const SHOWN_KEY_CHARS = 640;
 
-// A key as a log line or /state shows it: as it is when it is plain and short, else quoted and cut.
+// A key as a log line or /state shows it: as it is, unless it is cut or holds bytes that are not UTF-8 (then
+// quoted, with escapes).
 function shownKey(key: string): string {
   const short = shortText(key, SHOWN_KEY_CHARS);
-  return short === key && /^[\x21-\x7e]+$/.test(key) ? key : JSON.stringify(short);
+  return short === key && !hasInvalidUtf8(key) ? key : JSON.stringify(short);
 }
 
 // A problem as /state and the log show it: its key and value cut short, never held in full twice.

@@ -2,9 +2,11 @@
 // message; never cached. It knows nothing of what it serves (lib/status.ts).
 
 import { createServer } from 'node:http';
+import type { Socket } from 'node:net';
 
-// A scraper, a health check and a person or two: more connections than this are closed at once, and idle ones
-// after IDLE_MS, so that a flood of idle connections cannot take the file descriptors a failover needs.
+// A scraper, a health check and a person or two. Past this many connections the oldest that has no request
+// under way is closed for each new one: a flood of idle connections takes neither the file descriptors a
+// failover needs nor the place of the next health check. Idle ones are closed after IDLE_MS anyway.
 const MAX_CONNECTIONS = 32;
 const IDLE_MS = 10_000;
 
@@ -29,7 +31,24 @@ export function serveStatus(host: string, port: number, respond: (path: string) 
       (err: Error) => response.writeHead(500, { 'content-type': 'text/plain' }).end(`${err.message}\n`),
     );
   });
-  server.maxConnections = MAX_CONNECTIONS;
+  // Open connections, oldest first, each with whether a request is under way on it.
+  const open = new Map<Socket, { busy: boolean }>();
+  server.on('connection', (socket: Socket) => {
+    open.set(socket, { busy: false });
+    socket.once('close', () => open.delete(socket));
+    if (open.size <= MAX_CONNECTIONS) return;
+    for (const [idle, state] of open) {
+      if (state.busy || idle === socket) continue;
+      idle.destroy();
+      break;
+    }
+  });
+  server.on('request', (request, response) => {
+    const state = open.get(request.socket);
+    if (state === undefined) return;
+    state.busy = true;
+    response.once('close', () => (state.busy = false));
+  });
   server.headersTimeout = IDLE_MS;
   server.requestTimeout = IDLE_MS;
   server.keepAliveTimeout = IDLE_MS / 2;

@@ -64,7 +64,8 @@ export function health(snapshot: StatusSnapshot, maxStaleMs: number, now = Date.
   }
   const stale = staleMs > 0 ? `, etcd state not confirmed for ${(staleMs / 1000).toFixed(0)} s` : '';
   const pending = haproxy.current ? '' : haproxy.failing ? `, retrying a change (${haproxy.failing})` : ', a change is being applied';
-  return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}` };
+  const file = haproxy.configFileBehind === undefined ? '' : `, the config file lags what is live (${haproxy.configFileBehind})`;
+  return { healthy: true, reason: `ok: revision ${snapshot.revision}, ${snapshot.servers.filter((s) => s.enabled).length} server(s) routed${stale}${pending}${file}` };
 }
 
 // Which port a proxy of ours serves, as a label value.
@@ -124,6 +125,7 @@ const SNAPSHOT_METRICS: SnapshotMetric[] = [
   { type: 'counter', name: 'ambassador_fences_unconfirmed_total', help: 'failovers where haproxy still showed sessions on the old master 1 s after the fence, and the new master was opened anyway', read: (s) => s.haproxy.fencesUnconfirmed },
   { type: 'counter', name: 'ambassador_fences_frozen_total', help: 'failovers where haproxy froze streams it shut (an haproxy 2.7-3.1 bug), ended by a reload and a stop of the worker holding them before the new master opened', read: (s) => s.haproxy.fencesFrozen },
   { type: 'gauge', name: 'ambassador_master_blocked', help: '1 while the master the newest etcd state names cannot be opened in haproxy (the reason is in /healthz and the log)', read: (s) => (s.haproxy.masterBlocked === undefined ? 0 : 1) },
+  { type: 'gauge', name: 'ambassador_config_file_behind', help: '1 while the config file does not describe what haproxy runs (it cannot be written: a full disk, a read-only dir); written again every second', read: (s) => (s.haproxy.configFileBehind === undefined ? 0 : 1) },
   { type: 'counter', name: 'ambassador_runtime_dir_restored_total', help: 'times the runtime dir was found deleted or changed while running, and made right again', read: (s) => s.haproxy.runtimeDirRestored },
   { type: 'gauge', name: 'ambassador_haproxy_workers', help: 'haproxy worker processes (more than 1 while replaced ones finish their sessions)', read: (s) => s.haproxy.workers },
   { type: 'gauge', name: 'ambassador_haproxy_current', help: '1 when haproxy runs the config for the newest etcd state', read: (s) => (s.haproxy.current ? 1 : 0) },
@@ -298,6 +300,7 @@ function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       failing: snapshot.haproxy.failing ?? null,
       masterBlocked: snapshot.haproxy.masterBlocked ?? null,
       runtimeDirRestored: snapshot.haproxy.runtimeDirRestored,
+      configFileBehind: snapshot.haproxy.configFileBehind ?? null,
     },
   };
 }

@@ -14,6 +14,7 @@
 // - liveness: ambassador exits only as a fault made it, /healthz answers, never two haproxy masters in two
 //   samples in a row, and /healthz never says "ok" for a state older than a prefix write acknowledged more
 //   than `maxStaleMs` before;
+// - alone: a second ambassador on the same port or runtime dir exits 1;
 // - coverage: each fault kind happened, master changes happened while faults were on, and enough traffic.
 
 import { fenceOverlaps } from '../test/helpers/recorder.ts';
@@ -31,7 +32,7 @@ interface CheckSettings {
 export const DEFAULT_CHECK: CheckSettings = { fenceMs: 1_000, degradedFenceMs: 8_000, recoverMs: 8_000, convergeMs: 6_000, maxStaleMs: 5_000 };
 
 interface Violation {
-  invariant: 'fence' | 'fence-survivor' | 'fence-order' | 'convergence' | 'liveness' | 'stale-ok' | 'one-haproxy' | 'coverage';
+  invariant: 'fence' | 'fence-survivor' | 'fence-order' | 'convergence' | 'liveness' | 'stale-ok' | 'one-haproxy' | 'alone' | 'coverage';
   at: bigint | undefined;
   message: string;
   faults: string[];
@@ -45,9 +46,12 @@ export interface Verdict {
 }
 
 // Faults that keep ambassador from a member, or slow it: the fence may take the degraded window.
-const DEGRADING = new Set(['partition-member', 'partition-watched', 'pause-member', 'pause-leader', 'kill-member', 'kill-leader', 'replace-member', 'blackhole-watched', 'latency', 'write-burst', 'burst-during-leader-change', 'vanish-master']);
-// Faults during which ambassador cannot act at all: etcd cut off entirely, ambassador itself stopped.
-const BLINDING = new Set(['compact-disconnected', 'pause-ambassador', 'kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker']);
+// A runtime dir deleted is made again before the next change, at the cost of an haproxy reload; a full disk
+// leaves only the config file behind.
+const DEGRADING = new Set(['partition-member', 'partition-watched', 'pause-member', 'pause-leader', 'kill-member', 'kill-leader', 'replace-member', 'blackhole-watched', 'latency', 'write-burst', 'burst-during-leader-change', 'vanish-master', 'delete-runtime-dir', 'disk-full']);
+// Faults during which ambassador cannot act at all: etcd cut off entirely, ambassador itself stopped, haproxy's
+// sockets out of reach (a read-only runtime dir), no file descriptor to reach them with.
+const BLINDING = new Set(['compact-disconnected', 'pause-ambassador', 'kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'runtime-dir-read-only', 'file-limit']);
 // Faults after which ambassador exits, by design or by force.
 const EXITING = new Set(['kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker']);
 
@@ -79,7 +83,7 @@ type Found = Omit<Violation, 'faults' | 'around'>;
 
 export function check(unsorted: readonly SoakEvent[], settings: CheckSettings = DEFAULT_CHECK, kinds: readonly string[] = FAULT_KINDS): Verdict {
   const timeline = readTimeline(unsorted, settings);
-  const found = [...fence(timeline), ...fenceSurvivors(timeline), ...fenceOrder(timeline), ...convergence(timeline), ...liveness(timeline), ...staleOk(timeline)];
+  const found = [...fence(timeline), ...fenceSurvivors(timeline), ...fenceOrder(timeline), ...convergence(timeline), ...liveness(timeline), ...staleOk(timeline), ...alone(timeline)];
   const { faultKinds, violations: uncovered } = coverage(timeline, kinds);
   return {
     violations: [...found, ...uncovered].map((violation) => ({ ...violation, faults: violation.at === undefined ? [] : activeAt(timeline, violation.at), around: around(timeline, violation.at) })),
@@ -284,6 +288,13 @@ function liveness(timeline: Timeline): Found[] {
     twoBefore = sample.count > 1;
   }
   return found;
+}
+
+// A second ambassador on the same port or runtime dir exits 1, and so never shares either.
+function alone(timeline: Timeline): Found[] {
+  return timeline.events
+    .filter((e): e is Extract<SoakEvent, { type: 'intruder' }> => e.type === 'intruder' && e.code !== 1)
+    .map((intruder) => ({ invariant: 'alone', at: intruder.t, message: `a second ambassador on the same ${intruder.on} ${intruder.code === null ? 'did not exit' : `exited ${intruder.code}`}: ${intruder.reason}` }));
 }
 
 // /healthz never says "ok" for a state older than a prefix write acknowledged more than maxStaleMs before.

@@ -27,6 +27,9 @@ export type SoakEvent =
   | { type: 'ambassador-start'; t: bigint; pid: number }
   | { type: 'ambassador-exit'; t: bigint; pid: number; code: number | null; signal: string | null; reason: string }
   | { type: 'haproxy-masters'; t: bigint; count: number }
+  // A second ambassador started on the soak's port or runtime dir, and how it exited (null: it did not, and
+  // was stopped).
+  | { type: 'intruder'; t: bigint; on: 'port' | 'runtime-dir'; code: number | null; reason: string }
   // The run ends: what stops after this was stopped by the soak.
   | { type: 'end'; t: bigint };
 

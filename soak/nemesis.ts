@@ -1,7 +1,10 @@
 // The nemesis: each fault of the schedule carried out on the soak's world, and healed. A fault that picks its
 // member when it starts (the watched one, the leader) says which in the history.
 
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { processOf, signal } from '../test/helpers/processes.ts';
 import { workerPids } from '../test/helpers/haproxy.ts';
@@ -140,6 +143,47 @@ const FAULTS: Record<FaultKind, (context: Context) => Promise<Injected>> = {
   'write-burst': async ({ world, started }) => {
     started('500 writes');
     await world.burst(500);
+    return none;
+  },
+  'delete-runtime-dir': async ({ world, started }) => {
+    started(world.runtimeDir);
+    rmSync(world.runtimeDir, { recursive: true, force: true });
+    return none;
+  },
+  'runtime-dir-read-only': async ({ world, started }) => {
+    started(world.runtimeDir);
+    execFileSync('mount', ['--bind', world.runtimeDir, world.runtimeDir]);
+    execFileSync('mount', ['-o', 'remount,bind,ro', world.runtimeDir]);
+    return { heal: async () => void execFileSync('umount', [world.runtimeDir]) };
+  },
+  'disk-full': async ({ world, started }) => {
+    const filler = join(world.runtimeFileSystem, 'filler');
+    const { bavail, bsize } = statfsSync(world.runtimeFileSystem);
+    started(`${bavail * bsize} bytes`);
+    writeFileSync(filler, Buffer.alloc(bavail * bsize));
+    return { heal: async () => rmSync(filler, { force: true }) };
+  },
+  'file-limit': async ({ world, started }) => {
+    const pid = world.ambassador()?.child.pid;
+    if (pid === undefined) {
+      started('no ambassador');
+      return none;
+    }
+    const limits = execFileSync('prlimit', [`--pid=${pid}`, '--nofile', '--output=SOFT,HARD', '--noheadings'], { encoding: 'utf8' }).trim().split(/\s+/);
+    const inUse = readdirSync(`/proc/${pid}/fd`).length;
+    started(`${inUse} of ${limits[0]}`);
+    execFileSync('prlimit', [`--pid=${pid}`, `--nofile=${inUse}:${limits[1]}`]);
+    // An ambassador that exited meanwhile (and was restarted) took its limit with it.
+    return { heal: async () => void spawnSync('prlimit', [`--pid=${pid}`, `--nofile=${limits[0]}:${limits[1]}`], { stdio: 'ignore' }) };
+  },
+  'status-flood': async ({ world, started }) => {
+    started('300 idle connections');
+    const sockets: Socket[] = Array.from({ length: 300 }, () => connect(world.statusPort, '127.0.0.1').on('error', () => {}));
+    return { heal: async () => sockets.forEach((socket) => socket.destroy()) };
+  },
+  'second-ambassador': async ({ world, history, started }) => {
+    started('on its port, then in its runtime dir');
+    for (const on of ['port', 'runtime-dir'] as const) history.add({ type: 'intruder', t: now(), on, ...(await world.intrude(on)) });
     return none;
   },
   'burst-during-leader-change': async ({ world, fault, history, started }) => {

@@ -24,6 +24,12 @@ export const FAULT_KINDS = [
   'write-burst', // 500 writes in and outside the prefix
   'burst-during-leader-change', // 500 writes while etcd's leadership moves to another member
   'sighup', // ambassador resyncs
+  'delete-runtime-dir', // ambassador's runtime dir deleted, sockets and all
+  'runtime-dir-read-only', // its runtime dir made read-only (a bind mount): no socket, no file
+  'disk-full', // the file system of its runtime dir filled
+  'file-limit', // ambassador's open-file limit lowered to what it has open
+  'status-flood', // 300 idle connections to its status port
+  'second-ambassador', // another ambassador started on its port, and one on its runtime dir: each must exit 1
 ] as const;
 
 export type FaultKind = (typeof FAULT_KINDS)[number];
@@ -67,7 +73,7 @@ const QUIET_MS = 8_000;
 // Faults whose member is chosen by the schedule.
 const FIXED_MEMBER = new Set<FaultKind>(['partition-member', 'pause-member', 'kill-member', 'replace-member']);
 // Pairs that cannot run at once: they fight over the same process or the same member.
-const EXCLUSIVE = new Set<FaultKind>(['kill-ambassador', 'pause-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'replace-member', 'compact-disconnected']);
+const EXCLUSIVE = new Set<FaultKind>(['kill-ambassador', 'pause-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'replace-member', 'compact-disconnected', 'delete-runtime-dir', 'runtime-dir-read-only', 'disk-full', 'file-limit']);
 
 export function makeSchedule(seed: number, durationMs: number): Schedule {
   const next = random(seed);

@@ -4,7 +4,8 @@
 // that moves the master, churn, clients, and samplers of /healthz and of haproxy's processes. Everything it
 // sees goes into the history; everything it starts is stopped.
 
-import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { noop } from 'cockatiel';
@@ -28,6 +29,13 @@ export interface SoakWorld {
   cluster: EtcdCluster;
   relays: Relay[];
   ambassador(): RunningAmbassador | undefined;
+  // ambassador's runtime dir, on a small file system of its own (a tmpfs) that a fault can fill.
+  runtimeDir: string;
+  runtimeFileSystem: string;
+  statusPort: number;
+  // A second ambassador started on the soak's port (its own runtime dir) or in its runtime dir (another port);
+  // its exit code once it exits, or null if it does not within 10 s (then it is stopped).
+  intrude(on: 'port' | 'runtime-dir'): Promise<{ code: number | null; reason: string }>;
   // The relay (so the member) ambassador's etcd connection goes through now, if one.
   watched(): number | undefined;
   // The master the writer last knew etcd to name.
@@ -65,9 +73,14 @@ export async function startSoakWorld(history: History, dir: string, seed: number
   const first = await cluster.write(`${PREFIX}/master`, master);
   history.add({ type: 'write', t: now(), sent: now(), master, revision: first.revision });
 
-  // ambassador, restarted whenever it exits, as systemd's Restart=always would.
+  // ambassador, restarted whenever it exits, as systemd's Restart=always would. Its runtime dir lives on a tmpfs
+  // of 8 MiB, mounted in the soak's private mount namespace, for the fault that fills it.
   const port = await freePort();
   const statusPort = await freePort();
+  const runtimeFileSystem = join(dir, 'tmpfs');
+  const runtimeDir = join(runtimeFileSystem, 'run');
+  mkdirSync(runtimeFileSystem, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0755', 'tmpfs', runtimeFileSystem]);
   let current: RunningAmbassador | undefined;
   let stopping = false;
   const flags = [
@@ -81,7 +94,7 @@ export async function startSoakWorld(history: History, dir: string, seed: number
   ];
   const supervise = async () => {
     while (!stopping) {
-      const ambassador = await startAmbassador(flags, { binary: 'dist', runtimeDir: join(dir, 'run') });
+      const ambassador = await startAmbassador(flags, { binary: 'dist', runtimeDir });
       current = ambassador;
       history.add({ type: 'ambassador-start', t: now(), pid: ambassador.child.pid! });
       const code = await ambassador.exited;
@@ -216,10 +229,23 @@ export async function startSoakWorld(history: History, dir: string, seed: number
     }
   })();
 
+  const intrude = async (on: 'port' | 'runtime-dir') => {
+    const other = on === 'port' ? flags.map((flag) => flag.replace(`--status=127.0.0.1:${statusPort}`, `--status=127.0.0.1:${statusPort + 1}`)) : flags.map((flag) => flag.replace(`--port=${port}`, `--port=${port + 1}`).replace(`--status=127.0.0.1:${statusPort}`, `--status=127.0.0.1:${statusPort + 1}`));
+    const intruder = await startAmbassador(other, { binary: 'dist', ...(on === 'runtime-dir' ? { runtimeDir } : {}) });
+    const code = await Promise.race([intruder.exited, sleep(10_000).then(() => 'running' as const)]);
+    const reason = intruder.logs.filter((line) => / ERROR /.test(line)).slice(-1)[0] ?? '';
+    await intruder.cleanup();
+    return { code: code === 'running' ? null : code, reason };
+  };
+
   return {
     cluster,
     relays,
     ambassador: () => current,
+    runtimeDir,
+    runtimeFileSystem,
+    statusPort,
+    intrude,
     watched: () => {
       const pid = current?.child.pid;
       if (pid === undefined) return undefined;
@@ -281,6 +307,7 @@ export async function startSoakWorld(history: History, dir: string, seed: number
       client.close();
       await Promise.all(relays.map((relay) => relay.close()));
       await cluster.stop();
+      execFileSync('umount', ['--lazy', runtimeFileSystem]);
     },
   };
 }

@@ -14,6 +14,7 @@ function startFollower(problems: () => Problem[] = () => []) {
   let applied: () => void = () => {};
   const follower = createFollower({
     state: () => ({ mirror, revision: BigInt(seen.length + 1) }),
+    routingKeys: () => ['/p/master'],
     select: (_mirror, changed): Selection => {
       seen.push(changed && [...changed].sort());
       return { servers: [], replicas: undefined, master: undefined, problems: problems() };
@@ -23,6 +24,7 @@ function startFollower(problems: () => Problem[] = () => []) {
       applied();
       return { outcome: 'applied', path: 'runtime', ms: 0 };
     },
+    idle: async () => {},
     log: createLogger({ format: 'text', level: 'info', write: (line) => lines.push(line) }),
     masterOnly: false,
     briefMs: 200,

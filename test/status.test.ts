@@ -27,7 +27,7 @@ const snapshot = (over: Partial<StatusSnapshot> = {}): StatusSnapshot => ({
   masterOnly: true,
   revision: 7n,
   etcd: { connected: true, member: 'http://127.0.0.1:2379', staleSince: undefined, confirmedAt: Date.now(), lastEventAt: undefined, events: 0, snapshots: 1, resumes: 0, resyncs: { order: 0, missed: 0, listing: 0, 'etcd-behind': 0, compacted: 0, requested: 0 }, checks: 0, listings: 0, progress: 'ordered', watchesLost: 0, membersLeft: 0, watchesBehind: 0, memberProblems: {} },
-  haproxy: { masterPid: 10, workers: 1, current: true, busy: false, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0, fencesUnconfirmed: 0, fencesFrozen: 0, masterBlocked: undefined, runtimeDirRestored: 0 },
+  haproxy: { masterPid: 10, workers: 1, current: true, busy: false, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0, fencesUnconfirmed: 0, fencesFrozen: 0, masterBlocked: undefined, runtimeDirRestored: 0, configFileBehind: undefined },
   servers: [],
   replicas: undefined,
   instancesRejected: 0,

@@ -4,6 +4,8 @@
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, readFile, rename } from 'node:fs/promises';
+import type { Logger } from '../log.ts';
+import { FailureStreak } from '../retry.ts';
 import { SetupError, writePrivate } from '../rundir.ts';
 
 // `haproxy -c` takes ~0.6 s for 10,000 servers here; a check still running after this is stuck.
@@ -76,6 +78,50 @@ export async function replaceConfig(configPath: string, config: string): Promise
   const stagePath = `${configPath}.new`;
   await writePrivate(stagePath, config);
   await rename(stagePath, configPath);
+}
+
+// The config file as a description of what haproxy runs: a reload (ours after a lost runtime dir, or an
+// operator's) must load what is live, never an older master. After every change haproxy took, at run time or
+// in part, the file is rewritten; one that cannot be (a full disk, a read-only dir) is tried again until it is.
+export function createLiveConfigFile(configPath: string, log: Logger) {
+  // The text that describes what is live, and whether the file holds it yet.
+  let live: string | undefined;
+  let due = false;
+  let failing: string | undefined;
+  const streak = new FailureStreak();
+  // False once the file holds what is live.
+  const write = async (): Promise<boolean> => {
+    if (!due || live === undefined) return false;
+    try {
+      await replaceConfig(configPath, live);
+      [due, failing] = [false, undefined];
+      if (streak.ended() > 0) log.info(`haproxy: ${configPath} written again`);
+      return false;
+    } catch (err) {
+      failing = `cannot write ${configPath}: ${(err as Error).message}`;
+      if (streak.failed(failing).log) log.warn(`haproxy: ${failing}; haproxy runs the newest state, and the file is written again every second until it can be`);
+      return true;
+    }
+  };
+  return {
+    // haproxy runs what `text` describes now; the file is written at once unless a newer change is on its way.
+    // True while the file lags.
+    live: async (text: string, later = false): Promise<boolean> => {
+      [live, due] = [text, true];
+      return later || (await write());
+    },
+    // The file was installed (checked, renamed into place) and haproxy loaded it.
+    installed: (text: string) => {
+      [live, due, failing] = [text, false, undefined];
+    },
+    // The file is gone (with its dir): write it again.
+    lost: () => {
+      due = live !== undefined;
+    },
+    write,
+    // Why the file lags what is live, while it does.
+    behind: (): string | undefined => (due ? (failing ?? 'a newer change is on its way') : undefined),
+  };
 }
 
 // haproxy's reasons, a few lines at most: its [ALERT] lines, or else whatever it printed.

@@ -15,7 +15,7 @@ import { PROXY_NAME } from '../render.ts';
 import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../rundir.ts';
 import { readTraffic, request, runtimeCommands, serverAddresses, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
 import { createFence } from './fence.ts';
-import { installChecked, replaceConfig } from './config.ts';
+import { createLiveConfigFile, installChecked } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
 import { firstLoad, reload } from './reload.ts';
@@ -60,10 +60,14 @@ export interface HaproxyStats extends QueueStats {
   masterBlocked: string | undefined;
   // Times the runtime dir was found missing or changed, and made right again.
   runtimeDirRestored: number;
+  // Why the config file does not describe what haproxy runs, while it does not.
+  configFileBehind: string | undefined;
 }
 
 interface Haproxy {
   apply(wanted: Wanted): Promise<ApplyResult>;
+  // Resolves when no change is being made.
+  idle(): Promise<void>;
   // Try the newest state again, refused or failing (a resync).
   retryNow(): void;
   stats(): HaproxyStats;
@@ -101,8 +105,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   let runtimeDirRestored = 0;
   let masterBlocked: string | undefined;
   let restoring: Promise<void> | undefined;
-  // Whether the config file on disk describes what haproxy runs: a reload must never load anything else.
-  let fileInStep = true;
+  const file = createLiveConfigFile(configPath, log);
 
   // The runtime dir made right again, and the master's socket with it: a master re-creates its socket on every
   // reload, even one that fails (the config may be gone with the dir; the worker serving keeps serving). Only
@@ -118,7 +121,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         }
         if (!child?.running() || existsSync(masterSocket)) return;
         log.warn('haproxy: its sockets are gone; the master reloads to listen on its socket again, and haproxy is reached through its master from now on');
-        if (!existsSync(configPath)) fileInStep = false;
+        if (!existsSync(configPath)) file.lost();
         child.signal('SIGHUP');
         for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {
           if (await request(masterSocket, 'show proc', 500).then(() => true, () => false)) return;
@@ -176,10 +179,11 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       // A reload to the fenced state (the new master still closed) leaves the frozen streams to the old worker,
       // which the fence stops; then the rest of the change, from there.
       const closed = fencedTable(target);
-      const install = await installChecked(binary, configPath, configOf(closed));
+      const closedConfig = configOf(closed);
+      const install = await installChecked(binary, configPath, closedConfig);
       if (install.kind !== 'installed' || (await reloadChild(child!)).kind !== 'applied') return false;
       liveServers = closed;
-      fileInStep = true;
+      file.installed(closedConfig);
       await fence.confirm(plan.fenced);
       return applyAtRuntime(target, configOf);
     }
@@ -230,22 +234,10 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     }
   };
 
-  // The config file made to describe what haproxy runs, after a change it did not take whole: a reload (ours on
-  // a lost runtime dir, or an operator's) must load what is live, never an older master.
-  const keepFileInStep = async (next: Wanted) => {
-    try {
-      await replaceConfig(configPath, next.configOf(liveServers));
-      fileInStep = true;
-    } catch (err) {
-      fileInStep = false;
-      log.warn(`haproxy: cannot write ${configPath} to match what is live: ${(err as Error).message}`);
-    }
-  };
-
-  const attempt = async (next: Wanted): Promise<Attempt> => {
+  const attempt = async (next: Wanted, newer: () => boolean): Promise<Attempt> => {
     if (stopping || (child !== undefined && !child.running())) return { kind: 'failed', reason: 'haproxy is not running' };
     if (child !== undefined && runtimeDirLost()) await restore();
-    const result = await change(next);
+    const result = await change(next, newer);
     const blocked = child ? masterClosed(next.servers) : undefined;
     if (blocked !== undefined && blocked !== masterBlocked) log.error(`haproxy: the master cannot be opened: ${blocked}; the primary port has no server until it can`);
     masterBlocked = blocked;
@@ -253,7 +245,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   // One try at making `next` live; the master's part of it at least, at run time, if all else fails.
-  const change = async (next: Wanted): Promise<Attempt> => {
+  const change = async (next: Wanted, newer: () => boolean): Promise<Attempt> => {
     const servers = [...next.servers.proxies.values()].reduce((sum, list) => sum + list.length, 0);
     const tooMany =
       servers > settings.maxServers
@@ -261,34 +253,32 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
         : undefined;
     const runtime = child !== undefined && settings.apply === 'runtime';
     if (runtime && tooMany === undefined && (await applyAtRuntime(next.servers, next.configOf))) {
-      try {
-        await replaceConfig(configPath, next.config);
-      } catch (err) {
-        // Live, but the file lags: tried again (a full disk passes), and a reload meanwhile is warned about.
-        fileInStep = false;
-        return { kind: 'failed', reason: `live, but ${configPath} cannot be written: ${(err as Error).message}` };
-      }
-      fileInStep = true;
+      // Under a burst of changes the file is written for the last of them (every reload installs its own).
+      if (await file.live(next.config, newer())) queue.sweepSoon();
       return { kind: 'applied', path: 'runtime' };
     }
     // The rest needs a reload, or cannot be made at all: the master's part of it first, at run time.
     if (runtime && settings.fence) await applyAtRuntime(routingStep(liveServers, next.servers), next.configOf);
+    // What haproxy runs when the change is not made whole, in the file.
+    const partly = async () => {
+      if (child && (await file.live(next.configOf(liveServers)))) queue.sweepSoon();
+    };
     if (tooMany !== undefined) {
-      if (child) await keepFileInStep(next);
+      await partly();
       return { kind: 'refused', reason: tooMany };
     }
     const install = await installChecked(binary, configPath, next.config);
     if (install.kind !== 'installed') {
-      if (child) await keepFileInStep(next);
+      await partly();
       return install;
     }
     const loaded: Attempt = child ? await reloadChild(child) : await start();
     if (loaded.kind === 'applied') {
       liveServers = next.servers;
-      fileInStep = true;
-    } else if (child) {
-      // The master kept the old worker: put the file back in step with what is live.
-      await keepFileInStep(next);
+      file.installed(next.config);
+    } else {
+      // The master kept the old worker.
+      await partly();
     }
     return loaded;
   };
@@ -303,14 +293,20 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
   };
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
-    if (!fileInStep) log.warn(`haproxy: reloading while ${configPath} may not describe what is live`);
+    const behind = file.behind();
+    if (behind !== undefined) log.warn(`haproxy: reloading while ${configPath} may not describe what is live (${behind})`);
     const loaded = await reload({ ...proc, control }, settings.proxies, log);
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
 
-  // Deletes draining servers that have no session left; true while some still have sessions. Looks at the
-  // runtime dir too.
+  // Between changes: writes the config file if it lags, and deletes draining servers that have no session
+  // left; true while either is still to do.
   const sweep = async (): Promise<boolean> => {
+    const fileLags = await file.write();
+    return (await sweepDrained()) || fileLags;
+  };
+
+  const sweepDrained = async (): Promise<boolean> => {
     if (liveServers.draining.size === 0 || !child?.running()) return false;
     // Sessions that cannot be read now are read at the next sweep: every server is kept meanwhile.
     const sessions = await serverSessions(control).catch(() => new Map<string, number>());
@@ -340,6 +336,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
 
   return {
     apply: (next) => queue.apply(next),
+    idle: () => queue.idle(),
     retryNow: () => queue.retryNow(),
     unexpectedExit,
     stats: () => ({
@@ -350,6 +347,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
       ...fence.stats(),
       masterBlocked,
       runtimeDirRestored,
+      configFileBehind: file.behind(),
     }),
     traffic: async () => (child?.running() ? readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {

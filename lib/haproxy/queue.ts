@@ -31,7 +31,8 @@ export interface ApplyResult {
 }
 
 interface QueueSettings {
-  attempt(next: Wanted): Promise<Attempt>;
+  // `newer`: whether a newer state is already waiting (work that only the last state needs can wait for it).
+  attempt(next: Wanted, newer: () => boolean): Promise<Attempt>;
   // Deletes drained servers that have no session left; true while some are still draining.
   sweep(): Promise<boolean>;
   log: Logger;
@@ -57,6 +58,8 @@ export interface QueueStats {
 
 interface ApplyQueue {
   apply(next: Wanted): Promise<ApplyResult>;
+  // Resolves when no change is being made (at once if none is).
+  idle(): Promise<void>;
   // A drain sweep soon (a runtime change left a server draining).
   sweepSoon(): void;
   // Forget the refused config and the failure streak, and try the newest state again now (a resync).
@@ -86,12 +89,13 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
   let sweepDue = false;
   let retryTimer: NodeJS.Timeout | undefined;
   let sweepTimer: NodeJS.Timeout | undefined;
+  const idleWaiters: (() => void)[] = [];
 
   const due = () => wanted !== undefined && wanted.config !== liveConfig && wanted.config !== refusedConfig && retryTimer === undefined;
 
   const attemptOnce = async (next: Wanted): Promise<Attempt> => {
     try {
-      return await settings.attempt(next);
+      return await settings.attempt(next, () => wanted !== next);
     } catch (err) {
       return { kind: 'failed', reason: (err as Error).message };
     }
@@ -158,6 +162,7 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
     } finally {
       busy = false;
       if (wanted?.config === liveConfig) notLiveSince = undefined;
+      for (const resolve of idleWaiters.splice(0)) resolve();
     }
   };
 
@@ -179,6 +184,7 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
         if (next.config !== liveConfig) notLiveSince ??= Date.now();
         void run();
       }),
+    idle: () => (busy ? new Promise<void>((resolve) => idleWaiters.push(resolve)) : Promise.resolve()),
     sweepSoon,
     retryNow: () => {
       refusedConfig = undefined;

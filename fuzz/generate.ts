@@ -1,0 +1,281 @@
+// The fuzzer's rounds, drawn from a seed: hostile registries and write bursts, each ending with a write of the
+// master, and what every write should leave routed. Pure: the same seed gives the same rounds.
+// What a state should route is read from a model of the registry kept here, by rules of its own over values
+// drawn from tables that say what each one is (docs/operating.md, "Key layout" and "Bounds"), never by lib/.
+
+import { random } from '../soak/schedule.ts';
+
+export const PREFIX = '/fuzz/services/db';
+// The instances that answer, by the name they greet with, and where they listen (the port is the world's).
+// `localhost` is a DNS name: it answers on 127.0.0.1 and ::1, whichever haproxy resolves it to.
+export const BACKENDS = { a: '127.0.0.41', b: '127.0.0.42', c: '127.0.0.43' } as const;
+type Backend = keyof typeof BACKENDS | 'localhost';
+
+// What a value is, as the tables below say: routes to a backend, routes to nothing that answers (an address
+// nothing listens on, a name that does not resolve), or is refused.
+type Meaning = { valid: true; answers: Backend | '' } | { valid: false };
+
+// One key's write: its bytes, and what the model makes of it.
+export type Op = { kind: 'put'; key: Buffer; value: Buffer } | { kind: 'delete'; key: Buffer } | { kind: 'delete-prefix' };
+
+export type RoundKind = 'sizes' | 'encoding' | 'count' | 'master' | 'addresses' | 'burst' | 'wipe';
+export const ROUND_KINDS: readonly RoundKind[] = ['sizes', 'encoding', 'count', 'master', 'addresses', 'burst', 'wipe'];
+
+export interface Round {
+  n: number;
+  kind: RoundKind;
+  // Written in order; `together` runs are written at once (distinct keys, whose order does not matter).
+  steps: { ops: Op[]; together: boolean }[];
+}
+
+const MB = 1 << 20;
+const utf8 = (text: string) => Buffer.from(text);
+const key = (...parts: (string | Buffer)[]) => Buffer.concat([utf8(`${PREFIX}/`), ...parts.map((part) => (typeof part === 'string' ? utf8(part) : part))]);
+const instanceKey = (name: Buffer, field: 'private_ip' | 'port') => key('instances/', name, `/${field}`);
+const NOT_UTF8 = [Buffer.from([0xff]), Buffer.from([0xc0, 0x2e]), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from([0x80])];
+
+// Addresses of a backend, in every form the layout takes for it, and forms it refuses.
+function addressForms(backend: keyof typeof BACKENDS): [string | Buffer, Meaning][] {
+  const ip = BACKENDS[backend];
+  const last = Number(ip.split('.')[3]);
+  const routes: Meaning = { valid: true, answers: backend };
+  const refused: Meaning = { valid: false };
+  return [
+    [ip, routes],
+    [` ${ip}\n`, routes],
+    [`::ffff:${ip}`, routes],
+    [`[::ffff:${ip}]`, routes],
+    [`::FFFF:7f00:${last.toString(16)}`, routes],
+    [`127.0.0.0${last}`, refused],
+    [`${ip} x`, refused],
+    [`${ip}\n    server evil 127.0.0.43:5432\n#`, refused],
+    [`::ffff:${ip}%lo`, refused],
+    ['fe80::1%lo', refused],
+    [`${ip}:5432`, refused],
+    [`\uff11\uff12\uff17.0.0.${last}`, refused],
+    ['-bad-.example', refused],
+    ['a..b', refused],
+    ['x_y.example', refused],
+    [`${'h'.repeat(64)}.example`, refused],
+    ['', refused],
+    [Buffer.concat([utf8(ip), NOT_UTF8[0]!]), refused],
+    [Buffer.alloc(MB, 0x31), refused],
+    [Buffer.alloc(513, 0x61), refused],
+    [`127.0.0.${last}${' '.repeat(490)}`, routes],
+  ];
+}
+
+const HOSTNAMES: [string, Meaning][] = [
+  ['localhost', { valid: true, answers: 'localhost' }],
+  ['nohost.invalid', { valid: true, answers: '' }],
+];
+
+// Ports: none written (the backend port), the backend port in forms the layout takes, and refused ones.
+function portForms(port: number): [string | Buffer | undefined, boolean][] {
+  return [[undefined, true], [String(port), true], [` ${port} `, true], ['0', false], ['65536', false], [`${port} x`, false], ['-1', false], ['', false], [Buffer.from([0x35, 0xff]), false], [Buffer.alloc(600, 0x35), false]];
+}
+
+// Instance names: plain, odd and hostile. A name is refused past 255 bytes or when not UTF-8; a key past 512
+// bytes below the prefix is refused whatever it holds.
+function nameForms(next: () => number): [Buffer, boolean][] {
+  const tag = Math.floor(next() * 1e6).toString(36);
+  return [
+    [utf8(`i${tag}`), true],
+    [utf8(`i ${tag}\n`), true],
+    [utf8(`名前${tag}`), true],
+    [utf8(`${tag}${'n'.repeat(255 - tag.length)}`), true],
+    [utf8(`${tag}${'n'.repeat(256 - tag.length)}`), false],
+    [Buffer.concat([utf8(tag), NOT_UTF8[Math.floor(next() * NOT_UTF8.length)]!]), false],
+    [utf8(`${tag}${'k'.repeat(600)}`), false],
+  ];
+}
+
+// The registry as written: each instance's address and port (with what each means), the master value.
+interface Instance {
+  address?: Meaning & { bytes: Buffer };
+  port?: { bytes: Buffer; valid: boolean };
+}
+
+export interface Model {
+  instances: Map<string, Instance>;
+  master: Buffer | undefined;
+}
+
+export const emptyModel = (): Model => ({ instances: new Map(), master: undefined });
+
+// What new connections to the master port should be answered by in this state: a backend's name, or '' for
+// refused (or answered by nothing). The master value is trimmed of ASCII whitespace, must be UTF-8 and at most
+// 512 bytes, and must name an instance whose name, key, address and port are all taken.
+export function expectedAnswer(model: Model): string {
+  const instance = masterInstance(model);
+  if (instance === undefined) return '';
+  const { address } = instance;
+  return address?.valid ? address.answers : '';
+}
+
+function masterInstance(model: Model): Instance | undefined {
+  const master = model.master;
+  if (master === undefined || master.length > 512 || !isUtf8(master)) return undefined;
+  const name = master.toString().replace(/^[ \t\n\r\v\f]+|[ \t\n\r\v\f]+$/g, '');
+  const instance = model.instances.get(Buffer.from(name).toString('hex'));
+  return instance !== undefined && routable(Buffer.from(name), instance) ? instance : undefined;
+}
+
+function isUtf8(bytes: Buffer): boolean {
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function routable(name: Buffer, instance: Instance): boolean {
+  const keyBytes = instanceKey(name, 'private_ip').length - Buffer.byteLength(`${PREFIX}/`);
+  const nameOk = name.length > 0 && name.length <= 255 && isUtf8(name) && !name.includes(0x2f) && keyBytes <= 512;
+  return nameOk && instance.address?.valid === true && (instance.port === undefined || instance.port.valid);
+}
+
+// Instances the layout routes (each a server, on the one port): what the file-limit bound counts.
+export function routableCount(model: Model): number {
+  let count = 0;
+  for (const [hex, instance] of model.instances) if (routable(Buffer.from(hex, 'hex'), instance)) count++;
+  return count;
+}
+
+// Applies one write to the model.
+export function applyOp(model: Model, op: Op, meanings: Map<string, Meaning>, ports: Map<string, boolean>): void {
+  if (op.kind === 'delete-prefix') {
+    model.instances.clear();
+    model.master = undefined;
+    return;
+  }
+  const relative = op.key.subarray(Buffer.byteLength(`${PREFIX}/`));
+  if (relative.equals(utf8('master'))) {
+    model.master = op.kind === 'put' ? op.value : undefined;
+    return;
+  }
+  const text = relative.toString('latin1');
+  const match = /^instances\/([^/]+)\/(private_ip|port)$/s.exec(text);
+  if (!match) return;
+  const hex = Buffer.from(match[1]!, 'latin1').toString('hex');
+  const instance = model.instances.get(hex) ?? {};
+  if (match[2] === 'private_ip') {
+    if (op.kind === 'put') instance.address = { bytes: op.value, ...(meanings.get(op.value.toString('hex')) ?? { valid: false }) };
+    else delete instance.address;
+  } else if (op.kind === 'put') {
+    instance.port = { bytes: op.value, valid: ports.get(op.value.toString('hex')) ?? false };
+  } else {
+    delete instance.port;
+  }
+  if (instance.address === undefined && instance.port === undefined) model.instances.delete(hex);
+  else model.instances.set(hex, instance);
+}
+
+// A fuzz run's rounds and the tables that give each written value its meaning.
+export interface Plan {
+  seed: number;
+  rounds: Round[];
+  meanings: Map<string, Meaning>;
+  ports: Map<string, boolean>;
+}
+
+// `count` rounds write either well below `serverBound` instances or well above it, never near it.
+export function makePlan(seed: number, roundCount: number, backendPort: number, serverBound: number): Plan {
+  const next = random(seed);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
+  const meanings = new Map<string, Meaning>();
+  const ports = new Map<string, boolean>();
+  const bytes = (value: string | Buffer) => (typeof value === 'string' ? utf8(value) : value);
+  const address = (form: [string | Buffer, Meaning]) => {
+    const value = bytes(form[0]);
+    meanings.set(value.toString('hex'), form[1]);
+    return value;
+  };
+  // While a `count` round has put the registry past the server bound, haproxy keeps its last good config and
+  // only the master moves, at run time: a master by DNS name (which needs a reload) is not drawn then.
+  let pastBound = false;
+  // The `count` instances the registry holds: each such round writes the same names from n0 on.
+  let counted = 0;
+  const anyAddress = () => address(!pastBound && next() < 0.2 ? pick(HOSTNAMES) : pick(addressForms(pick(['a', 'b', 'c'] as const))));
+  const ipAddress = (backend: keyof typeof BACKENDS) => address(pick(addressForms(backend).filter(([, meaning]) => meaning.valid)));
+  const instance = (name: Buffer, value: Buffer, port?: [string | Buffer | undefined, boolean]): Op[] => {
+    const ops: Op[] = [{ kind: 'put', key: instanceKey(name, 'private_ip'), value }];
+    if (port?.[0] !== undefined) {
+      const portBytes = bytes(port[0]);
+      ports.set(portBytes.toString('hex'), port[1]);
+      ops.push({ kind: 'put', key: instanceKey(name, 'port'), value: portBytes });
+    }
+    return ops;
+  };
+  const master = (value: string | Buffer): Op => ({ kind: 'put', key: key('master'), value: bytes(value) });
+  const masterOf = (name: Buffer) => master(next() < 0.2 ? Buffer.concat([utf8(' '), name, utf8('\n')]) : name);
+  // The steady instances a, b, c at their plain addresses.
+  const base = (): Op[] => (['a', 'b', 'c'] as const).flatMap((name) => instance(utf8(name), address([BACKENDS[name], { valid: true, answers: name }])));
+
+  const rounds: Round[] = [{ n: 0, kind: 'wipe', steps: [{ ops: [...base(), master('a')], together: false }] }];
+  // Every kind once, in a shuffled order, then drawn.
+  const deck = [...ROUND_KINDS].sort(() => next() - 0.5);
+  for (let n = 1; n < roundCount; n++) {
+    const kind = deck.shift() ?? pick(ROUND_KINDS);
+    const steps: Round['steps'] = [];
+    const add = (ops: Op[], together = false) => steps.push({ ops, together });
+    switch (kind) {
+      case 'sizes': {
+        // Values, names and keys at their bounds and past them; the master among them or not.
+        const names = nameForms(next);
+        for (const [name] of names) add(instance(name, next() < 0.5 ? ipAddress(pick(['a', 'b', 'c'] as const)) : anyAddress(), pick(portForms(backendPort))));
+        add([{ kind: 'put', key: key('instances/huge/private_ip'), value: Buffer.alloc(MB, 0x78) }, { kind: 'put', key: key('z'.repeat(MB)), value: utf8('x') }]);
+        add([masterOf(pick(names)[0])]);
+        break;
+      }
+      case 'encoding': {
+        const name = Buffer.concat([utf8('e'), pick(NOT_UTF8), utf8(String(n))]);
+        add(instance(name, ipAddress('b')));
+        add(instance(utf8(`ctl${n}`), address([`127.0.0.42\u0000`, { valid: false }])));
+        add(instance(utf8(`tab\t${n}`), ipAddress('c')));
+        add([masterOf(pick([name, utf8(`ctl${n}`), utf8(`tab\t${n}`), Buffer.concat([utf8('a'), pick(NOT_UTF8)])]))]);
+        break;
+      }
+      case 'count': {
+        // Many instances at once, below the server bound or past it; the master an address haproxy can open
+        // at run time either way (not a DNS name). The same names each time: the registry never holds more than
+        // one such round's (the bench bounds memory at 10,000 instances).
+        const count = next() < 0.5 ? serverBound + 200 + Math.floor(next() * 500) : 200 + Math.floor(next() * 800);
+        counted = Math.max(counted, count);
+        pastBound = counted > serverBound;
+        const ops: Op[] = [];
+        for (let i = 0; i < count; i++) ops.push(...instance(utf8(`n${i}`), address([`127.1.${(i >> 8) & 255}.${i & 255}`, { valid: true, answers: '' }])));
+        add(ops, true);
+        add([master(pick(['a', 'b', 'c']))]);
+        break;
+      }
+      case 'master': {
+        // Masters that name a missing instance, a refused one, a path, or a good one.
+        add(instance(utf8(`m${n}`), anyAddress(), pick(portForms(backendPort))));
+        add([master(pick([`m${n}`, `missing${n}`, 'instances/a', '', 'a/b', Buffer.alloc(1_400_000, 0x6d), 'x'.repeat(300), `m${n}`]))]);
+        break;
+      }
+      case 'addresses': {
+        for (const name of ['a', 'b', 'c'] as const) if (next() < 0.7) add(instance(utf8(name), next() < 0.3 ? anyAddress() : address(pick(addressForms(name)))));
+        add([master(pick(['a', 'b', 'c']))]);
+        break;
+      }
+      case 'burst': {
+        // Master changes back to back, among good instances and bad values.
+        const ops: Op[] = [];
+        for (let i = 0, writes = 20 + Math.floor(next() * 60); i < writes; i++) ops.push(next() < 0.8 ? master(pick(['a', 'b', 'c'])) : master(pick([`missing${i}`, Buffer.alloc(2000, 0x6d), Buffer.concat([utf8('b'), pick(NOT_UTF8)])])));
+        add(ops);
+        break;
+      }
+      case 'wipe': {
+        [pastBound, counted] = [false, 0];
+        add([{ kind: 'delete-prefix' }]);
+        if (next() < 0.7) add([...base(), master(pick(['a', 'b', 'c']))]);
+        break;
+      }
+    }
+    rounds.push({ n, kind, steps });
+  }
+  return { seed, rounds, meanings, ports };
+}
