@@ -61,6 +61,11 @@ export async function claimRuntimeDir(runtimeDir: string, configPath: string, lo
   const files = runtimeFiles(runtimeDir);
   const leftover = await readPid(files.haproxyPid);
   if (leftover !== undefined && (await commandLine(leftover)).includes(configPath)) {
+    // Its ambassador.pid gone (deleted with a file or two), but its ambassador alive: not left behind.
+    const parent = await parentOf(leftover);
+    if (parent !== undefined && parent !== process.pid && (await commandLine(parent)).includes('ambassador')) {
+      throw new SetupError(`another ambassador (pid ${parent}) is running with runtime dir ${runtimeDir}`);
+    }
     log.warn('stopping an haproxy left behind by an earlier ambassador', { pid: leftover });
     await terminate(leftover);
   }
@@ -99,6 +104,13 @@ export async function readPid(path: string): Promise<number | undefined> {
 
 export async function commandLine(pid: number): Promise<string> {
   return (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
+}
+
+// The parent of a process, while it runs.
+async function parentOf(pid: number): Promise<number | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  return Number.isInteger(parent) && parent > 1 ? parent : undefined;
 }
 
 // A running (not zombie) process's start time, which tells it from a later process given the same pid.

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
-import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
+import { ambassadorCommand, startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
+import { startProcess, stopPid } from '../test/helpers/processes.ts';
 import { startCapture, type Capture } from '../test/helpers/capture.ts';
 import { startEtcdCluster, type EtcdCluster } from '../test/helpers/etcd-cluster.ts';
 import { iptables } from '../test/helpers/netns.ts';
@@ -229,12 +230,18 @@ export async function startSoakWorld(history: History, dir: string, seed: number
     }
   })();
 
+  // Started as a process of its own, not through startAmbassador, whose cleanup would stop the haproxy of the
+  // runtime dir it was given: here, the soak's own.
   const intrude = async (on: 'port' | 'runtime-dir') => {
-    const other = on === 'port' ? flags.map((flag) => flag.replace(`--status=127.0.0.1:${statusPort}`, `--status=127.0.0.1:${statusPort + 1}`)) : flags.map((flag) => flag.replace(`--port=${port}`, `--port=${port + 1}`).replace(`--status=127.0.0.1:${statusPort}`, `--status=127.0.0.1:${statusPort + 1}`));
-    const intruder = await startAmbassador(other, { binary: 'dist', ...(on === 'runtime-dir' ? { runtimeDir } : {}) });
-    const code = await Promise.race([intruder.exited, sleep(10_000).then(() => 'running' as const)]);
-    const reason = intruder.logs.filter((line) => / ERROR /.test(line)).slice(-1)[0] ?? '';
-    await intruder.cleanup();
+    const otherStatus = (flag: string) => flag.replace(`--status=127.0.0.1:${statusPort}`, `--status=127.0.0.1:${statusPort + 1}`);
+    const other = on === 'port' ? [...flags.map(otherStatus), `--runtime-dir=${join(dir, 'intruder')}`] : [...flags.map((flag) => otherStatus(flag).replace(`--port=${port}`, `--port=${port + 1}`)), `--runtime-dir=${runtimeDir}`];
+    const [command, args] = ambassadorCommand('dist');
+    const intruder = startProcess(command, [...args, ...other], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    intruder.stderr!.on('data', (data) => (stderr += data));
+    const code = await Promise.race([new Promise<number | null>((resolve) => intruder.once('exit', resolve)), sleep(10_000).then(() => 'running' as const)]);
+    if (code === 'running') await stopPid(intruder.pid!);
+    const reason = stderr.split('\n').filter((line) => / ERROR /.test(line)).slice(-1)[0] ?? '';
     return { code: code === 'running' ? null : code, reason };
   };
 
