@@ -33,7 +33,7 @@ function clean(): SoakEvent[] {
     for (const e of events) if (e.type === 'write' && e.t <= s(t)) master = e.master;
     return master;
   };
-  for (let t = 0.2; t < 75; t += 0.1) {
+  for (let t = 0.2; t < lastChange + 13; t += 0.1) {
     const backend = masterAt(t - 0.1);
     id++;
     events.push(
@@ -51,6 +51,8 @@ function clean(): SoakEvent[] {
 }
 
 const invariants = (events: SoakEvent[]) => check(events).violations.map((v) => v.invariant);
+// When the clean history's quiet period is over (its last fault, plus 13 s).
+const CLEAN_END = 20 + (FAULT_KINDS.length - 1) * 2 + 0.5 + 13;
 
 test('a clean history passes', () => {
   const verdict = check(clean());
@@ -138,12 +140,18 @@ test('catches a lost final state: the quiet period never reaches the master etcd
 test('catches an exit no fault made, /healthz that stops answering, and two haproxy masters', () => {
   const events = clean();
   events.push({ type: 'ambassador-exit', t: s(5), pid: 42, code: 1, signal: null, reason: 'internal error' });
-  for (let t = 70; t < 82; t += 0.5) events.push({ type: 'healthz', t: s(t), status: 0, body: '' });
+  for (let t = CLEAN_END + 1; t < CLEAN_END + 13; t += 0.5) events.push({ type: 'healthz', t: s(t), status: 0, body: '' });
   events.push({ type: 'haproxy-masters', t: s(3), count: 2 }, { type: 'haproxy-masters', t: s(4), count: 2 });
   // Stopped by the soak itself at the end: no violation.
-  events.push({ type: 'end', t: s(100) }, { type: 'ambassador-exit', t: s(100.5), pid: 43, code: 0, signal: null, reason: 'SIGTERM' });
+  events.push({ type: 'end', t: s(CLEAN_END + 30) }, { type: 'ambassador-exit', t: s(CLEAN_END + 30.5), pid: 43, code: 0, signal: null, reason: 'SIGTERM' });
   assert.equal(new Set(invariants(events)), new Set(['liveness', 'one-haproxy']));
   assert.is(invariants(events).filter((i) => i === 'liveness').length, 2);
+});
+
+test('catches a second ambassador that did not exit 1 on the same port or runtime dir', () => {
+  const events = clean();
+  events.push({ type: 'intruder', t: s(30), on: 'port', code: 1, reason: 'port taken' }, { type: 'intruder', t: s(31), on: 'runtime-dir', code: null, reason: '' });
+  assert.equal(invariants(events), ['alone']);
 });
 
 test('catches a run that did not exercise what it claims', () => {
