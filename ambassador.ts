@@ -5,24 +5,26 @@
 
 import packageJson from './package.json' with { type: 'json' };
 import { readFile } from 'node:fs/promises';
-import { hostPort } from './lib/address.ts';
-import { CredentialError, readCredentials } from './lib/credentials.ts';
-import { dryRunReport } from './lib/dryrun.ts';
-import { createFollower } from './lib/follow.ts';
+import { hostPort } from './lib/common/address.ts';
+import { CredentialError, readCredentials } from './lib/etcd/credentials.ts';
+import { dryRunReport } from './lib/runner/dryrun.ts';
+import { createFollower } from './lib/runner/follow.ts';
 import { availableParallelism } from 'node:os';
 import { findExecutable, haproxyVersion, maxServers, openFileLimit } from './lib/haproxy/config.ts';
 import { createHaproxy } from './lib/haproxy/driver.ts';
 import { fenceDrainsFirst } from './lib/haproxy/fence.ts';
 import { applyOnce } from './lib/haproxy/once.ts';
-import { createLogger } from './lib/log.ts';
-import { parseCommandLine, usage } from './lib/options.ts';
-import { portTaken } from './lib/ports.ts';
-import { MAX_PATRONI_VALUE_BYTES, patroniRoutingKeys, readCluster, selectPatroni } from './lib/patroni.ts';
-import { createServiceSelector, describeProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES, routingKeys, type Selection } from './lib/registry.ts';
-import { createRenderer, proxyNames, type RenderSettings } from './lib/render.ts';
-import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/rundir.ts';
-import { createStatus, type StatusSnapshot } from './lib/status.ts';
-import { readSnapshot, watchPrefix, type WatchSettings } from './lib/watch.ts';
+import { createLogger } from './lib/common/log.ts';
+import { parseCommandLine, usage } from './lib/options/parse.ts';
+import { portTaken } from './lib/host/ports.ts';
+import { MAX_PATRONI_VALUE_BYTES, patroniRoutingKeys, readCluster, selectPatroni } from './lib/service/patroni.ts';
+import { MAX_KEY_BYTES, type Selection } from './lib/service/service.ts';
+import { describeProblem } from './lib/service/problems.ts';
+import { createServiceSelector, MAX_VALUE_BYTES, routingKeys } from './lib/service/instances.ts';
+import { createRenderer, proxyNames, type RenderSettings } from './lib/render/render.ts';
+import { claimRuntimeDir, prepareRuntimeDir, refuseIfOwned, releaseRuntimeDir, runtimeFiles, SetupError } from './lib/host/rundir.ts';
+import { createStatus, type StatusSnapshot } from './lib/status/status.ts';
+import { readSnapshot, watchPrefix, type WatchSettings } from './lib/etcd/watch.ts';
 
 // Set by the build (build/build.ts); absent when run from source.
 declare const BUILD_COMMIT: string | undefined;

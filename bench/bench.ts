@@ -12,13 +12,13 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startAmbassador, type RunningAmbassador, type StartOptions } from '../test/helpers/ambassador.ts';
-import { useEmulation } from '../test/helpers/binfmt.ts';
-import { startEtcd } from '../test/helpers/etcd.ts';
-import { serverStates, workerPids } from '../test/helpers/haproxy.ts';
-import { freePort, openSession, startBackend } from '../test/helpers/net.ts';
-import { stopAll } from '../test/helpers/processes.ts';
-import { inRoot } from '../test/helpers/rootfs.ts';
+import { startAmbassador, type RunningAmbassador, type StartOptions } from '../harness/ambassador.ts';
+import { useEmulation } from '../harness/binfmt.ts';
+import { startEtcd } from '../harness/etcd.ts';
+import { serverStates, workerPids } from '../harness/haproxy.ts';
+import { freePort, openSession, startBackend } from '../harness/net.ts';
+import { stopAll } from '../harness/processes.ts';
+import { inRoot } from '../harness/rootfs.ts';
 import { answeredBy, failoverSamples, fenceOrder, startLoad, timeUntil, type FenceOrder } from './fence.ts';
 import { V8_FLAGS } from '../build/heap.ts';
 import { patroniWorkload } from './patroni.ts';
@@ -143,7 +143,7 @@ function recordFenceOrder(name: string, mode: Mode, result: FenceOrder) {
 }
 
 // The fence side by side on every haproxy release supported: bench/versions.ts on this machine's haproxy and
-// inside the Debian 13, sid and Debian 13 + haproxy 3.4 roots (test/helpers/rootfs.ts).
+// inside the Debian 13, sid and Debian 13 + haproxy 3.4 roots (harness/rootfs.ts).
 async function versions() {
   const places: [string, string[]][] = [
     ['this machine', [process.execPath, join(root, 'bench/versions.ts'), '200', '1000']],

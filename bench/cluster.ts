@@ -5,10 +5,10 @@
 // default, 1 s) and off (etcd's own no-leader cancel, and gRPC keepalive). Prints one JSON object of samples.
 // Usage: node bench/cluster.ts PARTITIONS PAUSES
 
-import { startAmbassador } from '../test/helpers/ambassador.ts';
-import { startEtcdCluster, watchedMember, type EtcdCluster } from '../test/helpers/etcd-cluster.ts';
-import { freePort, startBackend, whoAnswers } from '../test/helpers/net.ts';
-import { stopAll } from '../test/helpers/processes.ts';
+import { startAmbassador } from '../harness/ambassador.ts';
+import { startEtcdCluster, watchedMember, type EtcdCluster } from '../harness/etcd-cluster.ts';
+import { freePort, startBackend, whoAnswers } from '../harness/net.ts';
+import { stopAll } from '../harness/processes.ts';
 
 const [partitions, pauses] = process.argv.slice(2).map(Number) as [number, number];
 const TIMEOUT_MS = 30_000;

@@ -5,11 +5,11 @@
 import { spawn } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { RunningAmbassador } from '../test/helpers/ambassador.ts';
-import { startCapture } from '../test/helpers/capture.ts';
-import type { TestEtcd } from '../test/helpers/etcd.ts';
-import { freePort, openSession, whoAnswers, type Session } from '../test/helpers/net.ts';
-import { fenceOverlaps, startRecordingBackends } from '../test/helpers/recorder.ts';
+import type { RunningAmbassador } from '../harness/ambassador.ts';
+import { startCapture } from '../harness/capture.ts';
+import type { TestEtcd } from '../harness/etcd.ts';
+import { freePort, openSession, whoAnswers, type Session } from '../harness/net.ts';
+import { fenceOverlaps, startRecordingBackends } from '../harness/recorder.ts';
 
 const root = resolve(import.meta.dirname, '..');
 

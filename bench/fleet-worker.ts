@@ -1,14 +1,15 @@
 // One process of simulated ambassadors for the fleet bench (bench/fleet.ts): each is the project's own watch
-// (lib/watch.ts, with its checks and listings) on a client connection of its own, with the routing keys of
+// (lib/etcd/watch.ts, with its checks and listings) on a client connection of its own, with the routing keys of
 // --master-only, and no haproxy. Driven over IPC by bench/fleet.ts:
 //   {start: {count, endpoints, prefix, checkMs, spreadMs}}  start `count` of them within spreadMs → {started}
 //   {seen: master}     for each, when (CLOCK_MONOTONIC, ns) it first held that master → {seen: (string|null)[]}
 //   {current: rev}     how many are connected, confirmed and hold revision ≥ rev → {current: n, members: {url: n}}
 //   {stop: true}       stop them all → {stopped}
 
-import { createLogger } from '../lib/log.ts';
-import { MAX_KEY_BYTES, MAX_VALUE_BYTES, routingKeys } from '../lib/registry.ts';
-import { watchPrefix, type PrefixWatch } from '../lib/watch.ts';
+import { createLogger } from '../lib/common/log.ts';
+import { MAX_KEY_BYTES } from '../lib/service/service.ts';
+import { MAX_VALUE_BYTES, routingKeys } from '../lib/service/instances.ts';
+import { watchPrefix, type PrefixWatch } from '../lib/etcd/watch.ts';
 
 interface Start {
   count: number;

@@ -14,11 +14,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
-import { startCluster, startGrpcProxy, type TestCluster } from '../test/helpers/cluster.ts';
-import { startEtcd } from '../test/helpers/etcd.ts';
-import { freePort } from '../test/helpers/net.ts';
-import { track } from '../test/helpers/processes.ts';
+import { startAmbassador, type RunningAmbassador } from '../harness/ambassador.ts';
+import { startCluster, startGrpcProxy, type TestCluster } from '../harness/cluster.ts';
+import { startEtcd } from '../harness/etcd.ts';
+import { freePort } from '../harness/net.ts';
+import { track } from '../harness/processes.ts';
 
 export type RecordRow = (metric: string, value: number, unit: string, target?: string) => void;
 

@@ -19,7 +19,7 @@ process.stdin.on('end', finish).resume();
 const once = () =>
   new Promise<void>((resolve) => {
     const socket = connect(port, '127.0.0.1');
-    // It speaks first, so that recording backends can tell a session from a health check (test/helpers/recorder.ts).
+    // It speaks first, so that recording backends can tell a session from a health check (harness/recorder.ts).
     socket.write('hello\n');
     let greeted = false;
     socket.setTimeout(3000, () => socket.destroy());

@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { startAmbassador } from '../test/helpers/ambassador.ts';
-import type { TestEtcd } from '../test/helpers/etcd.ts';
-import { freePort } from '../test/helpers/net.ts';
-import { startPatroni, type PatroniCluster } from '../test/helpers/patroni.ts';
-import { startProcess, stopPid } from '../test/helpers/processes.ts';
+import { startAmbassador } from '../harness/ambassador.ts';
+import type { TestEtcd } from '../harness/etcd.ts';
+import { freePort } from '../harness/net.ts';
+import { startPatroni, type PatroniCluster } from '../harness/patroni.ts';
+import { startProcess, stopPid } from '../harness/processes.ts';
 
 type Record = (metric: string, value: number, unit: string, target?: string) => void;
 

@@ -8,9 +8,11 @@
 // node bench/pipeline.ts <instances> <changes> time: CPU time per change (GC included) under the executable's
 //   own heap flags.
 
-import { planChange, serverTable, type ServerTable } from '../lib/plan.ts';
-import { createServiceSelector, describeChange, problemChanges, type Problem, type Selection } from '../lib/registry.ts';
-import { createRenderer } from '../lib/render.ts';
+import { planChange, serverTable, type ServerTable } from '../lib/render/plan.ts';
+import { type Problem, type Selection } from '../lib/service/service.ts';
+import { describeChange, problemChanges } from '../lib/service/problems.ts';
+import { createServiceSelector } from '../lib/service/instances.ts';
+import { createRenderer } from '../lib/render/render.ts';
 
 const [instances, changes, what] = [Number(process.argv[2]), Number(process.argv[3]), process.argv[4]];
 const prefix = '/services/db';

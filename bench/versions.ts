@@ -4,10 +4,10 @@
 // the fence's order on the wire over 1,000 more. Prints one JSON object.
 
 import { execFileSync } from 'node:child_process';
-import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
-import { startEtcd } from '../test/helpers/etcd.ts';
-import { freePort, startBackend } from '../test/helpers/net.ts';
-import { stopAll } from '../test/helpers/processes.ts';
+import { startAmbassador, type RunningAmbassador } from '../harness/ambassador.ts';
+import { startEtcd } from '../harness/etcd.ts';
+import { freePort, startBackend } from '../harness/net.ts';
+import { stopAll } from '../harness/processes.ts';
 import { answeredBy, failoverSamples, fenceOrder, timeUntil } from './fence.ts';
 
 const [failovers, ordered] = process.argv.slice(2).map(Number) as [number, number];

@@ -1,5 +1,5 @@
 // The fuzzer's checker: a run's history in, its violations out. Pure, so that it is held to histories with
-// planted violations (test/fuzz-checker.test.ts) and can be run again on a stored history. One function per
+// planted violations (test/fuzz/checker.test.ts) and can be run again on a stored history. One function per
 // property:
 // - alive: ambassador never exits while the fuzzer runs;
 // - memory: its private memory stays within MAX_PRIVATE_MB (the bench's bound), sampled through every round;

@@ -6,10 +6,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startAmbassador, type RunningAmbassador } from '../test/helpers/ambassador.ts';
-import { startEtcd, type TestEtcd } from '../test/helpers/etcd.ts';
-import { freePort, startBackend, whoAnswers, type Backend } from '../test/helpers/net.ts';
-import { stopAll } from '../test/helpers/processes.ts';
+import { startAmbassador, type RunningAmbassador } from '../harness/ambassador.ts';
+import { startEtcd, type TestEtcd } from '../harness/etcd.ts';
+import { freePort, startBackend, whoAnswers, type Backend } from '../harness/net.ts';
+import { stopAll } from '../harness/processes.ts';
 import { checkFuzz, type FuzzEvent, type FuzzViolation } from './checker.ts';
 import { applyOp, BACKENDS, emptyModel, expectedAnswer, makePlan, PREFIX, routableCount, type Op, type Plan } from './generate.ts';
 

@@ -1,5 +1,5 @@
 // The soak's checker: a recorded history in, a verdict out. Pure, so that it can be held to histories with
-// planted violations (test/soak-checker.test.ts) and run again on a stored history.
+// planted violations (test/soak/checker.test.ts) and run again on a stored history.
 //
 // What it holds the history to:
 // - the fence: no client session accepted by an instance later than the fence window after etcd (the
@@ -17,7 +17,7 @@
 // - alone: a second ambassador on the same port or runtime dir exits 1;
 // - coverage: each fault kind happened, master changes happened while faults were on, and enough traffic.
 
-import { fenceOverlaps } from '../test/helpers/recorder.ts';
+import { fenceOverlaps } from '../harness/recorder.ts';
 import type { SoakEvent } from './history.ts';
 import { FAULT_KINDS } from './schedule.ts';
 

@@ -6,8 +6,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, st
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { processOf, signal } from '../test/helpers/processes.ts';
-import { workerPids } from '../test/helpers/haproxy.ts';
+import { processOf, signal } from '../harness/processes.ts';
+import { workerPids } from '../harness/haproxy.ts';
 import { now, type History } from './history.ts';
 import type { Fault, FaultKind } from './schedule.ts';
 import type { SoakWorld } from './world.ts';

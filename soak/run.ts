@@ -4,7 +4,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { stopAll } from '../test/helpers/processes.ts';
+import { stopAll } from '../harness/processes.ts';
 import { check, DEFAULT_CHECK, type Verdict } from './checker.ts';
 import { createHistory, now } from './history.ts';
 import { inject, type Injected } from './nemesis.ts';

@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import { check, DEFAULT_CHECK, type Verdict } from './checker.ts';
 import { readHistory } from './history.ts';
 import { runSoak } from './run.ts';
-import { inRoot, type RootName } from '../test/helpers/rootfs.ts';
+import { inRoot, type RootName } from '../harness/rootfs.ts';
 import { scheduledKinds, type Schedule } from './schedule.ts';
 
 const root = resolve(import.meta.dirname, '..');

@@ -4,7 +4,7 @@
 // is lost (its runtime dir deleted), through the master CLI, which forwards `@1 <command>` to the current worker.
 
 import { connect } from 'node:net';
-import { hostPort } from '../address.ts';
+import { hostPort } from '../common/address.ts';
 
 const REQUEST_TIMEOUT_MS = 2_000;
 

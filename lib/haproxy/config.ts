@@ -4,9 +4,9 @@
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, readFile, rename } from 'node:fs/promises';
-import type { Logger } from '../log.ts';
-import { FailureStreak } from '../retry.ts';
-import { SetupError, writePrivate } from '../rundir.ts';
+import type { Logger } from '../common/log.ts';
+import { FailureStreak } from '../common/retry.ts';
+import { SetupError, writePrivate } from '../host/rundir.ts';
 
 // `haproxy -c` takes ~0.6 s for 10,000 servers here; a check still running after this is stuck.
 const CHECK_TIMEOUT_MS = 10_000;

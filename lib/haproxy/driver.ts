@@ -1,4 +1,4 @@
-// The haproxy driver: the parts in this folder put together. Each change is carried out as lib/plan.ts decides:
+// The haproxy driver: the parts in this folder put together. Each change is carried out as lib/render/plan.ts decides:
 // runtime API commands over the admin socket, then the config file rewritten to match; or stage file →
 // `haproxy -c` → rename → reload confirmed by the master CLI. A failover never waits on a reload: the master's
 // part of a change is made at run time first, whatever becomes of the rest. The apply queue keeps one change in
@@ -7,12 +7,12 @@
 
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hostPort } from '../address.ts';
-import type { Logger } from '../log.ts';
-import type { Options } from '../options.ts';
-import { afterFence, fencedTable, planChange, routingStep, type ServerAddress, type ServerTable } from '../plan.ts';
-import { PROXY_NAME } from '../render.ts';
-import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../rundir.ts';
+import { hostPort } from '../common/address.ts';
+import type { Logger } from '../common/log.ts';
+import type { Options } from '../options/parse.ts';
+import { afterFence, fencedTable, planChange, routingStep, type ServerAddress, type ServerTable } from '../render/plan.ts';
+import { PROXY_NAME } from '../render/render.ts';
+import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
 import { readTraffic, request, runtimeCommands, serverAddresses, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
 import { createFence } from './fence.ts';
 import { createLiveConfigFile, installChecked } from './config.ts';
@@ -30,11 +30,11 @@ interface HaproxySettings {
   runtimeDir: string;
   // runtime: the runtime API where it can express the change; reload: always a reload.
   apply: Options['apply'];
-  // Master-only: fence a server that stops being the master (see lib/plan.ts).
+  // Master-only: fence a server that stops being the master (see lib/render/plan.ts).
   fence: boolean;
   // Drain a server before its fence (haproxy 2.7-3.1: lib/haproxy/fence.ts).
   drainBeforeFence: boolean;
-  // The proxies the config has (lib/render.ts).
+  // The proxies the config has (lib/render/render.ts).
   proxies: readonly string[];
   // The open-file limit haproxy runs under, and the most servers it can open under it (lib/haproxy/config.ts):
   // a state with more is refused before haproxy sees it.
@@ -165,7 +165,7 @@ export function createHaproxy(settings: HaproxySettings): Haproxy {
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
   };
 
-  // Makes `target` live at run time, step by step, each confirmed (see lib/plan.ts). False when it needs a
+  // Makes `target` live at run time, step by step, each confirmed (see lib/render/plan.ts). False when it needs a
   // reload instead (a fence it needed is made first). `configOf` renders a table, for the reload that ends a
   // frozen fence.
   const applyAtRuntime = async (target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {

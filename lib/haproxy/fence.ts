@@ -4,8 +4,8 @@
 // asking haproxy and the kernel are the effects. It never enables a server itself.
 
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from '../log.ts';
-import type { ServerAddress } from '../plan.ts';
+import type { Logger } from '../common/log.ts';
+import type { ServerAddress } from '../render/plan.ts';
 import { ask, proxySessions, serverStreams, showProc, type WorkerControl } from './admin.ts';
 import { kernelEndpoint, kernelOpenConnections } from './sockets.ts';
 

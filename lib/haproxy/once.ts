@@ -5,8 +5,8 @@
 import { spawn } from 'node:child_process';
 import { unlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from '../log.ts';
-import { commandLine, readPid, runtimeFiles, SetupError } from '../rundir.ts';
+import type { Logger } from '../common/log.ts';
+import { commandLine, readPid, runtimeFiles, SetupError } from '../host/rundir.ts';
 import { haproxyEnvironment, installChecked } from './config.ts';
 import { firstLoad, reload } from './reload.ts';
 import { isAlive } from './process.ts';

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { stopInSteps } from '../stop.ts';
+import { stopInSteps } from '../host/stop.ts';
 import { haproxyEnvironment } from './config.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 

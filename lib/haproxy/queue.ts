@@ -3,9 +3,9 @@
 // tried again (until a resync), a failure that may pass (a timeout, a spawn error, a full disk) is tried again
 // with backoff and logged once per streak. Between changes it runs the drain sweep. It never talks to haproxy.
 
-import type { Logger } from '../log.ts';
-import type { ServerTable } from '../plan.ts';
-import { Backoff, FailureStreak } from '../retry.ts';
+import type { Logger } from '../common/log.ts';
+import type { ServerTable } from '../render/plan.ts';
+import { Backoff, FailureStreak } from '../common/retry.ts';
 
 // How an applied change reached haproxy.
 export type ApplyPath = 'start' | 'runtime' | 'reload';

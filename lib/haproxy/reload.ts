@@ -6,7 +6,7 @@
 // worker it replaced counts as gone once it says its proxies stopped, or has exited.
 
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from '../log.ts';
+import type { Logger } from '../common/log.ts';
 import { answeringWorker, showProc, type ProcessList, type WorkerControl } from './admin.ts';
 import { isAlive } from './process.ts';
 
@@ -23,7 +23,7 @@ interface ReloadTarget {
 
 // haproxy drops a SIGHUP that comes while it loads, or in the few ms after a load while its master
 // re-executes itself (all of 60 sent 0-5 ms after "Loading success"; none once the CLI answers; the test
-// "reloads back to back lose no SIGHUP" in test/runtime.test.ts): a SIGHUP waits until the master CLI answers.
+// "reloads back to back lose no SIGHUP" in test/e2e/runtime.test.ts): a SIGHUP waits until the master CLI answers.
 const MASTER_READY_MS = 5_000;
 // A master that answers with an unmoved counter this long after a SIGHUP did not get it: send it again.
 const RESEND_AFTER_MS = 1_000;

@@ -7,12 +7,12 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
-import { startEtcdCluster, watchedMember, type EtcdCluster } from '../helpers/etcd-cluster.ts';
-import { workerPids } from '../helpers/haproxy.ts';
-import { within } from '../helpers/limits.ts';
-import { eventually, freePort, whoAnswers } from '../helpers/net.ts';
-import { startRelay } from '../helpers/relay.ts';
-import { worldSuite, type World } from '../helpers/world.ts';
+import { startEtcdCluster, watchedMember, type EtcdCluster } from '../../harness/etcd-cluster.ts';
+import { workerPids } from '../../harness/haproxy.ts';
+import { within } from '../../harness/limits.ts';
+import { eventually, freePort, whoAnswers } from '../../harness/net.ts';
+import { startRelay } from '../../harness/relay.ts';
+import { worldSuite, type World } from '../../harness/world.ts';
 
 const { test, run } = worldSuite('an etcd cluster, its members failing one at a time');
 

@@ -6,12 +6,12 @@
 // "none left open" is not waited out on a peer that never answers.
 
 import * as assert from 'uvu/assert';
-import { startCapture } from '../helpers/capture.ts';
-import { within } from '../helpers/limits.ts';
-import { freePort, openSession, whoAnswers } from '../helpers/net.ts';
-import { iptables, requirePrivateNetwork } from '../helpers/netns.ts';
-import { fenceOverlaps, startRecordingBackends } from '../helpers/recorder.ts';
-import { worldSuite } from '../helpers/world.ts';
+import { startCapture } from '../../harness/capture.ts';
+import { within } from '../../harness/limits.ts';
+import { freePort, openSession, whoAnswers } from '../../harness/net.ts';
+import { iptables, requirePrivateNetwork } from '../../harness/netns.ts';
+import { fenceOverlaps, startRecordingBackends } from '../../harness/recorder.ts';
+import { worldSuite } from '../../harness/world.ts';
 
 const { test, run } = worldSuite('the master\'s host vanishes');
 

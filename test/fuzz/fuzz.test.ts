@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
 import { runFuzz } from '../../fuzz/run.ts';
-import { ambassadorCommand } from '../helpers/ambassador.ts';
-import { limitedSuite, within } from '../helpers/limits.ts';
+import { ambassadorCommand } from '../../harness/ambassador.ts';
+import { limitedSuite, within } from '../../harness/limits.ts';
 
 const FRESH_ROUNDS = 60;
 const fuzzDir = resolve(import.meta.dirname, '../../fuzz');

@@ -12,9 +12,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { runSoak } from '../../soak/run.ts';
 import type { Schedule } from '../../soak/schedule.ts';
-import { ambassadorCommand } from '../helpers/ambassador.ts';
-import { within } from '../helpers/limits.ts';
-import { requirePrivateNetwork } from '../helpers/netns.ts';
+import { ambassadorCommand } from '../../harness/ambassador.ts';
+import { within } from '../../harness/limits.ts';
+import { requirePrivateNetwork } from '../../harness/netns.ts';
 
 const FRESH_MS = 6 * 60_000;
 const soakDir = resolve(import.meta.dirname, '../../soak');

@@ -1,0 +1,54 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { renderConfig, type RenderSettings } from '../../lib/render/render.ts';
+
+const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
+const servers = [
+  { name: '1', server: '1', address: '10.0.19.22', port: 5432, enabled: true },
+  { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433, enabled: true },
+];
+
+test('writes one server line per server, IPv6 in brackets', () => {
+  const config = renderConfig(settings, { servers, replicas: undefined });
+  const lines = config.split('\n').filter((line) => line.trim().startsWith('server '));
+  assert.equal(lines, ['    server 1 10.0.19.22:5432', '    server db_2:0123456789abcdef [fd00::2]:5433']);
+});
+
+test('writes servers that are not enabled as disabled', () => {
+  const config = renderConfig(settings, { servers: [servers[0]!, { ...servers[1]!, enabled: false }], replicas: undefined });
+  assert.match(config, '\n    server 1 10.0.19.22:5432\n    server db_2:0123456789abcdef [fd00::2]:5433 disabled\n');
+});
+
+test('listens on the bind address and port, IPv6 in brackets', () => {
+  assert.ok(renderConfig(settings, { servers: [], replicas: undefined }).includes('\n    bind 0.0.0.0:5432\n'));
+  assert.ok(renderConfig({ ...settings, bind: '::1' }, { servers: [], replicas: undefined }).includes('\n    bind [::1]:5432\n'));
+});
+
+test('has an admin socket, bounded old workers and health checks', () => {
+  const config = renderConfig(settings, { servers, replicas: undefined });
+  assert.ok(config.includes('stats socket /run/a/admin.sock mode 600 level admin'));
+  assert.ok(config.includes('hard-stop-after 5m'));
+  assert.match(config, /default-server check inter \S+ fall \d rise \d on-marked-down shutdown-sessions/);
+});
+
+test('is deterministic: the same input gives the same bytes', () => {
+  assert.is(renderConfig(settings, { servers, replicas: undefined }), renderConfig({ ...settings }, { servers: servers.map((s) => ({ ...s })), replicas: undefined }));
+  assert.is.not(renderConfig(settings, { servers, replicas: undefined }), renderConfig(settings, { servers: servers.slice(0, 1), replicas: undefined }));
+});
+
+test('a replica port is a second listen section on the same bind address, its servers enabled or disabled', () => {
+  const config = renderConfig({ ...settings, replicaPort: 5433 }, { servers, replicas: [{ ...servers[0]!, enabled: false }, servers[1]!] });
+  assert.match(config, '\nlisten service\n    bind 0.0.0.0:5432\n');
+  assert.match(config, '\nlisten replicas\n    bind 0.0.0.0:5433\n    balance leastconn\n');
+  assert.match(config, /\nlisten replicas\n[\s\S]*\n    server 1 10\.0\.19\.22:5432 disabled\n    server db_2:0123456789abcdef \[fd00::2\]:5433\n$/);
+  assert.not.match(renderConfig(settings, { servers, replicas: undefined }), 'listen replicas');
+});
+
+test('with --master-only the primary port does not retry a refused connection: there is no other server to try', () => {
+  const single = renderConfig({ ...settings, masterOnly: true, replicaPort: 5433 }, { servers, replicas: servers });
+  assert.match(single, /\nlisten service\n    bind 0\.0\.0\.0:5432\n    retries 0\n/);
+  assert.not.match(single.slice(single.indexOf('listen replicas')), 'retries 0');
+  assert.not.match(renderConfig(settings, { servers, replicas: undefined }), 'retries 0');
+});
+
+test.run();
