@@ -34,8 +34,8 @@ process.on('message', async (command: Command) => {
     for (let i = 0; i < count; i++) {
       const own = new Map<string, bigint>();
       seen.push(own);
-      const watch: PrefixWatch = watchPrefix(settings, log, () => {
-        const master = watch.state().mirror.get(`${prefix}/master`);
+      const watch: PrefixWatch = watchPrefix(settings, log, (state) => {
+        const master = state.mirror.get(`${prefix}/master`);
         if (master !== undefined && !own.has(master)) own.set(master, process.hrtime.bigint());
       });
       watches.push(watch);

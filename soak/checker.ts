@@ -52,8 +52,9 @@ const DEGRADING = new Set(['partition-member', 'partition-watched', 'pause-membe
 // Faults during which ambassador cannot act at all: etcd cut off entirely, ambassador itself stopped, haproxy's
 // sockets out of reach (a read-only runtime dir), no file descriptor to reach them with.
 const BLINDING = new Set(['compact-disconnected', 'pause-ambassador', 'kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'runtime-dir-read-only', 'file-limit']);
-// Faults after which ambassador exits, by design or by force.
-const EXITING = new Set(['kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker']);
+// Faults after which ambassador exits, by design or by force. haproxy's master re-executes itself after a start
+// or a reload, and exits if the dir of its socket is gone at that instant; ambassador then exits 1.
+const EXITING = new Set(['kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'delete-runtime-dir']);
 
 const ms = (n: number) => BigInt(n) * 1_000_000n;
 const seconds = (ns: bigint) => (Number(ns) / 1e9).toFixed(3);

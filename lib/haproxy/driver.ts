@@ -40,7 +40,6 @@ interface HaproxySettings {
   // a state with more is refused before haproxy sees it.
   fileLimit: number;
   maxServers: number;
-  log: Logger;
   // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
   // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
   // replaced. Without it, the next ambassador stops the one left behind (rundir.ts).
@@ -95,8 +94,8 @@ const FENCE_ECHO_MS = 250;
 const RUNTIME_DIR_CHECK_MS = 5_000;
 const MASTER_SOCKET_BACK_MS = 5_000;
 
-export function createHaproxy(settings: HaproxySettings): Haproxy {
-  const { binary, configPath, runtimeDir, log, setpriv } = settings;
+export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
+  const { binary, configPath, runtimeDir, setpriv } = settings;
   const { adminSocket, masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
   let child: HaproxyProcess | undefined;
   let stopping = false;

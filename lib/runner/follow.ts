@@ -10,7 +10,6 @@ import { describeChange, problemChanges } from '../service/problems.ts';
 import type { RegistryState } from '../etcd/watch.ts';
 
 interface FollowSettings {
-  state(): RegistryState;
   // The keys whose changes route traffic (the master and its address: lib/etcd/watch.ts): followed at once.
   routingKeys(mirror: ReadonlyMap<string, string>): string[];
   // `changed`: the keys changed since the last call, or undefined if anything may have.
@@ -37,9 +36,9 @@ export interface LastChange {
 }
 
 interface Follower {
-  // Call on every etcd change, with the keys it changed (none: anything may have changed); a burst (events
-  // arriving within one tick) becomes one update.
-  changed(keys?: readonly string[]): void;
+  // Call on every etcd change, with the newest state and the keys it changed (none: anything may have
+  // changed); a burst (events arriving within one tick) becomes one update.
+  changed(state: RegistryState, keys?: readonly string[]): void;
   // The newest state seen, and the last change applied.
   newest(): { revision: bigint; selection: Selection };
   lastChange(): LastChange | undefined;
@@ -63,6 +62,8 @@ export function createFollower(settings: FollowSettings): Follower {
   // A brief problem is said at warn once it has lasted BRIEF_MS.
   const briefTimers = new Map<string, NodeJS.Timeout>();
   let changeSeenAt: number | undefined;
+  // The newest state the watch handed on.
+  let latest: RegistryState = { mirror: new Map(), revision: 0n };
   // The keys changed since the last update; undefined once anything may have.
   let changedKeys: Set<string> | undefined;
   // An update on its way: at once (waiting only for haproxy to be between changes), or after CHURN_MS.
@@ -73,7 +74,7 @@ export function createFollower(settings: FollowSettings): Follower {
   const update = () => {
     const seenAt = changeSeenAt ?? performance.now();
     changeSeenAt = undefined;
-    const { mirror, revision } = settings.state();
+    const { mirror, revision } = latest;
     const changed = changedKeys;
     changedKeys = new Set();
     const selection = settings.select(mirror, changed);
@@ -126,11 +127,12 @@ export function createFollower(settings: FollowSettings): Follower {
   };
 
   return {
-    changed: (keys) => {
+    changed: (state, keys) => {
+      latest = state;
       if (keys === undefined) changedKeys = undefined;
       else for (const key of keys) changedKeys?.add(key);
       changeSeenAt ??= performance.now();
-      const routing = keys === undefined ? undefined : new Set(settings.routingKeys(settings.state().mirror));
+      const routing = keys === undefined ? undefined : new Set(settings.routingKeys(state.mirror));
       schedule(routing === undefined || keys!.some((key) => routing.has(key)));
     },
     newest: () => newest,

@@ -128,7 +128,7 @@ async function until(condition: () => boolean, what: string, ms = 3000): Promise
 async function watching(etcd: ReturnType<typeof fakeEtcd>, over: Partial<WatchSettings> = {}) {
   const { log, lines } = quiet();
   const notified: (readonly string[] | undefined)[] = [];
-  const watch = watchPrefix(settings(over), log, (keys) => notified.push(keys), etcd.connect, () => 0.5);
+  const watch = watchPrefix(settings(over), log, (_state, keys) => notified.push(keys), etcd.connect, () => 0.5);
   await until(() => watch.stats().connected, 'the first snapshot');
   const master = () => watch.state().mirror.get('/p/master');
   return { watch, lines, notified, master, stop: () => within(watch.stop(), 3000, 'stop') };

@@ -12,8 +12,8 @@ function startFollower(problems: () => Problem[] = () => []) {
   const seen: (string[] | undefined)[] = [];
   const lines: string[] = [];
   let applied: () => void = () => {};
+  const state = () => ({ mirror, revision: BigInt(seen.length + 1) });
   const follower = createFollower({
-    state: () => ({ mirror, revision: BigInt(seen.length + 1) }),
     routingKeys: () => ['/p/master'],
     select: (_mirror, changed): Selection => {
       seen.push(changed && [...changed].sort());
@@ -30,37 +30,37 @@ function startFollower(problems: () => Problem[] = () => []) {
     briefMs: 200,
   });
   const nextApply = () => within(new Promise<void>((resolve) => (applied = resolve)), 2000, 'an update');
-  return { follower, seen, lines, nextApply };
+  return { follower, seen, lines, nextApply, state };
 }
 
 test('a burst is one update, with every key it changed; a snapshot means anything may have changed', async () => {
-  const { follower, seen, nextApply } = startFollower();
+  const { follower, seen, nextApply , state } = startFollower();
   let update = nextApply();
-  follower.changed();
+  follower.changed(state());
   await update;
   update = nextApply();
-  follower.changed(['/p/master']);
-  follower.changed(['/p/master', '/p/instances/1/private_ip']);
+  follower.changed(state(), ['/p/master']);
+  follower.changed(state(), ['/p/master', '/p/instances/1/private_ip']);
   await update;
   update = nextApply();
-  follower.changed(['/p/instances/2/port']);
-  follower.changed();
-  follower.changed(['/p/instances/3/port']);
+  follower.changed(state(), ['/p/instances/2/port']);
+  follower.changed(state());
+  follower.changed(state(), ['/p/instances/3/port']);
   await update;
   update = nextApply();
-  follower.changed(['/p/instances/4/port']);
+  follower.changed(state(), ['/p/instances/4/port']);
   await update;
   assert.equal(seen, [undefined, ['/p/instances/1/private_ip', '/p/master'], undefined, ['/p/instances/4/port']]);
 });
 
 test("Patroni's leader gap is said at info when it passes, and at warn once it lasts", async () => {
   let current: Problem[] = [];
-  const { follower, lines, nextApply } = startFollower(() => current);
+  const { follower, lines, nextApply , state } = startFollower(() => current);
   const noLeader: Problem = { key: '/service/demo/leader', reason: 'no leader: no member is routed', brief: true };
   const step = async (problems: Problem[]) => {
     current = problems;
     const update = nextApply();
-    follower.changed();
+    follower.changed(state());
     await update;
   };
   await step([noLeader]);
