@@ -7,9 +7,12 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { InterceptingCall, type Interceptor } from '@grpc/grpc-js';
 import { noop } from 'cockatiel';
-import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError, GRPCResourceExhastedError, WatchClient, type IOptions, type IRangeRequest, type IRangeResponse, type IWatchResponse } from 'etcd3';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError, GRPCResourceExhastedError, type IOptions, type IRangeRequest, type IRangeResponse } from 'etcd3';
+import { openWatch, type Texts, type WatchMessage, type WatchStream } from './stream.ts';
+
+export type { WatchEnd, WatchMessage, WatchStream } from './stream.ts';
 import { readCredentials, type CredentialFiles, type Credentials } from './credentials.ts';
-import type { KeyState, WatchEvent } from './mirror.ts';
+import type { KeyState } from './mirror.ts';
 import { bytesOf, textOf } from '../common/text.ts';
 
 export interface EtcdSettings extends CredentialFiles {
@@ -27,19 +30,6 @@ export interface EtcdSettings extends CredentialFiles {
 export interface Member {
   url: string;
   serverName: string;
-}
-
-// What a watch stream hands on: a response's events, or a progress reply (the member's revision then).
-export type WatchMessage = { kind: 'events'; events: WatchEvent[] } | { kind: 'progress'; revision: bigint };
-
-// How a watch stream ended: the revision it started from was compacted, or it failed or was ended.
-export type WatchEnd = { kind: 'compacted'; compactRevision: bigint } | { kind: 'failed'; reason: string };
-
-export interface WatchStream {
-  // Asks the member for a progress reply on this stream.
-  requestProgress(): void;
-  ended: Promise<WatchEnd>;
-  cancel(): void;
 }
 
 // One client's life, on one member. A fresh one after any trouble.
@@ -63,8 +53,7 @@ export interface EtcdConnection {
 export type Connect = (settings: EtcdSettings, member: Member) => Promise<EtcdConnection>;
 
 const CALL_DEADLINE_MS = 5000;
-// etcd's watch_id of a reply that belongs to no watcher: the answer to a progress request.
-const STREAM_REPLY = '-1';
+
 
 // The members the endpoints name, in order: an IP literal is one member, a DNS name is one per address it
 // resolves to (asked again each time), so that leaving a member never means coming back to it by its name.
@@ -155,11 +144,6 @@ export async function connectEtcd3(settings: EtcdSettings, member: Member): Prom
 }
 
 // Keys and values as the mirror holds them (lib/common/text.ts): a key's stand-in keeps the prefix and a little more.
-interface Texts {
-  key(bytes: Buffer): string;
-  value(bytes: Buffer): string;
-}
-
 function textsOf(settings: EtcdSettings): Texts {
   const prefixBytes = Buffer.byteLength(keyPrefix(settings.prefix));
   return {
@@ -272,48 +256,4 @@ function clientOptions(settings: EtcdSettings, member: Member, credentials: Cred
   }
   if (settings.user) options.auth = { username: settings.user, password: credentials.password ?? settings.password ?? '' };
   return options;
-}
-
-// One watcher on one gRPC stream of our own, through the client's connection (its TLS, token and
-// require-leader metadata): etcd answers a progress request per stream, and a second watcher on the stream
-// would make it wait for the slower (etcd issue 20242). Keys and values are turned into mirror text as they
-// arrive, so that no large value is held.
-async function openWatch(client: Etcd3, prefix: string, rangeEnd: Buffer, fromRevision: bigint, texts: Texts, onMessage: (message: WatchMessage) => void): Promise<WatchStream> {
-  // The library keeps its connection pool to itself; the watch client is built on it as the library does.
-  const pool = (client as unknown as { pool: ConstructorParameters<typeof WatchClient>[0] }).pool;
-  const stream = await new WatchClient(pool).watch();
-  let open = true;
-  let resolveEnded: (how: WatchEnd) => void = () => {};
-  const ended = new Promise<WatchEnd>((resolve) => (resolveEnded = resolve));
-  const end = (how: WatchEnd) => {
-    open = false;
-    resolveEnded(how);
-  };
-  // The events of a response etcd split in fragments (each under its request size limit), until the last.
-  let fragments: WatchEvent[] = [];
-  stream.on('data', (response: IWatchResponse) => {
-    if (response.canceled) {
-      const compactRevision = BigInt(response.compact_revision || '0');
-      end(compactRevision > 0n ? { kind: 'compacted', compactRevision } : { kind: 'failed', reason: `watch canceled (${response.cancel_reason || 'no reason given'})` });
-    } else if (response.events.length > 0) {
-      for (const event of response.events) {
-        fragments.push({ type: event.type === 'Put' ? 'put' : 'delete', key: texts.key(event.kv.key), value: texts.value(event.kv.value), modRevision: BigInt(event.kv.mod_revision) });
-      }
-      if (response.fragment) return;
-      onMessage({ kind: 'events', events: fragments });
-      fragments = [];
-    } else if (response.watch_id === STREAM_REPLY || !response.created) {
-      onMessage({ kind: 'progress', revision: BigInt(response.header.revision) });
-    }
-  });
-  stream.on('error', (err: Error) => end({ kind: 'failed', reason: `disconnected (${err.message.split('\n')[0]})` }));
-  stream.on('end', () => end({ kind: 'failed', reason: 'watch ended' }));
-  // Fragmented: a catch-up of many large revisions in one response would pass gRPC's message limit, and the
-  // stream would fail at the same revision on every try.
-  stream.write({ create_request: { key: Buffer.from(prefix), range_end: rangeEnd, start_revision: String(fromRevision), fragment: true } });
-  const cancel = () => {
-    end({ kind: 'failed', reason: 'cancelled' });
-    stream.cancel();
-  };
-  return { requestProgress: () => open && stream.write({ progress_request: {} }), ended, cancel };
 }

@@ -5,15 +5,14 @@
 // flight and decides about failures; an exit of the haproxy master is reported once, for ambassador to stop. A
 // runtime dir lost while running is made again, and haproxy reached through its master until it restarts.
 
-import { existsSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { hostPort } from '../common/address.ts';
 import type { Logger } from '../common/log.ts';
-import type { Options } from '../options/parse.ts';
-import { afterFence, fencedTable, planChange, routingStep, type ServerAddress, type ServerTable } from '../render/plan.ts';
+import { routingStep, type ServerTable } from '../render/plan.ts';
 import { PROXY_NAME } from '../render/render.ts';
-import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
-import { readTraffic, request, runtimeCommands, serverAddresses, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
+import { runtimeFiles, writePrivate } from '../host/rundir.ts';
+import { readTraffic, runtimeCommands, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
+import { createDirKeeper } from './keeper.ts';
+import { createRuntimePath, type Live } from './runtime.ts';
 import { createFence } from './fence.ts';
 import { createLiveConfigFile, installChecked } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
@@ -29,7 +28,7 @@ interface HaproxySettings {
   configPath: string;
   runtimeDir: string;
   // runtime: the runtime API where it can express the change; reload: always a reload.
-  apply: Options['apply'];
+  apply: 'runtime' | 'reload';
   // Master-only: fence a server that stops being the master (see lib/render/plan.ts).
   fence: boolean;
   // Drain a server before its fence (haproxy 2.7-3.1: lib/haproxy/fence.ts).
@@ -79,80 +78,47 @@ interface Haproxy {
 
 const STOP_GRACE_MS = 5_000;
 const KILL_AFTER_MS = 2_000;
-// Small enough for haproxy's command line buffer; a failover's few commands always go in one.
-const COMMANDS_PER_REQUEST = 40;
 // A scrape must never hang on a slow admin socket.
 const TRAFFIC_TIMEOUT_MS = 1_000;
-const FENCE_POLL_MS = 1;
-// haproxy's task applies an address within a turn of its loop.
-const ADDRESS_CONFIRM_MS = 2_000;
-// A fence leaves the proxy without a server for the instant before the enable that follows it in the same
-// request; haproxy's alert about it arrives within a few ms.
-const FENCE_ECHO_MS = 250;
-// How often the runtime dir is looked at between changes, so that one deleted while all is quiet is made again
-// before the next failover needs it; and how long the master has to answer on its socket again after a SIGHUP.
-const RUNTIME_DIR_CHECK_MS = 5_000;
-const MASTER_SOCKET_BACK_MS = 5_000;
 
 export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
   const { binary, configPath, runtimeDir, setpriv } = settings;
   const { adminSocket, masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
+  const control: WorkerControl = { adminSocket, masterSocket };
+  const live: Live = { servers: { proxies: new Map(), draining: new Map() }, runtimeFallbacks: 0, fenceEchoUntil: 0 };
   let child: HaproxyProcess | undefined;
   let stopping = false;
-  let liveServers: ServerTable = { proxies: new Map(), draining: new Map() };
-  let runtimeFallbacks = 0;
-  let runtimeDirRestored = 0;
   let masterBlocked: string | undefined;
-  let restoring: Promise<void> | undefined;
-  const file = createLiveConfigFile(configPath, log);
-
-  // The runtime dir made right again, and the master's socket with it: a master re-creates its socket on every
-  // reload, even one that fails (the config may be gone with the dir; the worker serving keeps serving). Only
-  // between changes, never during a start or a reload.
-  const restore = () =>
-    (restoring ??= (async () => {
-      try {
-        const was = await restoreRuntimeDir(runtimeDir);
-        if (was !== 'as it was') {
-          runtimeDirRestored++;
-          log.warn(`haproxy: runtime dir ${runtimeDir} ${was}`);
-          if (child?.pid !== undefined) await writePrivate(haproxyPid, `${child.pid}\n`);
-        }
-        if (!child?.running() || existsSync(masterSocket)) return;
-        log.warn('haproxy: its sockets are gone; the master reloads to listen on its socket again, and haproxy is reached through its master from now on');
-        if (!existsSync(configPath)) file.lost();
-        child.signal('SIGHUP');
-        for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {
-          if (await request(masterSocket, 'show proc', 500).then(() => true, () => false)) return;
-        }
-        log.error(`haproxy: the master did not listen on ${masterSocket} again within ${MASTER_SOCKET_BACK_MS / 1000} s`);
-      } catch (err) {
-        log.error(`haproxy: runtime dir ${runtimeDir} cannot be made right: ${(err as Error).message}`);
-      } finally {
-        restoring = undefined;
-      }
-    })());
-  // Whether the runtime dir or haproxy's sockets in it are gone or barred (a stat each: a few microseconds).
-  const runtimeDirLost = () => !existsSync(runtimeDir) || !existsSync(masterSocket);
-  const control: WorkerControl = { adminSocket, masterSocket };
-  const fence = createFence({ control, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
-  // Until when a "no server available" from haproxy is the echo of a fence we made, not news.
-  let fenceEchoUntil = 0;
   let reportExit: (exit: HaproxyExit) => void = () => {};
   const unexpectedExit = new Promise<HaproxyExit>((resolve) => (reportExit = resolve));
+  const file = createLiveConfigFile(configPath, log);
+  const fence = createFence({ control, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
+  const keeper = createDirKeeper({ runtimeDir, configPath, log, child: () => child, busy: () => queue.stats().busy, configLost: () => file.lost() });
 
-  const logOutput = (line: string) => {
-    if (NO_SERVER.test(line) && performance.now() < fenceEchoUntil) {
-      log.debug(`haproxy: ${line} (for the instant between fencing the old master and enabling the new one)`);
-    } else {
-      log[outputLevel(line)](`haproxy: ${line}`);
-    }
+  const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
+    const behind = file.behind();
+    if (behind !== undefined) log.warn(`haproxy: reloading while ${configPath} may not describe what is live (${behind})`);
+    const loaded = await reload({ ...proc, control }, settings.proxies, log);
+    return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
+  const applyAtRuntime = createRuntimePath(live, {
+    control,
+    fence,
+    log,
+    fencing: settings.fence,
+    sweepSoon: () => queue.sweepSoon(),
+    reloadTo: async (config) => {
+      const install = await installChecked(binary, configPath, config);
+      if (install.kind !== 'installed' || (await reloadChild(child!)).kind !== 'applied') return false;
+      file.installed(config);
+      return true;
+    },
+  });
 
   const start = async (): Promise<Attempt> => {
     const proc = startProcess({ binary, configPath, masterSocket, setpriv });
     child = proc;
-    proc.onLine(logOutput);
+    proc.onLine((line) => logOutput(line, log, live.fenceEchoUntil));
     void proc.exited.then((exit) => {
       if (!stopping) reportExit(exit);
     });
@@ -164,80 +130,11 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
     return loaded.kind === 'loaded' ? { kind: 'applied', path: 'start' } : loaded;
   };
 
-  // Makes `target` live at run time, step by step, each confirmed (see lib/render/plan.ts). False when it needs a
-  // reload instead (a fence it needed is made first). `configOf` renders a table, for the reload that ends a
-  // frozen fence.
-  const applyAtRuntime = async (target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {
-    const plan = planChange(liveServers, target, { fence: settings.fence });
-    if (plan.kind === 'none') return true;
-    const served = [...target.proxies.values()].some((servers) => servers.some((server) => server.enabled));
-    fenceEchoUntil = plan.fence.length > 0 && served ? performance.now() + FENCE_ECHO_MS : 0;
-    const fenced = await fence.run(plan.fence, plan.fenced, sendCommands);
-    if (fenced === 'failed') return false;
-    if (fenced === 'frozen') {
-      // A reload to the fenced state (the new master still closed) leaves the frozen streams to the old worker,
-      // which the fence stops; then the rest of the change, from there.
-      const closed = fencedTable(target);
-      const closedConfig = configOf(closed);
-      const install = await installChecked(binary, configPath, closedConfig);
-      if (install.kind !== 'installed' || (await reloadChild(child!)).kind !== 'applied') return false;
-      liveServers = closed;
-      file.installed(closedConfig);
-      await fence.confirm(plan.fenced);
-      return applyAtRuntime(target, configOf);
-    }
-    if (plan.kind === 'reload') {
-      liveServers = afterFence(liveServers, plan.fenced);
-      log.info(`haproxy: reloading, the runtime API cannot do this change: ${plan.reason}`);
-      return false;
-    }
-    if (!(await sendCommands(plan.changes))) return false;
-    if (plan.moved.length > 0 && !(await confirmAddresses(plan.moved))) return false;
-    if (!(await sendCommands(plan.enables))) return false;
-    liveServers = plan.next;
-    if (liveServers.draining.size > 0) queue.sweepSoon();
-    return true;
-  };
-
-  const sendCommands = async (commands: readonly string[]): Promise<boolean> => {
-    for (let i = 0; i < commands.length; i += COMMANDS_PER_REQUEST) {
-      const batch = commands.slice(i, i + COMMANDS_PER_REQUEST);
-      const failure = await runtimeCommands(control, batch);
-      if (failure !== undefined) {
-        log.warn(`haproxy: runtime commands failed, reloading instead: ${batch.join('; ')}`, { answer: failure });
-        runtimeFallbacks++;
-        return false;
-      }
-      for (const command of batch) log.debug(`haproxy: ${command}`);
-    }
-    return true;
-  };
-
-  // Waits until haproxy runs each moved server at its new address (from 2.9 it applies one after answering),
-  // within ADDRESS_CONFIRM_MS; false if it does not, for a reload to make sure.
-  const confirmAddresses = async (moved: readonly ServerAddress[]): Promise<boolean> => {
-    const deadline = performance.now() + ADDRESS_CONFIRM_MS;
-    const proxies = [...new Set(moved.map(({ id }) => id.slice(0, id.indexOf('/'))))];
-    for (;;) {
-      const live = new Map<string, string>();
-      // An answer that cannot be read is asked again until the bound, like one that is not there yet.
-      for (const proxy of proxies) for (const [id, at] of await serverAddresses(control, proxy).catch(() => new Map<string, string>())) live.set(id, at);
-      const pending = moved.filter(({ id, address, port }) => live.get(id) !== hostPort(address, port));
-      if (pending.length === 0) return true;
-      if (performance.now() >= deadline) {
-        log.warn(`haproxy: ${pending.map(({ id }) => id).join(', ')} not at the new address ${ADDRESS_CONFIRM_MS} ms after the change; reloading instead`);
-        runtimeFallbacks++;
-        return false;
-      }
-      await sleep(FENCE_POLL_MS);
-    }
-  };
-
   const attempt = async (next: Wanted, newer: () => boolean): Promise<Attempt> => {
     if (stopping || (child !== undefined && !child.running())) return { kind: 'failed', reason: 'haproxy is not running' };
-    if (child !== undefined && runtimeDirLost()) await restore();
+    await keeper.ensure();
     const result = await change(next, newer);
-    const blocked = child ? masterClosed(next.servers) : undefined;
+    const blocked = child && settings.fence ? masterClosed(live.servers, next.servers) : undefined;
     if (blocked !== undefined && blocked !== masterBlocked) log.error(`haproxy: the master cannot be opened: ${blocked}; the primary port has no server until it can`);
     masterBlocked = blocked;
     return result;
@@ -245,11 +142,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
 
   // One try at making `next` live; the master's part of it at least, at run time, if all else fails.
   const change = async (next: Wanted, newer: () => boolean): Promise<Attempt> => {
-    const servers = [...next.servers.proxies.values()].reduce((sum, list) => sum + list.length, 0);
-    const tooMany =
-      servers > settings.maxServers
-        ? `${servers} servers: more than the ${settings.maxServers} haproxy can open under the open-file limit of ${settings.fileLimit} (a descriptor per server, two per connection); raise the limit (LimitNOFILE=, ulimit -n)`
-        : undefined;
+    const tooMany = overBound(next.servers, settings);
     const runtime = child !== undefined && settings.apply === 'runtime';
     if (runtime && tooMany === undefined && (await applyAtRuntime(next.servers, next.configOf))) {
       // Under a burst of changes the file is written for the last of them (every reload installs its own).
@@ -257,10 +150,10 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       return { kind: 'applied', path: 'runtime' };
     }
     // The rest needs a reload, or cannot be made at all: the master's part of it first, at run time.
-    if (runtime && settings.fence) await applyAtRuntime(routingStep(liveServers, next.servers), next.configOf);
+    if (runtime && settings.fence) await applyAtRuntime(routingStep(live.servers, next.servers), next.configOf);
     // What haproxy runs when the change is not made whole, in the file.
     const partly = async () => {
-      if (child && (await file.live(next.configOf(liveServers)))) queue.sweepSoon();
+      if (child && (await file.live(next.configOf(live.servers)))) queue.sweepSoon();
     };
     if (tooMany !== undefined) {
       await partly();
@@ -272,66 +165,24 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       return install;
     }
     const loaded: Attempt = child ? await reloadChild(child) : await start();
-    if (loaded.kind === 'applied') {
-      liveServers = next.servers;
-      file.installed(next.config);
-    } else {
+    if (loaded.kind !== 'applied') {
       // The master kept the old worker.
       await partly();
+      return loaded;
     }
+    live.servers = next.servers;
+    file.installed(next.config);
     return loaded;
-  };
-
-  // Why the master `wanted` enables is not open in haproxy, if it is not (after an attempt that did not make the
-  // whole change).
-  const masterClosed = (wanted: ServerTable): string | undefined => {
-    const live = new Map((liveServers.proxies.get(PROXY_NAME) ?? []).map((server) => [server.server, server]));
-    const closed = (wanted.proxies.get(PROXY_NAME) ?? []).filter((server) => server.enabled && !live.get(server.server)?.enabled);
-    if (closed.length === 0 || !settings.fence) return undefined;
-    return `${closed.map((server) => server.name).join(', ')} (${hostPort(closed[0]!.address, closed[0]!.port)}) could not be opened at run time`;
-  };
-
-  const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
-    const behind = file.behind();
-    if (behind !== undefined) log.warn(`haproxy: reloading while ${configPath} may not describe what is live (${behind})`);
-    const loaded = await reload({ ...proc, control }, settings.proxies, log);
-    return loaded.kind === 'loaded' ? { kind: 'applied', path: 'reload' } : loaded;
   };
 
   // Between changes: writes the config file if it lags, and deletes draining servers that have no session
   // left; true while either is still to do.
   const sweep = async (): Promise<boolean> => {
     const fileLags = await file.write();
-    return (await sweepDrained()) || fileLags;
-  };
-
-  const sweepDrained = async (): Promise<boolean> => {
-    if (liveServers.draining.size === 0 || !child?.running()) return false;
-    // Sessions that cannot be read now are read at the next sweep: every server is kept meanwhile.
-    const sessions = await serverSessions(control).catch(() => new Map<string, number>());
-    const draining = new Map(liveServers.draining);
-    for (const id of liveServers.draining.keys()) {
-      const open = sessions.get(id) ?? 1;
-      if (open > 0) {
-        log.debug(`haproxy: drained server ${id} kept, ${open} session(s) open`);
-        continue;
-      }
-      if ((await runtimeCommands(control, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
-        draining.delete(id);
-        log.debug(`haproxy: deleted drained server ${id}`);
-      }
-    }
-    liveServers = { proxies: liveServers.proxies, draining };
-    return draining.size > 0;
+    return (await sweepDrained(live, control, log, child)) || fileLags;
   };
 
   const queue = createApplyQueue({ attempt, sweep, log });
-
-  // A runtime dir deleted or changed while all is quiet is made right before the next change needs it.
-  const looking = setInterval(() => {
-    if (child?.running() && !queue.stats().busy && runtimeDirLost()) void restore();
-  }, RUNTIME_DIR_CHECK_MS);
-  looking.unref();
 
   return {
     apply: (next) => queue.apply(next),
@@ -342,20 +193,63 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       ...queue.stats(),
       masterPid: child?.running() ? child.pid : undefined,
       workers: child?.workers().length ?? 0,
-      runtimeFallbacks,
+      runtimeFallbacks: live.runtimeFallbacks,
       ...fence.stats(),
       masterBlocked,
-      runtimeDirRestored,
+      runtimeDirRestored: keeper.restored(),
       configFileBehind: file.behind(),
     }),
     traffic: async () => (child?.running() ? readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
       stopping = true;
-      clearInterval(looking);
+      keeper.stop();
       queue.stop();
       await child?.stop(STOP_GRACE_MS, KILL_AFTER_MS);
     },
   };
+}
+
+// Why a state is refused before haproxy sees it: more servers than haproxy can open under its file limit.
+function overBound(wanted: ServerTable, settings: HaproxySettings): string | undefined {
+  const servers = [...wanted.proxies.values()].reduce((sum, list) => sum + list.length, 0);
+  if (servers <= settings.maxServers) return undefined;
+  return `${servers} servers: more than the ${settings.maxServers} haproxy can open under the open-file limit of ${settings.fileLimit} (a descriptor per server, two per connection); raise the limit (LimitNOFILE=, ulimit -n)`;
+}
+
+// Why the master `wanted` enables is not open in what haproxy runs, if it is not (after an attempt that did not
+// make the whole change).
+function masterClosed(running: ServerTable, wanted: ServerTable): string | undefined {
+  const live = new Map((running.proxies.get(PROXY_NAME) ?? []).map((server) => [server.server, server]));
+  const closed = (wanted.proxies.get(PROXY_NAME) ?? []).filter((server) => server.enabled && !live.get(server.server)?.enabled);
+  if (closed.length === 0) return undefined;
+  return `${closed.map((server) => server.name).join(', ')} (${hostPort(closed[0]!.address, closed[0]!.port)}) could not be opened at run time`;
+}
+
+// Deletes the draining servers that have no session left; true while some still have sessions.
+async function sweepDrained(live: Live, control: WorkerControl, log: Logger, child: HaproxyProcess | undefined): Promise<boolean> {
+  if (live.servers.draining.size === 0 || !child?.running()) return false;
+  // Sessions that cannot be read now are read at the next sweep: every server is kept meanwhile.
+  const sessions = await serverSessions(control).catch(() => new Map<string, number>());
+  const draining = new Map(live.servers.draining);
+  for (const id of live.servers.draining.keys()) {
+    const open = sessions.get(id) ?? 1;
+    if (open > 0) {
+      log.debug(`haproxy: drained server ${id} kept, ${open} session(s) open`);
+      continue;
+    }
+    if ((await runtimeCommands(control, [`set server ${id} state maint`, `del server ${id}`])) === undefined) {
+      draining.delete(id);
+      log.debug(`haproxy: deleted drained server ${id}`);
+    }
+  }
+  live.servers = { proxies: live.servers.proxies, draining };
+  return draining.size > 0;
+}
+
+// haproxy's own output, at the level it deserves.
+function logOutput(line: string, log: Logger, fenceEchoUntil: number): void {
+  if (NO_SERVER.test(line) && performance.now() < fenceEchoUntil) log.debug(`haproxy: ${line} (for the instant between fencing the old master and enabling the new one)`);
+  else log[outputLevel(line)](`haproxy: ${line}`);
 }
 
 // haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.

@@ -3,6 +3,7 @@
 // took from the etcd change to haproxy running it. Its effects come in as functions, so tests drive it alone.
 
 import type { ApplyPath, ApplyResult, Wanted } from '../haproxy/queue.ts';
+import type { LastChange } from '../status/health.ts';
 import type { Logger } from '../common/log.ts';
 import { selectionOf, serverTable, type ServerTable } from '../render/plan.ts';
 import { type PortServers, type Problem, type Selection } from '../service/service.ts';
@@ -26,13 +27,6 @@ interface FollowSettings {
   // How long a brief problem may last before it is said at warn (BRIEF_MS).
   briefMs?: number;
   changeApplied?(path: ApplyPath, convergenceSeconds: number): void;
-}
-
-export interface LastChange {
-  revision: bigint;
-  at: string;
-  path: ApplyPath;
-  description: string;
 }
 
 interface Follower {

@@ -4,7 +4,6 @@ import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
-import { health, type StatusSnapshot } from '../../lib/status/status.ts';
 import { answers, freePort, eventually, openSession, whoAnswers } from '../../harness/net.ts';
 import { processOf, stopPid, track } from '../../harness/processes.ts';
 import { worldSuite } from '../../harness/world.ts';
@@ -21,33 +20,7 @@ function metric(text: string, name: string): number | undefined {
   return line === undefined ? undefined : Number(line.split(' ').at(-1));
 }
 
-const snapshot = (over: Partial<StatusSnapshot> = {}): StatusSnapshot => ({
-  version: 'x',
-  prefix: '/p',
-  masterOnly: true,
-  revision: 7n,
-  etcd: { connected: true, member: 'http://127.0.0.1:2379', staleSince: undefined, confirmedAt: Date.now(), lastEventAt: undefined, events: 0, snapshots: 1, resumes: 0, resyncs: { order: 0, missed: 0, listing: 0, 'etcd-behind': 0, compacted: 0, requested: 0 }, checks: 0, listings: 0, progress: 'ordered', watchesLost: 0, membersLeft: 0, watchesBehind: 0, memberProblems: {} },
-  haproxy: { masterPid: 10, workers: 1, current: true, busy: false, refusedNewest: false, failing: undefined, notLiveSince: undefined, applied: { start: 1, runtime: 0, reload: 0 }, refused: 0, failures: 0, runtimeFallbacks: 0, fencesUnconfirmed: 0, fencesFrozen: 0, masterBlocked: undefined, runtimeDirRestored: 0, configFileBehind: undefined },
-  servers: [],
-  replicas: undefined,
-  instancesRejected: 0,
-  master: undefined,
-  problems: [],
-  lastChange: undefined,
-  ...over,
-});
 
-test('health: healthy, stale within bounds, stale too long, haproxy down, config refused', () => {
-  const now = 1_000_000;
-  assert.ok(health(snapshot(), 60_000, now).healthy);
-  const stale = (ms: number) => snapshot({ etcd: { ...snapshot().etcd, connected: false, staleSince: now - ms } });
-  assert.ok(health(stale(59_000), 60_000, now).healthy);
-  assert.equal(health(stale(61_000), 60_000, now), { healthy: false, reason: 'the etcd state has not been confirmed current for 61 s; serving revision 7' });
-  const unserved = snapshot({ etcd: { ...stale(61_000).etcd, memberProblems: { 'http://10.0.0.5:2379': 'no leader' } } });
-  assert.equal(health(unserved, 60_000, now).reason, 'the etcd state has not been confirmed current for 61 s (http://10.0.0.5:2379: no leader); serving revision 7');
-  assert.not.ok(health(snapshot({ haproxy: { ...snapshot().haproxy, masterPid: undefined } }), 60_000, now).healthy);
-  assert.match(health(snapshot({ haproxy: { ...snapshot().haproxy, refusedNewest: true } }), 60_000, now).reason, 'refused');
-});
 
 test('serves /healthz, /metrics and /state that follow the changes', async ({ world }) => {
   const prefix = world.prefix();
