@@ -4,16 +4,15 @@
 // 1 failed, 2 usage error); lib/runner/ ties the parts together: options → etcd → service → render → haproxy.
 
 import packageJson from './package.json' with { type: 'json' };
-import { availableParallelism } from 'node:os';
 import { createLogger, type Logger } from './lib/common/log.ts';
 import { CredentialError, readCredentials } from './lib/etcd/credentials.ts';
-import { findExecutable, haproxyVersion, openFileLimit } from './lib/haproxy/config.ts';
+import { hostFacts } from './lib/runner/facts.ts';
 import { portTaken } from './lib/host/ports.ts';
 import { claimRuntimeDir, prepareRuntimeDir, SetupError } from './lib/host/rundir.ts';
-import { parseCommandLine, usage, type Options } from './lib/options/parse.ts';
+import { parseCommandLine, usage } from './lib/options/parse.ts';
 import { dryRun, once } from './lib/runner/oneshot.ts';
 import { run, type Running } from './lib/runner/run.ts';
-import { haproxySettingsOf, settingsOf, type HostFacts, type Settings } from './lib/runner/settings.ts';
+import { haproxySettingsOf, settingsOf, type Settings } from './lib/runner/settings.ts';
 
 // Set by the build (build/build.ts); absent when run from source.
 declare const BUILD_COMMIT: string | undefined;
@@ -28,14 +27,6 @@ const STOP_WITHIN_MS = 15_000;
 function usageError(message: string): never {
   process.stderr.write(`ambassador: ${message}\nTry 'ambassador --help' for the flags and their defaults.\n`);
   process.exit(2);
-}
-
-// What was found on the host: the executables and the limits haproxy will run under.
-async function hostFacts(options: Options, log: Logger): Promise<HostFacts> {
-  const setpriv = await findExecutable('setpriv', process.env);
-  if (!setpriv) log.warn('setpriv (util-linux) not found: if ambassador is killed, its haproxy keeps running until ambassador is restarted');
-  const haproxy = options.haproxy.includes('/') ? options.haproxy : ((await findExecutable(options.haproxy, process.env)) ?? options.haproxy);
-  return { haproxy, haproxyRelease: await haproxyVersion(haproxy), setpriv, fileLimit: await openFileLimit(), threads: availableParallelism() };
 }
 
 // The runtime dir made ambassador's (or refused), then the ports: a port held by anything is refused.
@@ -95,13 +86,12 @@ async function main(): Promise<void> {
   const settings = settingsOf(options);
   const log = createLogger(settings.log);
   for (const warning of parsed.warnings) log.warn(warning);
-  // The last resort, not the error path: whatever escapes is said in one line, and haproxy stopped in order.
   let stop: ((code: number, reason: string) => Promise<void>) | undefined;
   for (const event of ['uncaughtException', 'unhandledRejection'] as const) {
     process.on(event, (err: unknown) => {
-      log.error(`internal error (${event.replace(/[A-Z]/g, (c) => ` ${c.toLowerCase()}`)}): ${err instanceof Error ? err.message : String(err)}`);
-      if (stop) void stop(1, 'internal error');
-      else process.exit(1);
+      // The last resort, not the error path: whatever escapes is said in one line, and haproxy stopped in order.
+      log.error(`internal error (${event}): ${err instanceof Error ? err.message : String(err)}`);
+      void (stop ? stop(1, 'internal error') : process.exit(1));
     });
   }
   // The files the flags name are checked before anything starts: a bad one is a usage error.
@@ -110,7 +100,7 @@ async function main(): Promise<void> {
     if (options.dryRun) return void (await dryRun(settings, log), process.exit(0));
     log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, layout: options.layout, listen: `${options.bind}:${options.port}`, replicas: options.replicaPort === undefined ? undefined : `${options.bind}:${options.replicaPort}`, master_only: options.masterOnly });
     await prepareRuntimeDir(settings.host.runtimeDir);
-    const facts = await hostFacts(options, log);
+    const facts = await hostFacts(options.haproxy, log);
     const haproxy = haproxySettingsOf(options, facts);
     log.info(`using ${facts.haproxyRelease}`, { haproxy: facts.haproxy, runtime_dir: settings.host.runtimeDir, drain_before_fence: haproxy.drainBeforeFence || undefined });
     if (options.once) return void (await once(settings, haproxy, log), process.exit(0));

@@ -180,102 +180,132 @@ export interface Plan {
   ports: Map<string, boolean>;
 }
 
-// `count` rounds write either well below `serverBound` instances or well above it, never near it.
-export function makePlan(seed: number, roundCount: number, backendPort: number, serverBound: number): Plan {
-  const next = random(seed);
-  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
-  const meanings = new Map<string, Meaning>();
-  const ports = new Map<string, boolean>();
-  const bytes = (value: string | Buffer) => (typeof value === 'string' ? utf8(value) : value);
-  const address = (form: [string | Buffer, Meaning]) => {
-    const value = bytes(form[0]);
-    meanings.set(value.toString('hex'), form[1]);
-    return value;
-  };
+// What a plan's writes are drawn with: the seeded random source, the tables it fills with what each written
+// value means, and what the rounds so far have left in the registry.
+class Draw {
+  readonly meanings = new Map<string, Meaning>();
+  readonly ports = new Map<string, boolean>();
   // While a `count` round has put the registry past the server bound, haproxy keeps its last good config and
   // only the master moves, at run time: a master by DNS name (which needs a reload) is not drawn then.
-  let pastBound = false;
+  pastBound = false;
   // The `count` instances the registry holds: each such round writes the same names from n0 on.
-  let counted = 0;
-  const anyAddress = () => address(!pastBound && next() < 0.2 ? pick(HOSTNAMES) : pick(addressForms(pick(['a', 'b', 'c'] as const))));
-  const ipAddress = (backend: keyof typeof BACKENDS) => address(pick(addressForms(backend).filter(([, meaning]) => meaning.valid)));
-  const instance = (name: Buffer, value: Buffer, port?: [string | Buffer | undefined, boolean]): Op[] => {
+  counted = 0;
+
+  readonly next: () => number;
+  readonly backendPort: number;
+  readonly serverBound: number;
+
+  constructor(next: () => number, backendPort: number, serverBound: number) {
+    [this.next, this.backendPort, this.serverBound] = [next, backendPort, serverBound];
+  }
+
+  pick<T>(items: readonly T[]): T {
+    return items[Math.floor(this.next() * items.length)]!;
+  }
+
+  address(form: [string | Buffer, Meaning]): Buffer {
+    const value = bytesOf(form[0]);
+    this.meanings.set(value.toString('hex'), form[1]);
+    return value;
+  }
+
+  anyAddress(): Buffer {
+    return this.address(!this.pastBound && this.next() < 0.2 ? this.pick(HOSTNAMES) : this.pick(addressForms(this.pick(['a', 'b', 'c'] as const))));
+  }
+
+  ipAddress(backend: keyof typeof BACKENDS): Buffer {
+    return this.address(this.pick(addressForms(backend).filter(([, meaning]) => meaning.valid)));
+  }
+
+  instance(name: Buffer, value: Buffer, port?: [string | Buffer | undefined, boolean]): Op[] {
     const ops: Op[] = [{ kind: 'put', key: instanceKey(name, 'private_ip'), value }];
     if (port?.[0] !== undefined) {
-      const portBytes = bytes(port[0]);
-      ports.set(portBytes.toString('hex'), port[1]);
+      const portBytes = bytesOf(port[0]);
+      this.ports.set(portBytes.toString('hex'), port[1]);
       ops.push({ kind: 'put', key: instanceKey(name, 'port'), value: portBytes });
     }
     return ops;
-  };
-  const master = (value: string | Buffer): Op => ({ kind: 'put', key: key('master'), value: bytes(value) });
-  const masterOf = (name: Buffer) => master(next() < 0.2 ? Buffer.concat([utf8(' '), name, utf8('\n')]) : name);
-  // The steady instances a, b, c at their plain addresses.
-  const base = (): Op[] => (['a', 'b', 'c'] as const).flatMap((name) => instance(utf8(name), address([BACKENDS[name], { valid: true, answers: name }])));
+  }
 
-  const rounds: Round[] = [{ n: 0, kind: 'wipe', steps: [{ ops: [...base(), master('a')], together: false }] }];
-  // Every kind once, in a shuffled order, then drawn.
-  const deck = [...ROUND_KINDS].sort(() => next() - 0.5);
-  for (let n = 1; n < roundCount; n++) {
-    const kind = deck.shift() ?? pick(ROUND_KINDS);
-    const steps: Round['steps'] = [];
-    const add = (ops: Op[], together = false) => steps.push({ ops, together });
-    switch (kind) {
-      case 'sizes': {
-        // Values, names and keys at their bounds and past them; the master among them or not.
-        const names = nameForms(next);
-        for (const [name] of names) add(instance(name, next() < 0.5 ? ipAddress(pick(['a', 'b', 'c'] as const)) : anyAddress(), pick(portForms(backendPort))));
-        add([{ kind: 'put', key: key('instances/huge/private_ip'), value: Buffer.alloc(MB, 0x78) }, { kind: 'put', key: key('z'.repeat(MB)), value: utf8('x') }]);
-        add([masterOf(pick(names)[0])]);
-        break;
-      }
-      case 'encoding': {
-        const name = Buffer.concat([utf8('e'), pick(NOT_UTF8), utf8(String(n))]);
-        add(instance(name, ipAddress('b')));
-        add(instance(utf8(`ctl${n}`), address([`127.0.0.42\u0000`, { valid: false }])));
-        add(instance(utf8(`tab\t${n}`), ipAddress('c')));
-        add([masterOf(pick([name, utf8(`ctl${n}`), utf8(`tab\t${n}`), Buffer.concat([utf8('a'), pick(NOT_UTF8)])]))]);
-        break;
-      }
-      case 'count': {
-        // Many instances at once, below the server bound or past it; the master an address haproxy can open
-        // at run time either way (not a DNS name). The same names each time: the registry never holds more than
-        // one such round's (the bench bounds memory at 10,000 instances).
-        const count = next() < 0.5 ? serverBound + 200 + Math.floor(next() * 500) : 200 + Math.floor(next() * 800);
-        counted = Math.max(counted, count);
-        pastBound = counted > serverBound;
-        const ops: Op[] = [];
-        for (let i = 0; i < count; i++) ops.push(...instance(utf8(`n${i}`), address([`127.1.${(i >> 8) & 255}.${i & 255}`, { valid: true, answers: '' }])));
-        add(ops, true);
-        add([master(pick(['a', 'b', 'c']))]);
-        break;
-      }
-      case 'master': {
-        // Masters that name a missing instance, a refused one, a path, or a good one.
-        add(instance(utf8(`m${n}`), anyAddress(), pick(portForms(backendPort))));
-        add([master(pick([`m${n}`, `missing${n}`, 'instances/a', '', 'a/b', Buffer.alloc(1_400_000, 0x6d), 'x'.repeat(300), `m${n}`]))]);
-        break;
-      }
-      case 'addresses': {
-        for (const name of ['a', 'b', 'c'] as const) if (next() < 0.7) add(instance(utf8(name), next() < 0.3 ? anyAddress() : address(pick(addressForms(name)))));
-        add([master(pick(['a', 'b', 'c']))]);
-        break;
-      }
-      case 'burst': {
-        // Master changes back to back, among good instances and bad values.
-        const ops: Op[] = [];
-        for (let i = 0, writes = 20 + Math.floor(next() * 60); i < writes; i++) ops.push(next() < 0.8 ? master(pick(['a', 'b', 'c'])) : master(pick([`missing${i}`, Buffer.alloc(2000, 0x6d), Buffer.concat([utf8('b'), pick(NOT_UTF8)])])));
-        add(ops);
-        break;
-      }
-      case 'wipe': {
-        [pastBound, counted] = [false, 0];
-        add([{ kind: 'delete-prefix' }]);
-        if (next() < 0.7) add([...base(), master(pick(['a', 'b', 'c']))]);
-        break;
-      }
+  // The master named, sometimes with the whitespace the layout trims.
+  masterOf(name: Buffer): Op {
+    return masterWrite(this.next() < 0.2 ? Buffer.concat([utf8(' '), name, utf8('\n')]) : name);
+  }
+
+  // The steady instances a, b, c at their plain addresses.
+  base(): Op[] {
+    return (['a', 'b', 'c'] as const).flatMap((name) => this.instance(utf8(name), this.address([BACKENDS[name], { valid: true, answers: name }])));
+  }
+}
+
+const bytesOf = (value: string | Buffer) => (typeof value === 'string' ? utf8(value) : value);
+const masterWrite = (value: string | Buffer): Op => ({ kind: 'put', key: key('master'), value: bytesOf(value) });
+
+type Add = (ops: Op[], together?: boolean) => void;
+
+// Each round kind's writes, the last of them the master's.
+const ROUNDS: Record<RoundKind, (draw: Draw, n: number, add: Add) => void> = {
+  // Values, names and keys at their bounds and past them; the master among them or not.
+  sizes: (draw, _n, add) => {
+    const names = nameForms(draw.next);
+    for (const [name] of names) add(draw.instance(name, draw.next() < 0.5 ? draw.ipAddress(draw.pick(['a', 'b', 'c'] as const)) : draw.anyAddress(), draw.pick(portForms(draw.backendPort))));
+    add([{ kind: 'put', key: key('instances/huge/private_ip'), value: Buffer.alloc(MB, 0x78) }, { kind: 'put', key: key('z'.repeat(MB)), value: utf8('x') }]);
+    add([draw.masterOf(draw.pick(names)[0])]);
+  },
+  encoding: (draw, n, add) => {
+    const name = Buffer.concat([utf8('e'), draw.pick(NOT_UTF8), utf8(String(n))]);
+    add(draw.instance(name, draw.ipAddress('b')));
+    add(draw.instance(utf8(`ctl${n}`), draw.address([`127.0.0.42\u0000`, { valid: false }])));
+    add(draw.instance(utf8(`tab\t${n}`), draw.ipAddress('c')));
+    add([draw.masterOf(draw.pick([name, utf8(`ctl${n}`), utf8(`tab\t${n}`), Buffer.concat([utf8('a'), draw.pick(NOT_UTF8)])]))]);
+  },
+  // Many instances at once, below the server bound or past it; the master an address haproxy can open at run
+  // time either way (not a DNS name). The same names each time: the registry never holds more than one such
+  // round's (the bench bounds memory at 10,000 instances).
+  count: (draw, _n, add) => {
+    const count = draw.next() < 0.5 ? draw.serverBound + 200 + Math.floor(draw.next() * 500) : 200 + Math.floor(draw.next() * 800);
+    draw.counted = Math.max(draw.counted, count);
+    draw.pastBound = draw.counted > draw.serverBound;
+    const ops: Op[] = [];
+    for (let i = 0; i < count; i++) ops.push(...draw.instance(utf8(`n${i}`), draw.address([`127.1.${(i >> 8) & 255}.${i & 255}`, { valid: true, answers: '' }])));
+    add(ops, true);
+    add([masterWrite(draw.pick(['a', 'b', 'c']))]);
+  },
+  // Masters that name a missing instance, a refused one, a path, or a good one.
+  master: (draw, n, add) => {
+    add(draw.instance(utf8(`m${n}`), draw.anyAddress(), draw.pick(portForms(draw.backendPort))));
+    add([masterWrite(draw.pick([`m${n}`, `missing${n}`, 'instances/a', '', 'a/b', Buffer.alloc(1_400_000, 0x6d), 'x'.repeat(300), `m${n}`]))]);
+  },
+  addresses: (draw, _n, add) => {
+    for (const name of ['a', 'b', 'c'] as const) if (draw.next() < 0.7) add(draw.instance(utf8(name), draw.next() < 0.3 ? draw.anyAddress() : draw.address(draw.pick(addressForms(name)))));
+    add([masterWrite(draw.pick(['a', 'b', 'c']))]);
+  },
+  // Master changes back to back, among good instances and bad values.
+  burst: (draw, _n, add) => {
+    const ops: Op[] = [];
+    for (let i = 0, writes = 20 + Math.floor(draw.next() * 60); i < writes; i++) {
+      ops.push(masterWrite(draw.next() < 0.8 ? draw.pick(['a', 'b', 'c']) : draw.pick([`missing${i}`, Buffer.alloc(2000, 0x6d), Buffer.concat([utf8('b'), draw.pick(NOT_UTF8)])])));
     }
+    add(ops);
+  },
+  wipe: (draw, _n, add) => {
+    [draw.pastBound, draw.counted] = [false, 0];
+    add([{ kind: 'delete-prefix' }]);
+    if (draw.next() < 0.7) add([...draw.base(), masterWrite(draw.pick(['a', 'b', 'c']))]);
+  },
+};
+
+// `count` rounds write either well below `serverBound` instances or well above it, never near it.
+export function makePlan(seed: number, roundCount: number, backendPort: number, serverBound: number): Plan {
+  const draw = new Draw(random(seed), backendPort, serverBound);
+  const rounds: Round[] = [{ n: 0, kind: 'wipe', steps: [{ ops: [...draw.base(), masterWrite('a')], together: false }] }];
+  // Every kind once, in a shuffled order, then drawn.
+  const deck = [...ROUND_KINDS].sort(() => draw.next() - 0.5);
+  for (let n = 1; n < roundCount; n++) {
+    const kind = deck.shift() ?? draw.pick(ROUND_KINDS);
+    const steps: Round['steps'] = [];
+    ROUNDS[kind](draw, n, (ops, together = false) => steps.push({ ops, together }));
     rounds.push({ n, kind, steps });
   }
-  return { seed, rounds, meanings, ports };
+  return { seed, rounds, meanings: draw.meanings, ports: draw.ports };
 }

@@ -54,7 +54,6 @@ export type Connect = (settings: EtcdSettings, member: Member) => Promise<EtcdCo
 
 const CALL_DEADLINE_MS = 5000;
 
-
 // The members the endpoints name, in order: an IP literal is one member, a DNS name is one per address it
 // resolves to (asked again each time), so that leaving a member never means coming back to it by its name.
 export async function resolveMembers(endpoints: readonly string[]): Promise<Member[]> {
@@ -66,6 +65,7 @@ export async function resolveMembers(endpoints: readonly string[]): Promise<Memb
       members.push({ url: endpoint, serverName: host });
       continue;
     }
+    // A name that does not resolve now is kept as given, for gRPC to resolve at each connection.
     const addresses = await lookup(host, { all: true }).catch(() => []);
     if (addresses.length === 0) members.push({ url: endpoint, serverName: host });
     for (const { address, family } of addresses) {

@@ -1,5 +1,5 @@
 // The watch's decisions, pure: what to do after a turn on a member, what a check found, when to list the prefix,
-// and how a turn's ending is reported. Each is tested on its own (test/etcd/watch.test.ts); lib/etcd/watch.ts
+// and how a turn's ending is reported. Each is tested on its own (test/etcd/decide.test.ts, watch.test.ts); lib/etcd/watch.ts
 // and lib/etcd/turn.ts act on them.
 
 import type { KeysVerdict } from './mirror.ts';
@@ -46,7 +46,7 @@ interface NextTurn {
   announce?: true;
 }
 
-// What to do after a turn: pure, so that each rule is tested on its own (test/etcd/watch.test.ts).
+// What to do after a turn: pure, so that each rule is tested on its own (test/etcd/decide.test.ts, watch.test.ts).
 // - A member that cannot serve is left for the next at once; a round where every member failed backs off.
 // - A watch lost after working resumes on the next member within the spread; one that dies soon after it
 //   started (or a member whose stream keeps breaking) backs off, so a bad member never makes a loop.
@@ -113,7 +113,6 @@ export function judgeCheck(keys: KeysVerdict, progress: bigint | undefined, stat
 export function listingInterval(keys: number, random: () => number, minMs = LISTING_MIN_MS): number {
   return Math.max(minMs, keys * LISTING_MS_PER_KEY) * (0.75 + random() * 0.5);
 }
-
 
 type Facts = Record<string, string | number | bigint>;
 

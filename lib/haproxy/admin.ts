@@ -154,7 +154,6 @@ export async function serverAddresses(control: WorkerControl, proxy: string): Pr
   return addresses;
 }
 
-
 // What the traffic does, per server of our proxies and for haproxy as a whole.
 export interface ServerTraffic {
   proxy: string;

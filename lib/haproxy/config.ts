@@ -2,8 +2,7 @@
 // into place only if haproxy accepts it. Also the other short haproxy commands (`-v`), each bounded in time.
 
 import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
-import { access, readFile, rename } from 'node:fs/promises';
+import { rename } from 'node:fs/promises';
 import type { Logger } from '../common/log.ts';
 import { FailureStreak } from '../common/retry.ts';
 import { SetupError, writePrivate } from '../host/rundir.ts';
@@ -144,17 +143,6 @@ export async function haproxyVersion(binary: string): Promise<string> {
   }
 }
 
-// An executable by name: on PATH, or in the sbin dirs, where Debian installs haproxy and which a user's PATH
-// may lack. Undefined when there is none.
-export async function findExecutable(name: string, env: Readonly<Record<string, string | undefined>>): Promise<string | undefined> {
-  const dirs = [...(env.PATH ?? '').split(':').filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin'];
-  for (const dir of dirs) {
-    const path = `${dir}/${name}`;
-    if (await access(path, constants.X_OK).then(() => true, () => false)) return path;
-  }
-  return undefined;
-}
-
 // What haproxy asks of the open-file limit, measured on 2.6.12 with `check` on every server: a descriptor per
 // server, two per connection it may hold (its maxconn: what the limit leaves, halved, and at least 100), and 23
 // plus three per thread; past that it refuses to start ("Cannot raise FD limit"). The most servers it can open
@@ -166,12 +154,4 @@ const DESCRIPTORS_PER_THREAD = 3;
 
 export function maxServers(fileLimit: number, threads: number): number {
   return Math.max(0, fileLimit - 2 * LEAST_MAXCONN - FIXED_DESCRIPTORS - DESCRIPTORS_PER_THREAD * Math.min(threads, 64));
-}
-
-// The hard open-file limit haproxy will inherit and raise its own soft limit to (Infinity when unlimited or
-// unknown).
-export async function openFileLimit(): Promise<number> {
-  const limits = await readFile('/proc/self/limits', 'utf8').catch(() => '');
-  const hard = /^Max open files\s+\S+\s+(\S+)/m.exec(limits)?.[1];
-  return hard === undefined || hard === 'unlimited' ? Infinity : Number(hard);
 }

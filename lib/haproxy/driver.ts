@@ -199,6 +199,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       runtimeDirRestored: keeper.restored(),
       configFileBehind: file.behind(),
     }),
+    // Traffic that cannot be read is left out of this scrape, not made up.
     traffic: async () => (child?.running() ? readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
     stop: async () => {
       stopping = true;

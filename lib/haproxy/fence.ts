@@ -91,9 +91,22 @@ export function createFence(settings: FenceSettings) {
   // Until no stream is connecting to the servers, within CONNECTING_WAIT_MS.
   const connectsDone = async (ids: readonly string[]) => {
     for (const deadline = performance.now() + CONNECTING_WAIT_MS; performance.now() < deadline; await sleep(POLL_MS)) {
+      // An unanswered `show sess` ends the wait: what is still open is then judged by counts and the kernel.
       const streams = streamsOf(await ask(control, 'show sess').catch(() => ''), ids);
       if ([...streams.values()].every(({ connecting }) => connecting === 0)) return;
     }
+  };
+
+  // What haproxy counts on each server: its streams where it lists them (3.2 and later), else its sessions;
+  // undefined when it does not answer.
+  const sessionCounts = async (ids: readonly string[]): Promise<Map<string, number> | undefined> => {
+    if (listsStreams !== false && !settings.drainFirst) {
+      // Unanswered: asked again at the next check, nothing learned about this haproxy meanwhile.
+      const answer = await serverStreams(control, ids).catch(() => null);
+      if (answer !== null) listsStreams = answer !== undefined;
+      if (answer) return answer;
+    }
+    return proxySessions(control, ids, serverIds).catch(() => undefined);
   };
 
   // What of the fenced servers may still carry a client's bytes. From 3.2 haproxy lists the streams of a
@@ -105,18 +118,15 @@ export function createFence(settings: FenceSettings) {
   // fenced server, and then it is stopped, with its sessions.
   const openAfterFence = async (fenced: readonly ServerAddress[], stopped: Map<number, Set<string>>, sinceMs: number): Promise<StillOpen> => {
     const ids = fenced.map(({ id }) => id);
-    let listed: Map<string, number> | undefined;
-    if (listsStreams !== false && !settings.drainFirst) {
-      const answer = await serverStreams(control, ids).catch(() => null);
-      if (answer !== null) [listsStreams, listed] = [answer !== undefined, answer];
-    }
-    const counts = listed ?? (await proxySessions(control, ids, serverIds).catch(() => undefined));
+    // No counts: every fenced server is taken as holding sessions, for the kernel to say otherwise.
+    const counts = await sessionCounts(ids);
     const counted = fenced.filter(({ id }) => counts === undefined || (counts.get(id) ?? 0) > 0);
     const workers = settings.workers();
     const open: StillOpen = { servers: new Set(), connections: new Set(), counted: false, frozen: false };
     // On 2.7-3.1 a stream listed beyond what haproxy counts on its server is one it froze (a killed session
     // whose far end has not closed stays counted, but is no longer listed).
     if (settings.drainFirst) {
+      // Unanswered: no stream is taken for frozen now; the workers' kernel check below still runs.
       const streams = streamsOf(await ask(control, 'show sess').catch(() => ''), ids);
       const frozen = fenced.filter(({ id }) => (streams.get(id)?.listed ?? 0) > (counts?.get(id) ?? 0));
       if (frozen.length > 0) {

@@ -35,6 +35,7 @@ export async function applyOnce(settings: OnceSettings, config: string): Promise
     if (loaded.kind !== 'loaded') throw new SetupError(`haproxy ${running} did not reload: ${loaded.reason}`);
     return 'reloaded';
   }
+  // A stale pid file (its haproxy is gone) would be taken for the new one's; none there is what we want.
   await unlink(haproxyPid).catch(() => {});
   // The launcher exits once the daemon is up; the daemon may keep the stderr pipe, so wait for the exit only.
   const launcher = spawn(binary, ['-W', '-D', '-p', haproxyPid, '-S', `${masterSocket},mode,600`, '-f', configPath], {

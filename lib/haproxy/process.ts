@@ -100,6 +100,7 @@ export function startProcess(settings: ProcessSettings): HaproxyProcess {
   };
 }
 
+// A process that is gone has no children.
 export function childrenOf(pid: number): number[] {
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);

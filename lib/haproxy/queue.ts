@@ -146,6 +146,7 @@ export function createApplyQueue(settings: QueueSettings): ApplyQueue {
           settle(next, attempt, Math.round(performance.now() - began));
         } else if (sweepDue && retryTimer === undefined) {
           sweepDue = false;
+          // A sweep that failed is tried again soon, as one that left servers draining.
           if (await settings.sweep().catch(() => true)) sweepSoon();
         } else {
           break;

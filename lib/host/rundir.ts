@@ -84,6 +84,7 @@ export async function refuseIfOwned(runtimeDir: string): Promise<void> {
 }
 
 export async function releaseRuntimeDir(runtimeDir: string): Promise<void> {
+  // Already gone (the dir was removed under us) is released too.
   await unlink(runtimeFiles(runtimeDir).ambassadorPid).catch(() => {});
 }
 
@@ -95,7 +96,7 @@ export async function writePrivate(path: string, text: string): Promise<void> {
   await writeFile(path, text, { flag: 'wx', mode: 0o600 });
 }
 
-
+// The live process a pid file names; a missing or unreadable file names none.
 export async function readPid(path: string): Promise<number | undefined> {
   const text = await readFile(path, 'utf8').catch(() => '');
   const pid = Number(text.trim());

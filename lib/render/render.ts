@@ -1,6 +1,6 @@
 // The servers to route to → haproxy.cfg text.
 // Pure and deterministic: the same input gives the same bytes, so an unchanged config is seen by comparing text.
-// Every value it writes was validated by registry.ts or options.ts; it never formats raw etcd data.
+// Every value it writes was validated by lib/service/ or lib/options/; it never formats raw etcd data.
 
 import { hostPort } from '../common/address.ts';
 import type { PortServers, Server } from '../service/service.ts';

@@ -1,6 +1,7 @@
 // Every part's settings, made once from the options (and, for haproxy, what was found on the host): pure, frozen,
 // so that nothing is changed after it is made and each part gets only what it needs.
 
+import type { HostFacts } from './facts.ts';
 import { runtimeFiles } from '../host/rundir.ts';
 import { maxServers } from '../haproxy/config.ts';
 import { fenceDrainsFirst } from '../haproxy/fence.ts';
@@ -9,17 +10,7 @@ import { proxyNames, type RenderSettings } from '../render/render.ts';
 import type { LayoutSettings } from '../service/layout.ts';
 import { MAX_KEY_BYTES } from '../service/service.ts';
 
-// What the host says, found before haproxy starts.
-export interface HostFacts {
-  // The haproxy executable (a path), and its version line.
-  haproxy: string;
-  haproxyRelease: string;
-  setpriv: string | undefined;
-  // The hard open-file limit haproxy will inherit, and the threads it will run.
-  fileLimit: number;
-  threads: number;
-}
-
+// The settings of every part but haproxy's, which also needs the host's facts (haproxySettingsOf).
 export function settingsOf(options: Options) {
   const layout: LayoutSettings = {
     kind: options.layout,

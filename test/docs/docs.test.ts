@@ -1,6 +1,6 @@
 // The docs cannot drift: docs/operating.md's flag table against lib/options/flags.ts's FLAGS and --help, both ways;
 // every relative link and #anchor in README.md and the manual resolves; cross-references are links, not
-// quoted headings.
+// quoted headings; each folder of lib/ says what each of its modules is.
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -10,9 +10,18 @@ import { FLAGS } from '../../lib/options/flags.ts';
 import { usage } from '../../lib/options/parse.ts';
 
 const root = resolve(import.meta.dirname, '../..');
-const PAGES = ['README.md', ...readdirSync(join(root, 'docs')).filter((name) => name.endsWith('.md')).map((name) => `docs/${name}`), 'bench/README.md', 'soak/README.md'];
+const LIB_FOLDERS = readdirSync(join(root, 'lib'), { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
+const PAGES = [
+  'README.md',
+  ...readdirSync(join(root, 'docs')).filter((name) => name.endsWith('.md')).map((name) => `docs/${name}`),
+  'bench/README.md',
+  'soak/README.md',
+  'fuzz/README.md',
+  'lib/README.md',
+  ...LIB_FOLDERS.map((folder) => `lib/${folder}/README.md`),
+];
 const read = (page: string) => readFileSync(join(root, page), 'utf8');
-// The executable's own flag (Node's single-executable support reads it), beside those options.ts parses.
+// The executable's own flag (Node's single-executable support reads it), beside those lib/options/ parses.
 const EXECUTABLE_FLAGS = ['node-options'];
 
 // The rows of the table under `## Flags` in docs/operating.md: each `--flag` its first cell names, with the
@@ -28,13 +37,13 @@ function flagTable(): Map<string, string> {
   return rows;
 }
 
-test('the flag table names every flag, and only those, with each default as options.ts has it', () => {
+test('the flag table names every flag, and only those, with each default as lib/options/flags.ts has it', () => {
   const table = flagTable();
   const names = [...FLAGS.map((flag) => flag.name), ...EXECUTABLE_FLAGS].sort();
   assert.equal([...table.keys()].sort(), names);
   for (const flag of FLAGS) {
     if (flag.default === undefined) continue;
-    assert.ok(table.get(flag.name)!.includes(`\`${flag.default}\``), `--${flag.name}: the table says ${table.get(flag.name)}, options.ts ${flag.default}`);
+    assert.ok(table.get(flag.name)!.includes(`\`${flag.default}\``), `--${flag.name}: the table says ${table.get(flag.name)}, flags.ts ${flag.default}`);
   }
 });
 
@@ -91,6 +100,17 @@ test('cross-references are links, not a heading quoted in the text', () => {
     for (const [, inner] of text.matchAll(/"([^"\n]{3,80})"/g)) if (headings.has(inner!.toLowerCase())) quoted.push(`${page}: "${inner}"`);
   }
   assert.equal(quoted, []);
+});
+
+test('each folder of lib/ has a README that names each of its modules, and lib/README.md names each folder', () => {
+  const unnamed: string[] = [];
+  for (const folder of LIB_FOLDERS) {
+    const readme = read(`lib/${folder}/README.md`);
+    for (const module of readdirSync(join(root, 'lib', folder)).filter((name) => name.endsWith('.ts'))) if (!readme.includes(`\`${module}\``)) unnamed.push(`lib/${folder}/${module}`);
+    if (!read('lib/README.md').includes(`[${folder}/](${folder}/README.md)`)) unnamed.push(`lib/${folder}/`);
+  }
+  assert.equal(unnamed, []);
+  assert.ok(LIB_FOLDERS.length >= 9, LIB_FOLDERS.join(' '));
 });
 
 test('the README is the front page: at most 250 lines', () => {

@@ -1,4 +1,4 @@
-// Watch events broken on purpose between etcd and ambassador, by a gRPC-aware proxy (helpers/h2-proxy.ts):
+// Watch events broken on purpose between etcd and ambassador, by a gRPC-aware proxy (harness/h2-proxy.ts):
 // two of etcd's watch responses swapped, and a response lost. Each must be found, not believed: the swap at
 // once (the stream broke its order), the loss by the checks that read the routing keys. Each is measured from
 // the write to a new connection answered by the new master, against the bound the README gives.

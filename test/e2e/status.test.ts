@@ -20,8 +20,6 @@ function metric(text: string, name: string): number | undefined {
   return line === undefined ? undefined : Number(line.split(' ').at(-1));
 }
 
-
-
 test('serves /healthz, /metrics and /state that follow the changes', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);

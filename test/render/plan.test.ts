@@ -212,7 +212,6 @@ test('passes over the servers a change did not touch, and says only what it chan
   ]);
 });
 
-
 test('the routing part of a change that needs a reload: only the master moves, at run time, whatever else changes', () => {
   const live = table({ a: ready('10.0.0.1'), b: maint('10.0.0.2'), 'replicas/a': maint('10.0.0.1'), 'replicas/b': ready('10.0.0.2') });
   const many: Record<string, Entry> = { a: maint('10.0.0.1'), b: maint('10.0.0.2'), c: ready('10.0.0.3') };

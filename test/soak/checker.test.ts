@@ -10,6 +10,13 @@ import { FAULT_KINDS, scheduledKinds, type Schedule } from '../../soak/schedule.
 
 const s = (seconds: number) => BigInt(Math.round(seconds * 1e9));
 
+// A client's session on the wire to `backend`: accepted at `from`, its first bytes a millisecond later, closed at `to`.
+const wireSession = (backend: string, id: number, from: number, to: number): SoakEvent[] => [
+  { type: 'accept', t: s(from), source: 'wire', backend, id },
+  { type: 'session', t: s(from + 0.001), source: 'wire', backend, id },
+  { type: 'close', t: s(to), source: 'wire', backend, id },
+];
+
 // A clean history: master a, then b at 10 s; sessions on the wire that follow it; every fault kind once, far
 // from the change; a quiet period at the end where everything reaches b; /healthz current.
 function clean(): SoakEvent[] {
@@ -35,12 +42,7 @@ function clean(): SoakEvent[] {
   };
   for (let t = 0.2; t < lastChange + 13; t += 0.1) {
     const backend = masterAt(t - 0.1);
-    id++;
-    events.push(
-      { type: 'accept', t: s(t), source: 'wire', backend, id },
-      { type: 'session', t: s(t + 0.001), source: 'wire', backend, id },
-      { type: 'close', t: s(t + 0.05), source: 'wire', backend, id },
-    );
+    events.push(...wireSession(backend, ++id, t, t + 0.05));
   }
   events.push({ type: 'quiet-start', t: s(lastChange + 5) });
   for (let t = lastChange + 5; t < lastChange + 13; t += 0.2) {
@@ -62,29 +64,29 @@ test('a clean history passes', () => {
 
 test('catches a late accept: the demoted master takes a client past the window', () => {
   const events = clean();
-  events.push({ type: 'accept', t: s(12), source: 'wire', backend: 'a', id: 9001 }, { type: 'session', t: s(12.001), source: 'wire', backend: 'a', id: 9001 }, { type: 'close', t: s(12.01), source: 'wire', backend: 'a', id: 9001 });
+  events.push(...wireSession('a', 9001, 12, 12.01));
   assert.ok(invariants(events).includes('fence'));
 });
 
 test('a late accept inside the window, or while ambassador was paused, is no violation', () => {
   const inside = clean();
-  inside.push({ type: 'accept', t: s(10.5), source: 'wire', backend: 'a', id: 9001 }, { type: 'session', t: s(10.501), source: 'wire', backend: 'a', id: 9001 }, { type: 'close', t: s(10.51), source: 'wire', backend: 'a', id: 9001 });
+  inside.push(...wireSession('a', 9001, 10.5, 10.51));
   assert.not.ok(invariants(inside).includes('fence'));
   const paused = clean();
   paused.push({ type: 'fault-start', t: s(9), id: 99, kind: 'pause-ambassador' }, { type: 'fault-end', t: s(13), id: 99 });
-  paused.push({ type: 'accept', t: s(12), source: 'wire', backend: 'a', id: 9001 }, { type: 'session', t: s(12.001), source: 'wire', backend: 'a', id: 9001 }, { type: 'close', t: s(12.01), source: 'wire', backend: 'a', id: 9001 });
+  paused.push(...wireSession('a', 9001, 12, 12.01));
   assert.not.ok(invariants(paused).includes('fence'));
 });
 
 test('catches a session to a demoted master that survives the window', () => {
   const events = clean();
-  events.push({ type: 'accept', t: s(9), source: 'wire', backend: 'a', id: 9001 }, { type: 'session', t: s(9.001), source: 'wire', backend: 'a', id: 9001 }, { type: 'close', t: s(13), source: 'wire', backend: 'a', id: 9001 });
+  events.push(...wireSession('a', 9001, 9, 13));
   assert.ok(invariants(events).includes('fence-survivor'));
 });
 
 test('catches an overlap on the wire: the new master takes a client before the old one\'s last session closed', () => {
   const events = clean();
-  events.push({ type: 'accept', t: s(9.9), source: 'wire', backend: 'a', id: 9001 }, { type: 'session', t: s(9.901), source: 'wire', backend: 'a', id: 9001 }, { type: 'close', t: s(10.25), source: 'wire', backend: 'a', id: 9001 });
+  events.push(...wireSession('a', 9001, 9.9, 10.25));
   assert.ok(invariants(events).includes('fence-order'));
 });
 
