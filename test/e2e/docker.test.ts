@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as assert from 'uvu/assert';
-import { startDocker, standInBaseImages, type TestDocker } from '../../harness/docker.ts';
+import { startDocker, standInBuildBase, standInFinalBase, type TestDocker } from '../../harness/docker.ts';
 import { within } from '../../harness/limits.ts';
 import { eventually, freePort, whoAnswers } from '../../harness/net.ts';
 import { useEmulation } from '../../harness/binfmt.ts';
@@ -18,16 +18,19 @@ import { worldSuite } from '../../harness/world.ts';
 const IMAGE = 'ambassador:test';
 const ARM64_IMAGE = 'ambassador:test-arm64';
 const root = resolve(import.meta.dirname, '../..');
+const dockerfile = readFileSync(join(root, 'Dockerfile'), 'utf8');
 
-// Builds the image for one platform, on its stand-in bases (see standInBaseImages); the classic builder sets no
-// TARGETARCH itself.
-async function buildImage(docker: TestDocker, platform: 'linux/amd64' | 'linux/arm64', rootfs: string, node: string, image: string) {
+// Builds the image for one platform: the build stage on this machine's platform (it cross-builds), the final
+// stage on a stand-in base of the platform built (see standInFinalBase); the classic builder sets no platform
+// arguments itself.
+async function buildImage(docker: TestDocker, platform: 'linux/amd64' | 'linux/arm64', rootfs: string, image: string) {
   const began = performance.now();
-  await standInBaseImages(docker, rootfs, readFileSync(join(root, 'Dockerfile'), 'utf8'), platform, node);
+  await standInFinalBase(docker, rootfs, dockerfile, platform);
   const commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
   const arch = platform.slice('linux/'.length);
-  // The classic builder (no BuildKit frontend to fetch) with the host's network, for npm ci's registry.
-  await docker.docker(['build', '--network', 'host', '--build-arg', `TARGETARCH=${arch}`, '--build-arg', `AMBASSADOR_COMMIT=${commit}`, '-t', image, root], { timeoutMs: 2_400_000 });
+  // The classic builder (no BuildKit frontend to fetch) with the host's network, for npm's registry and apt.
+  const platformArgs = ['--build-arg', 'BUILDPLATFORM=linux/amd64', '--build-arg', `TARGETARCH=${arch}`];
+  await docker.docker(['build', '--network', 'host', ...platformArgs, '--build-arg', `AMBASSADOR_COMMIT=${commit}`, '-t', image, root], { timeoutMs: 2_400_000 });
   const bytes = Number((await docker.docker(['image', 'inspect', '-f', '{{.Size}}', image])).trim());
   console.log(`      ${platform} image built in ${((performance.now() - began) / 1000).toFixed(0)} s; ${(bytes / 1e6).toFixed(0)} MB (on the debootstrapped stand-in base)`);
 }
@@ -35,11 +38,14 @@ async function buildImage(docker: TestDocker, platform: 'linux/amd64' | 'linux/a
 const { test, run } = worldSuite<{ docker: TestDocker; rootfs: string; undoEmulation: () => void }>(
   'the image, built and run by a real Docker engine, for linux/amd64 and linux/arm64',
   async (context) => {
-    context.rootfs = debianRoot('trixie-haproxy-3.4');
+    const amd64Root = (context.rootfs = debianRoot('trixie-haproxy-3.4'));
     context.undoEmulation = useEmulation('qemu-aarch64');
     context.docker = await startDocker();
-    await buildImage(context.docker, 'linux/amd64', context.rootfs, nodeFor('x64'), IMAGE);
-    await buildImage(context.docker, 'linux/arm64', debianRoot('trixie-haproxy-3.4-arm64'), nodeFor('arm64'), ARM64_IMAGE);
+    const began = performance.now();
+    await standInBuildBase(context.docker, amd64Root, dockerfile, nodeFor('x64'));
+    console.log(`      the build stage's stand-in base made in ${((performance.now() - began) / 1000).toFixed(0)} s`);
+    await buildImage(context.docker, 'linux/amd64', amd64Root, IMAGE);
+    await buildImage(context.docker, 'linux/arm64', debianRoot('trixie-haproxy-3.4-arm64'), ARM64_IMAGE);
   },
   async ({ docker, undoEmulation }) => {
     const stopping = performance.now();
