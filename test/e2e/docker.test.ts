@@ -174,5 +174,5 @@ test('the arm64 image runs the arm64 executable: serves the master, fails over, 
   }
 });
 
-// The engine's data root holds every layer of both images, each a full copy (vfs): gigabytes to delete.
+// The engine's data root holds every layer of both images (each a full copy where the kernel has no overlay).
 run(600_000);
