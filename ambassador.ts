@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     if (options.dryRun) return void (await dryRun(settings, log), process.exit(0));
     log.info(`ambassador ${version} starting`, { prefix: options.etcdPrefix, layout: options.layout, listen: `${options.bind}:${options.port}`, replicas: options.replicaPort === undefined ? undefined : `${options.bind}:${options.replicaPort}`, master_only: options.masterOnly });
     await prepareRuntimeDir(settings.host.runtimeDir);
-    const facts = await hostFacts(options.haproxy, log);
+    const facts = await hostFacts(options.haproxy, options.holdMs, log);
     const haproxy = haproxySettingsOf(options, facts);
     log.info(`using ${facts.haproxyRelease}`, { haproxy: facts.haproxy, runtime_dir: settings.host.runtimeDir, drain_before_fence: haproxy.drainBeforeFence || undefined });
     if (options.once) return void (await once(settings, haproxy, log), process.exit(0));

@@ -20,6 +20,7 @@ import { freePort, openSession, startBackend } from '../harness/net.ts';
 import { stopAll } from '../harness/processes.ts';
 import { inRoot } from '../harness/rootfs.ts';
 import { answeredBy, failoverSamples, fenceOrder, startLoad, timeUntil, type FenceOrder } from './fence.ts';
+import type { HoldOutcome, ManyHeld } from './hold.ts';
 import { V8_FLAGS } from '../build/heap.ts';
 import { patroniWorkload } from './patroni.ts';
 import { fleetWorkload } from './fleet.ts';
@@ -159,7 +160,7 @@ async function versions() {
       record(`versions, ${place}: not measured (${(err as { status?: number }).status === undefined ? (err as Error).message.split('\n')[0] : 'its run failed: see the log above'})`, 'runtime', NaN, '');
       continue;
     }
-    const { haproxy, latencies, cuts, order } = JSON.parse(output.trim().split('\n').at(-1)!) as { haproxy: string; latencies: (number | null)[]; cuts: (number | null)[]; order: FenceOrder };
+    const { haproxy, latencies, cuts, order, hold } = JSON.parse(output.trim().split('\n').at(-1)!) as { haproxy: string; latencies: (number | null)[]; cuts: (number | null)[]; order: FenceOrder; hold: Record<'on' | 'off', HoldRun> };
     const samples = (values: (number | null)[]) => values.map((v) => v ?? undefined);
     recordLatencies(`haproxy ${haproxy}: failover, put → new master answers`, 'runtime', samples(latencies), '≤ 25');
     recordLatencies(`haproxy ${haproxy}: failover, put → old master sessions cut`, 'runtime', samples(cuts), '≤ 50');
@@ -167,7 +168,40 @@ async function versions() {
     record(`haproxy ${haproxy}: fence order, longest overlap`, 'runtime', order.longestMs, 'ms');
     record(`haproxy ${haproxy}: fence order, fences not confirmed within 1 s (new master opened anyway)`, 'runtime', order.unconfirmed, `of ${order.failovers}`, '0');
     record(`haproxy ${haproxy}: fence order, fences whose streams froze (reloaded before the new master opened)`, 'runtime', order.frozen, `of ${order.failovers}`);
+    recordHold(`haproxy ${haproxy}`, hold);
   }
+}
+
+interface HoldRun {
+  ordinary: number[];
+  failovers: HoldOutcome;
+  gaps: HoldOutcome;
+  many: ManyHeld | undefined;
+}
+
+// The hold on one release (bench/hold.ts), on and off: what clients saw across 100 failovers 250 ms apart and
+// 10 gaps of 300 ms with no master, at ~240 new connections a second; the ordinary path's cost; and 10,000
+// connections held and released.
+function recordHold(release: string, hold: Record<'on' | 'off', HoldRun>) {
+  for (const [name, run] of [['failovers', 'on'], ['failovers', 'off'], ['gaps', 'on'], ['gaps', 'off']] as const) {
+    const outcome = hold[run][name];
+    const what = name === 'failovers' ? '100 failovers 250 ms apart' : '10 gaps of 300 ms with no master';
+    const label = `${release}: hold ${run === 'on' ? 'on (10 s)' : 'off (--hold=0)'}, ${what}`;
+    record(`${label}: connections closed before an answer (of ${outcome.connections})`, 'runtime', outcome.refused, '', run === 'on' ? '0' : '');
+    record(`${label}: connections answered by an instance not master`, 'runtime', outcome.misrouted, '', '0');
+    if (run === 'on') {
+      recordLatencies(`${label}: held connections, connect → answer`, 'runtime', outcome.held, `≤ fence p99 + 10`);
+      recordLatencies(`${label}: the write → the new master answers (the fence)`, 'runtime', outcome.switches);
+    }
+  }
+  const [on, off] = [hold.on.ordinary, hold.off.ordinary];
+  recordLatencies(`${release}: ordinary path (a master routed), connect → answer, hold on`, 'runtime', on);
+  recordLatencies(`${release}: ordinary path (a master routed), connect → answer, hold off`, 'runtime', off);
+  record(`${release}: ordinary path, what the hold costs at p50`, 'runtime', percentile(on, 50) - percentile(off, 50), 'ms', '≤ 0.2');
+  const many = hold.on.many!;
+  record(`${release}: ${many.held} connections held and released: closed before an answer`, 'runtime', many.refused, '', '0');
+  record(`${release}: ${many.held} connections held and released: answered by another than the new master`, 'runtime', many.misrouted, '', '0');
+  recordLatencies(`${release}: ${many.held} connections held, the write → each one answered`, 'runtime', many.released);
 }
 
 // The cluster workload (bench/cluster.ts) in a private network, pid and mount namespace of its own.

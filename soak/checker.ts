@@ -9,6 +9,10 @@
 //   ambassador could not act at all (cut off from every member, paused, killed) plus `recoverMs`;
 // - the fence's order, on the wire: no client connected to one instance while a session that carried a
 //   client's bytes to another was still open (a window of 0);
+// - the hold: a new connection is never closed without an answer when, at its opening or its end, etcd had
+//   named the same master for longer than the window (unless a fault that refuses connections whatever
+//   ambassador does was on: haproxy or ambassador killed, the master's host gone); and it is answered only by
+//   a master etcd named in its window;
 // - convergence: by `convergeMs` into each quiet period, every new connection reaches the master etcd says,
 //   to its end;
 // - liveness: ambassador exits only as a fault made it, /healthz answers, never two haproxy masters in two
@@ -32,7 +36,7 @@ interface CheckSettings {
 export const DEFAULT_CHECK: CheckSettings = { fenceMs: 1_000, degradedFenceMs: 8_000, recoverMs: 8_000, convergeMs: 6_000, maxStaleMs: 5_000 };
 
 interface Violation {
-  invariant: 'fence' | 'fence-survivor' | 'fence-order' | 'convergence' | 'liveness' | 'stale-ok' | 'one-haproxy' | 'alone' | 'coverage';
+  invariant: 'fence' | 'fence-survivor' | 'fence-order' | 'hold' | 'convergence' | 'liveness' | 'stale-ok' | 'one-haproxy' | 'alone' | 'coverage';
   at: bigint | undefined;
   message: string;
   faults: string[];
@@ -55,6 +59,10 @@ const BLINDING = new Set(['compact-disconnected', 'pause-ambassador', 'kill-amba
 // Faults after which ambassador exits, by design or by force. haproxy's master re-executes itself after a start
 // or a reload, and exits if the dir of its socket is gone at that instant; ambassador then exits 1.
 const EXITING = new Set(['kill-ambassador', 'kill-haproxy-worker', 'kill-haproxy-master', 'oom-haproxy-worker', 'delete-runtime-dir']);
+// Faults during which a new connection may be refused whatever ambassador does: haproxy stopped or killed (the
+// supervisor starts it again), the master's host gone (routed to until its health check fails).
+const REFUSING = new Set([...EXITING, 'vanish-master']);
+const FAULT_RECORDED_WITHIN_MS = 2_000;
 
 const ms = (n: number) => BigInt(n) * 1_000_000n;
 const seconds = (ns: bigint) => (Number(ns) / 1e9).toFixed(3);
@@ -84,7 +92,7 @@ type Found = Omit<Violation, 'faults' | 'around'>;
 
 export function check(unsorted: readonly SoakEvent[], settings: CheckSettings = DEFAULT_CHECK, kinds: readonly string[] = FAULT_KINDS): Verdict {
   const timeline = readTimeline(unsorted, settings);
-  const found = [...fence(timeline), ...fenceSurvivors(timeline), ...fenceOrder(timeline), ...convergence(timeline), ...liveness(timeline), ...staleOk(timeline), ...alone(timeline)];
+  const found = [...fence(timeline), ...fenceSurvivors(timeline), ...fenceOrder(timeline), ...hold(timeline), ...convergence(timeline), ...liveness(timeline), ...staleOk(timeline), ...alone(timeline)];
   const { faultKinds, violations: uncovered } = coverage(timeline, kinds);
   return {
     violations: [...found, ...uncovered].map((violation) => ({ ...violation, faults: violation.at === undefined ? [] : activeAt(timeline, violation.at), around: around(timeline, violation.at) })),
@@ -239,6 +247,36 @@ function fenceOrder(timeline: Timeline): Found[] {
     at: overlap.at,
     message: `${overlap.accepted} took a client while a session to ${overlap.stillOpen} stayed open ${(Number(overlap.overlapNs) / 1e6).toFixed(3)} ms longer`,
   }));
+}
+
+// The hold, from the clients' side: refused only while no master was settled, answered only by a master.
+function hold(timeline: Timeline): Found[] {
+  const found: Found[] = [];
+  const at = (t: bigint) => seconds(t - timeline.start);
+  // The one master etcd named through the whole window before `t`, if one was.
+  const settled = (t: bigint) => {
+    const named = mastersBetween(timeline, windowStart(timeline, t), t);
+    return named.size === 1 ? [...named][0] : undefined;
+  };
+  // Until ambassador has started and had time to route, nothing holds.
+  const firstStart = timeline.events.find((e) => e.type === 'ambassador-start')?.t ?? timeline.end;
+  for (const probe of timeline.events.filter((e): e is Extract<SoakEvent, { type: 'probe' }> => e.type === 'probe')) {
+    const sent = probe.sent ?? probe.t;
+    if (sent < firstStart + ms(timeline.settings.recoverMs)) continue;
+    if (probe.answered !== '') {
+      const allowed = mastersBetween(timeline, windowStart(timeline, sent), probe.t);
+      if (allowed.size > 0 && !allowed.has(probe.answered)) {
+        found.push({ invariant: 'hold', at: probe.t, message: `a connection opened at ${at(sent)} s was answered by ${probe.answered} at ${at(probe.t)} s, when etcd had named ${[...allowed].join(' or ')}` });
+      }
+      continue;
+    }
+    // A fault is recorded once made (an OOM kill, up to a second after the worker was moved into its cgroup).
+    if (overlapping(timeline, sent - ms(timeline.settings.recoverMs), probe.t + ms(FAULT_RECORDED_WITHIN_MS), REFUSING).length > 0) continue;
+    const moment = [sent, probe.t].find((t) => settled(t) !== undefined);
+    if (moment === undefined) continue;
+    found.push({ invariant: 'hold', at: probe.t, message: `a connection opened at ${at(sent)} s was closed without an answer at ${at(probe.t)} s, when etcd had named ${settled(moment)} through the window before ${at(moment)} s` });
+  }
+  return found;
 }
 
 // Convergence: by convergeMs into each quiet period, every new connection reaches the master etcd says.

@@ -15,8 +15,9 @@ export type SoakEvent =
   | { type: 'read'; t: bigint; master: string; modRevision: bigint; revision: bigint }
   // Other writes under the prefix (they move the prefix's revision, not the master).
   | { type: 'churn'; t: bigint; revision: bigint }
-  // A client's new connection through the port: who greeted it ('' for refused or closed).
-  | { type: 'probe'; t: bigint; answered: string }
+  // A client's new connection through the port, opened at `sent`: who greeted it at `t` ('' for refused, closed
+  // or no greeting within the probe's limit). Histories recorded before the hold have no `sent` (then `t`).
+  | { type: 'probe'; t: bigint; sent?: bigint; answered: string }
   | { type: 'healthz'; t: bigint; status: number; body: string }
   | { type: 'fault-start'; t: bigint; id: number; kind: string; target?: string }
   | { type: 'fault-end'; t: bigint; id: number }

@@ -8,6 +8,10 @@ import type { Etcd3 } from 'etcd3';
 import { openSession, whoAnswers, type Session } from '../harness/net.ts';
 import { now, type History } from './history.ts';
 
+// ambassador's default hold (--hold), and the most probes that may wait at once.
+const PROBE_LIMIT_MS = 10_000 + 3_000;
+const PROBES_IN_FLIGHT = 100;
+
 export interface Observed {
   port: number;
   statusPort: number;
@@ -32,7 +36,15 @@ export function startObservers(history: History, client: Etcd3, { port, statusPo
     );
     await client.put(`/soak/elsewhere/${n % 50}`).value(String(n)).catch(() => {});
   });
-  const probes = every(100, async () => history.add({ type: 'probe', t: now(), answered: await whoAnswers(port, '127.0.0.1', 1000) }));
+  // A new connection every 100 ms, each waiting for its greeting as long as ambassador may hold it and more.
+  const inFlight = new Set<Promise<void>>();
+  const probes = every(100, () => {
+    if (inFlight.size >= PROBES_IN_FLIGHT) return;
+    const sent = now();
+    const probe = whoAnswers(port, '127.0.0.1', PROBE_LIMIT_MS).then((answered) => history.add({ type: 'probe', t: now(), sent, answered }));
+    inFlight.add(probe);
+    void probe.finally(() => inFlight.delete(probe));
+  });
   const held: Session[] = [];
   const holders = [0, 1].map(() =>
     every(100, async () => {
@@ -55,6 +67,7 @@ export function startObservers(history: History, client: Etcd3, { port, statusPo
     stop: async () => {
       running = false;
       await Promise.all([churn, probes, healthz, processes]);
+      await Promise.all(inFlight);
       for (const session of held) session.close();
       await Promise.all(holders);
     },

@@ -2,10 +2,12 @@
 // into place only if haproxy accepts it. Also the other short haproxy commands (`-v`), each bounded in time.
 
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import type { Logger } from '../common/log.ts';
 import { FailureStreak } from '../common/retry.ts';
 import { SetupError, writePrivate } from '../host/rundir.ts';
+import { HOLD_SCRIPT } from '../render/hold.ts';
 
 // `haproxy -c` takes ~0.6 s for 10,000 servers here; a check still running after this is stuck.
 const CHECK_TIMEOUT_MS = 10_000;
@@ -71,6 +73,13 @@ export async function installChecked(binary: string, configPath: string, config:
   }
 }
 
+// The hold's Lua script, which the config loads (lib/render/hold.ts): written at start, and again whenever it
+// is missing (its dir was deleted) before haproxy reads its config.
+export async function writeHoldScript(path: string, onlyIfMissing: boolean): Promise<void> {
+  if (onlyIfMissing && existsSync(path)) return;
+  await writePrivate(path, HOLD_SCRIPT);
+}
+
 // Writes a config haproxy already runs (after runtime changes): stage file, then rename, so a reader never
 // sees half a file.
 export async function replaceConfig(configPath: string, config: string): Promise<void> {
@@ -130,11 +139,12 @@ function alertLines(output: string): string {
   return (alerts.length > 0 ? alerts : lines).slice(0, 5).join(' | ');
 }
 
-// The haproxy version line, or a SetupError saying why the executable cannot run.
-export async function haproxyVersion(binary: string): Promise<string> {
+// The haproxy version line and whether it was built with Lua (the hold needs it), or a SetupError saying why
+// the executable cannot run.
+export async function haproxyBuild(binary: string): Promise<{ release: string; lua: boolean }> {
   try {
-    const { stdout } = await runCommand(binary, ['-v'], VERSION_TIMEOUT_MS);
-    return stdout.split('\n')[0]!.trim();
+    const { stdout } = await runCommand(binary, ['-vv'], VERSION_TIMEOUT_MS);
+    return { release: stdout.split('\n')[0]!.trim(), lua: /^Built with Lua version/m.test(stdout) };
   } catch (err) {
     const message = (err as Error).message;
     if (message.endsWith('(ENOENT)')) throw new SetupError(`haproxy executable not found: ${binary} (install haproxy or pass --haproxy)`);

@@ -10,18 +10,24 @@ import type { Logger } from '../common/log.ts';
 import { routingStep, type ServerTable } from '../render/plan.ts';
 import { PROXY_NAME } from '../render/render.ts';
 import { runtimeFiles, writePrivate } from '../host/rundir.ts';
-import { readTraffic, runtimeCommands, serverSessions, type Traffic, type WorkerControl } from './admin.ts';
+import { readTraffic, runtimeCommands, serverSessions, type Traffic as ShowStat, type WorkerControl } from './admin.ts';
+import { createHoldTotals, readHold, type HoldCounts } from './holds.ts';
 import { createDirKeeper } from './keeper.ts';
 import { createRuntimePath, type Live } from './runtime.ts';
 import { createFence } from './fence.ts';
-import { createLiveConfigFile, installChecked } from './config.ts';
+import { createLiveConfigFile, installChecked, writeHoldScript } from './config.ts';
 import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
 import { firstLoad, reload } from './reload.ts';
 
 export type { ApplyPath, ApplyResult, Wanted } from './queue.ts';
 export type { HaproxyExit } from './process.ts';
-export type { ServerTraffic, Traffic } from './admin.ts';
+export type { ServerTraffic } from './admin.ts';
+export type { HoldCounts } from './holds.ts';
+
+// What the traffic does now: `show stat`'s figures, and the hold's counts per proxy (undefined while nothing
+// holds, or haproxy does not say).
+export type Traffic = ShowStat & { hold: ReadonlyMap<string, HoldCounts> | undefined };
 
 interface HaproxySettings {
   binary: string;
@@ -39,6 +45,8 @@ interface HaproxySettings {
   // a state with more is refused before haproxy sees it.
   fileLimit: number;
   maxServers: number;
+  // The hold's script, which the config loads, when new connections are held (lib/render/hold.ts).
+  holdScript: string | undefined;
   // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
   // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
   // replaced. Without it, the next ambassador stops the one left behind (rundir.ts).
@@ -93,7 +101,14 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
   const unexpectedExit = new Promise<HaproxyExit>((resolve) => (reportExit = resolve));
   const file = createLiveConfigFile(configPath, log);
   const fence = createFence({ control, log, drainFirst: settings.drainBeforeFence, workers: () => child?.workers() ?? [] });
-  const keeper = createDirKeeper({ runtimeDir, configPath, log, child: () => child, busy: () => queue.stats().busy, configLost: () => file.lost() });
+  // The hold's script: written anew by the first change, and again before any config is read if it is gone.
+  let holdScriptWritten = false;
+  const writeHold = async () => {
+    if (settings.holdScript === undefined) return;
+    await writeHoldScript(settings.holdScript, holdScriptWritten);
+    holdScriptWritten = true;
+  };
+  const keeper = createDirKeeper({ runtimeDir, configPath, log, child: () => child, busy: () => queue.stats().busy, configLost: () => file.lost(), filesLost: writeHold });
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
     const behind = file.behind();
@@ -106,6 +121,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
     fence,
     log,
     fencing: settings.fence,
+    holding: settings.holdScript !== undefined,
     sweepSoon: () => queue.sweepSoon(),
     reloadTo: async (config) => {
       const install = await installChecked(binary, configPath, config);
@@ -159,6 +175,11 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       await partly();
       return { kind: 'refused', reason: tooMany };
     }
+    const written = await writeHold().then(
+      () => undefined,
+      (err: Error) => `cannot write ${settings.holdScript}: ${err.message}`,
+    );
+    if (written !== undefined) return { kind: 'failed', reason: written };
     const install = await installChecked(binary, configPath, next.config);
     if (install.kind !== 'installed') {
       await partly();
@@ -183,6 +204,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
   };
 
   const queue = createApplyQueue({ attempt, sweep, log });
+  const holdTotals = createHoldTotals();
 
   return {
     apply: (next) => queue.apply(next),
@@ -200,7 +222,13 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
       configFileBehind: file.behind(),
     }),
     // Traffic that cannot be read is left out of this scrape, not made up.
-    traffic: async () => (child?.running() ? readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined) : undefined),
+    traffic: async () => {
+      if (!child?.running()) return undefined;
+      const stat = await readTraffic(control, settings.proxies, TRAFFIC_TIMEOUT_MS).catch(() => undefined);
+      if (stat === undefined) return undefined;
+      const hold = settings.holdScript === undefined ? undefined : await readHold(control, TRAFFIC_TIMEOUT_MS).catch(() => undefined);
+      return { ...stat, hold: hold && holdTotals(hold) };
+    },
     stop: async () => {
       stopping = true;
       keeper.stop();

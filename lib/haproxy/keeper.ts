@@ -25,6 +25,8 @@ interface KeeperParts {
   busy(): boolean;
   // The config file is gone (with its dir): it is written again.
   configLost(): void;
+  // The files the config reads are written again (before the master reloads to listen again).
+  filesLost(): Promise<void>;
 }
 
 export function createDirKeeper(parts: KeeperParts) {
@@ -43,6 +45,7 @@ export function createDirKeeper(parts: KeeperParts) {
     if (!child.running() || existsSync(masterSocket)) return;
     log.warn('haproxy: its sockets are gone; the master reloads to listen on its socket again, and haproxy is reached through its master from now on');
     if (!existsSync(configPath)) parts.configLost();
+    await parts.filesLost();
     child.signal('SIGHUP');
     for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {
       if (await request(masterSocket, 'show proc', 500).then(() => true, () => false)) return;

@@ -7,7 +7,7 @@ import { unlink } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../common/log.ts';
 import { commandLine, readPid, runtimeFiles, SetupError } from '../host/rundir.ts';
-import { haproxyEnvironment, installChecked } from './config.ts';
+import { haproxyEnvironment, installChecked, writeHoldScript } from './config.ts';
 import { firstLoad, reload } from './reload.ts';
 import { isAlive } from './process.ts';
 
@@ -16,6 +16,7 @@ interface OnceSettings {
   proxies: readonly string[];
   configPath: string;
   runtimeDir: string;
+  holdScript: string | undefined;
   log: Logger;
 }
 
@@ -24,6 +25,7 @@ const PID_FILE_WAIT_MS = 2_000;
 
 export async function applyOnce(settings: OnceSettings, config: string): Promise<'reloaded' | 'started'> {
   const { binary, configPath, runtimeDir, log, proxies } = settings;
+  if (settings.holdScript !== undefined) await writeHoldScript(settings.holdScript, false).catch((err: Error) => Promise.reject(new SetupError(`cannot write ${settings.holdScript}: ${err.message}`)));
   const install = await installChecked(binary, configPath, config);
   if (install.kind === 'refused') throw new SetupError(`haproxy rejected the config: ${install.reason}`);
   if (install.kind === 'failed') throw new SetupError(install.reason);

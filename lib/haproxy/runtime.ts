@@ -28,6 +28,8 @@ interface RuntimeParts {
   reloadTo(config: string): Promise<boolean>;
   // Deletes drained servers soon.
   sweepSoon(): void;
+  // New connections are held (lib/render/hold.ts): a fence closes their gate first.
+  holding: boolean;
 }
 
 // Small enough for haproxy's command line buffer; a failover's few commands always go in one.
@@ -38,6 +40,9 @@ const ADDRESS_CONFIRM_MS = 2_000;
 // A fence leaves the proxy without a server for the instant before the enable that follows it in the same
 // request; haproxy's alert about it arrives within a few ms.
 const FENCE_ECHO_MS = 250;
+// After the gate closes, long enough for a connection that found the proxy open just before to be given its
+// server (microseconds, on a thread haproxy does not preempt).
+const GATE_SETTLE_MS = 10;
 
 // Makes `target` live at run time. False when it needs a reload instead (a fence it needed is made first).
 // `configOf` renders a table, for the reload that ends a frozen fence.
@@ -78,9 +83,28 @@ export function createRuntimePath(live: Live, parts: RuntimeParts) {
     }
   };
 
+  // Holds every new connection to these proxies (close), or lets them on (open). A gate that cannot be set is
+  // said and the fence goes on: connections are then held only while no server is usable.
+  const gate = async (proxies: readonly string[], state: 'close' | 'open') => {
+    if (proxies.length === 0) return;
+    const failure = await runtimeCommands(control, proxies.map((proxy) => `ambassador gate ${proxy} ${state}`));
+    if (failure !== undefined) log.warn(`haproxy: cannot ${state} the hold's gate of ${proxies.join(', ')}: ${failure}`);
+    else if (state === 'close') await sleep(GATE_SETTLE_MS);
+  };
+
   const applyAtRuntime = async (target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {
     const plan = planChange(live.servers, target, { fence: parts.fencing });
     if (plan.kind === 'none') return true;
+    const gated = parts.holding ? [...new Set(plan.fenced.map(({ id }) => id.slice(0, id.indexOf('/'))))] : [];
+    await gate(gated, 'close');
+    try {
+      return await carryOut(plan, target, configOf);
+    } finally {
+      await gate(gated, 'open');
+    }
+  };
+
+  const carryOut = async (plan: Exclude<ReturnType<typeof planChange>, { kind: 'none' }>, target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {
     const served = [...target.proxies.values()].some((servers) => servers.some((server) => server.enabled));
     live.fenceEchoUntil = plan.fence.length > 0 && served ? performance.now() + FENCE_ECHO_MS : 0;
     const fenced = await fence.run(plan.fence, plan.fenced, sendCommands);

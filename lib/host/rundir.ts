@@ -13,7 +13,7 @@ const KILL_AFTER_MS = 2_000;
 
 // The files a runtime dir holds, named in this one place.
 export function runtimeFiles(dir: string) {
-  return { adminSocket: `${dir}/admin.sock`, masterSocket: `${dir}/master.sock`, haproxyPid: `${dir}/haproxy.pid`, ambassadorPid: `${dir}/ambassador.pid` };
+  return { adminSocket: `${dir}/admin.sock`, masterSocket: `${dir}/master.sock`, haproxyPid: `${dir}/haproxy.pid`, ambassadorPid: `${dir}/ambassador.pid`, holdScript: `${dir}/hold.lua` };
 }
 
 // A failure to set up (runtime dir, haproxy executable, config dir): ambassador exits 1 with its message.

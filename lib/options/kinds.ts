@@ -61,6 +61,18 @@ export function duration(example: string, least?: number, off?: string): Kind<nu
   };
 }
 
+// In ms, from 0 to `most`.
+export function upTo(example: string, most: number): Kind<number> {
+  return {
+    read: (value) => {
+      const ms = durationMs(value);
+      if (ms === undefined) return new Refusal(`is not a duration (e.g. ${example})`);
+      if (ms > most) return new Refusal(`is more than ${most / 60_000} minutes`);
+      return ms;
+    },
+  };
+}
+
 // haproxy's time format, checked and kept as written (it goes into haproxy's config).
 export function time(example: string): Kind<string> {
   return { read: (value) => (durationMs(value) === undefined ? new Refusal(`is not a duration (e.g. ${example})`) : value) };

@@ -4,6 +4,7 @@
 
 import { hostPort } from '../common/address.ts';
 import type { PortServers, Server } from '../service/service.ts';
+import { HOLD_GLOBAL, holdLines } from './hold.ts';
 
 export interface RenderSettings {
   prefix: string;
@@ -14,6 +15,9 @@ export interface RenderSettings {
   masterOnly: boolean;
   hardStopAfter: string;
   adminSocket: string;
+  // How long a new connection waits for a usable server (0: not at all), and the script that makes it wait.
+  holdMs: number;
+  holdScript: string;
 }
 
 // The names haproxy knows the proxies by, e.g. in `set server service/<name> ...`: --port's and --replica-port's.
@@ -55,6 +59,7 @@ export function createRenderer(settings: RenderSettings): (selection: PortServer
     // 1 s turn-around: a client held that long while its old primary shuts down. Let it fail at once
     // (measured on Patroni switchovers: the write gap through ambassador went from floor + ~760 ms to the floor).
     if (singleServer) lines.push('    retries 0');
+    lines.push(...holdLines(name, settings.holdMs));
     // Long-lived database sessions spread better by count than by turn.
     lines.push('    balance leastconn', `    default-server ${SERVER_DEFAULTS}`);
     for (const server of servers) lines.push(serverLine(server));
@@ -70,6 +75,7 @@ export function createRenderer(settings: RenderSettings): (selection: PortServer
     `    hard-stop-after ${settings.hardStopAfter}`,
     // That bound, not a count: from haproxy 3.3 a worker that outlived 50 reloads is stopped, sessions and all.
     '    mworker-max-reloads 1000000',
+    ...(settings.holdMs > 0 ? HOLD_GLOBAL.map((line) => line.replace('SCRIPT', settings.holdScript)) : []),
     '',
     'defaults',
     '    mode tcp',

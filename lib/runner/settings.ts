@@ -41,6 +41,8 @@ export function settingsOf(options: Options) {
     masterOnly: options.masterOnly,
     hardStopAfter: options.hardStopAfter,
     adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
+    holdMs: options.holdMs,
+    holdScript: runtimeFiles(options.runtimeDir).holdScript,
   };
   const status = options.status === undefined ? undefined : { ...options.status, maxStaleMs: options.maxStaleMs };
   const ports = [options.port, ...(options.replicaPort === undefined ? [] : [options.replicaPort])];
@@ -62,6 +64,7 @@ export function haproxySettingsOf(options: Options, facts: HostFacts) {
     fileLimit: facts.fileLimit,
     maxServers: maxServers(facts.fileLimit, facts.threads),
     setpriv: facts.setpriv,
+    holdScript: options.holdMs > 0 ? runtimeFiles(options.runtimeDir).holdScript : undefined,
   });
 }
 

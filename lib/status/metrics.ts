@@ -1,9 +1,11 @@
 // /metrics: the control plane's figures, read from the snapshot at scrape time, and per instance what the traffic
-// does, read from haproxy's `show stat` at scrape time; each declared once in a table below (prom-client).
+// does, read from haproxy's `show stat` at scrape time, and what the hold did (`ambassador hold`); each declared
+// once in a table below (prom-client).
 
 import { getHeapStatistics } from 'node:v8';
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ApplyPath, ServerTraffic, Traffic } from '../haproxy/driver.ts';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import type { ApplyPath, HoldCounts, ServerTraffic, Traffic } from '../haproxy/driver.ts';
+import { HOLD_BUCKETS } from '../render/hold.ts';
 import { PROXY_NAME, REPLICA_PROXY_NAME } from '../render/render.ts';
 import { health, type StatusSnapshot } from './health.ts';
 
@@ -106,6 +108,35 @@ const HAPROXY_METRICS: { type: 'counter' | 'gauge'; name: string; help: string; 
   { type: 'gauge', name: 'ambassador_haproxy_connections_per_second', help: 'connections haproxy accepted over the last second', read: (t) => t.connectionRate },
 ];
 
+// The hold, per port, from haproxy's counts at scrape time (no series while nothing was held there).
+const HOLD_METRICS: { type: 'counter' | 'gauge'; name: string; help: string; read(counts: HoldCounts): number }[] = [
+  { type: 'gauge', name: 'ambassador_held_connections', help: 'new connections held now, waiting for a routable master (or replica)', read: (c) => c.now },
+  { type: 'counter', name: 'ambassador_held_connections_total', help: 'new connections held because no master (or replica) was routable when they came', read: (c) => c.total },
+  { type: 'counter', name: 'ambassador_hold_timeouts_total', help: 'held connections closed at the bound (--hold) with still no master (or replica) routable', read: (c) => c.timeouts },
+  { type: 'counter', name: 'ambassador_hold_abandoned_total', help: 'held connections their client closed while they waited', read: (c) => c.abandoned },
+];
+const HOLD_SECONDS = { name: 'ambassador_hold_seconds', help: 'how long each held connection waited: until a master (or replica) was routable, or the bound' };
+
+// The hold times as a Prometheus histogram, from the cumulative bucket counts haproxy keeps (prom-client's
+// Histogram only observes values one at a time).
+function holdHistogram(read: () => ReadonlyMap<string, HoldCounts> | undefined): Metric {
+  const samples = () => {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const [proxy, counts] of read() ?? []) {
+      const port = PORTS[proxy];
+      if (port === undefined) continue;
+      const count = counts.released + counts.timeouts;
+      HOLD_BUCKETS.forEach((le, i) => values.push({ metricName: `${HOLD_SECONDS.name}_bucket`, labels: { port, le }, value: counts.buckets[i] ?? 0 }));
+      values.push({ metricName: `${HOLD_SECONDS.name}_bucket`, labels: { port, le: '+Inf' }, value: count });
+      values.push({ metricName: `${HOLD_SECONDS.name}_sum`, labels: { port }, value: counts.sum });
+      values.push({ metricName: `${HOLD_SECONDS.name}_count`, labels: { port }, value: count });
+    }
+    return values;
+  };
+  const metric = { ...HOLD_SECONDS, type: 'histogram', aggregator: 'sum', get: async () => ({ ...HOLD_SECONDS, type: 'histogram', aggregator: 'sum', values: samples() }), reset: () => {} };
+  return metric as unknown as Metric;
+}
+
 // A counter or a gauge set to what `value` reads, labelled or not.
 function setMetric(metric: Counter | Gauge, value: number | Sample[]): void {
   metric.reset();
@@ -136,12 +167,16 @@ export function createMetrics(source: () => StatusSnapshot, maxStaleMs: number, 
   const validationFailures = new Counter({ name: 'ambassador_validation_failures_total', help: 'problems found in the registry (each counted once, when it appears)', registers: [registry] });
   const traffic = TRAFFIC_METRICS.map((metric) => ({ metric, series: make(metric.type, metric.name, metric.help, ['instance_name', 'port']) }));
   const haproxy = HAPROXY_METRICS.map((metric) => ({ metric, series: make(metric.type, metric.name, metric.help, []) }));
+  const hold = HOLD_METRICS.map((metric) => ({ metric, series: make(metric.type, metric.name, metric.help, ['port']) }));
+  let holdRead: ReadonlyMap<string, HoldCounts> | undefined;
+  registry.registerMetric(holdHistogram(() => holdRead));
   const statsUp = new Gauge({ name: 'ambassador_haproxy_stats_up', help: '1 when haproxy answered for the traffic figures in this scrape (within 1 s)', registers: [registry] });
 
   const readTrafficMetrics = async (snapshot: StatusSnapshot) => {
-    for (const { series } of [...traffic, ...haproxy]) series.reset();
+    for (const { series } of [...traffic, ...haproxy, ...hold]) series.reset();
     const read = await readTraffic();
     statsUp.set(read ? 1 : 0);
+    holdRead = read?.hold;
     if (!read) return;
     const instances = new Map([...snapshot.servers, ...(snapshot.replicas ?? [])].map((server) => [server.server, server.name]));
     const now = Date.now() / 1000;
@@ -157,6 +192,14 @@ export function createMetrics(source: () => StatusSnapshot, maxStaleMs: number, 
       }
     }
     for (const { metric, series } of haproxy) setMetric(series, metric.read(read));
+    for (const [proxy, counts] of read.hold ?? []) {
+      const port = PORTS[proxy];
+      if (port === undefined) continue;
+      for (const { metric, series } of hold) {
+        if (series instanceof Counter) series.inc({ port }, metric.read(counts));
+        else series.set({ port }, metric.read(counts));
+      }
+    }
   };
 
   // One scrape at a time: each resets and sets the traffic series.

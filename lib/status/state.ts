@@ -1,9 +1,11 @@
 // /state: JSON of what is live and how each part is doing, from the snapshot. Pure.
 
+import type { HoldCounts } from '../haproxy/driver.ts';
 import { shownProblem } from '../service/problems.ts';
 import { health, type StatusSnapshot } from './health.ts';
 
-export function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
+// `hold`: the hold's counts per proxy as haproxy said them for this answer (undefined: not read).
+export function stateJson(snapshot: StatusSnapshot, maxStaleMs: number, hold: ReadonlyMap<string, HoldCounts> | undefined) {
   const verdict = health(snapshot, maxStaleMs);
   return {
     version: snapshot.version,
@@ -51,5 +53,8 @@ export function stateJson(snapshot: StatusSnapshot, maxStaleMs: number) {
       runtimeDirRestored: snapshot.haproxy.runtimeDirRestored,
       configFileBehind: snapshot.haproxy.configFileBehind ?? null,
     },
+    // Per proxy (service: --port; replicas: --replica-port): held now, in total, closed at the bound, left by
+    // their client, and the mean hold of those that ended.
+    hold: hold === undefined ? null : Object.fromEntries([...hold].map(([proxy, c]) => [proxy, { now: c.now, total: c.total, released: c.released, timeouts: c.timeouts, abandoned: c.abandoned, meanSeconds: c.released + c.timeouts === 0 ? null : Math.round((c.sum / (c.released + c.timeouts)) * 1e4) / 1e4 }])),
   };
 }

@@ -28,7 +28,7 @@ export function createStatus(source: () => StatusSnapshot, maxStaleMs: number, r
       return { code: verdict.healthy ? 200 : 503, type: 'text/plain; charset=utf-8', body: verdict.reason + '\n' };
     }
     if (path === '/metrics') return { code: 200, type: metrics.contentType, body: await metrics.scrape(snapshot) };
-    if (path === '/state') return { code: 200, type: 'application/json', body: JSON.stringify(stateJson(snapshot, maxStaleMs), null, 2) + '\n' };
+    if (path === '/state') return { code: 200, type: 'application/json', body: JSON.stringify(stateJson(snapshot, maxStaleMs, (await readTraffic())?.hold), null, 2) + '\n' };
     return { code: 404, type: 'text/plain; charset=utf-8', body: 'not found: try /healthz, /metrics or /state\n' };
   };
   let server: StatusServer | undefined;

@@ -61,11 +61,11 @@ test('ignores a partly written instance until its address arrives', async ({ wor
   assert.not.ok(ambassador.logs.some((line) => line.includes('instances/2')), 'a partial instance is not a problem');
 });
 
-test('serves nobody when the master is missing or unknown, and says so once', async ({ world }) => {
+test('serves nobody when the master is missing or unknown, and says so once (--hold=0: closed at once)', async ({ world }) => {
   const prefix = world.prefix();
   await world.writeSeed(prefix);
   await world.etcd.del(`${prefix}/master`);
-  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only']);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', '--hold=0']);
   await ambassador.waitForLog(/applied revision/);
   assert.is(await whoAnswers(ambassador.port), '');
   await ambassador.waitForLog(/rejected \/t\d+\/services\/mysql\/master: no master is set/);

@@ -371,7 +371,7 @@ const hostileValues: [string, string][] = [
 const hostilePorts = ['0', '65536', '80 check', 'PORT\n    server evil 127.0.0.13:PORT', '-1', ''];
 
 function assertCleanConfig(config: string) {
-  const allowed = /^(#.*|global|defaults|listen service|    (stats socket \S+ mode 600 level admin|noreuseport|hard-stop-after \w+|mworker-max-reloads \d+|mode tcp|timeout \w+ \w+|retries \d|option \w+|bind \S+|balance leastconn|default-server [a-z0-9 ,-]+)|    server [A-Za-z0-9_.:-]+ (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|[a-z0-9.-]+):\d+( disabled)?|)$/;
+  const allowed = /^(#.*|global|defaults|listen service|    (stats socket \S+ mode 600 level admin|noreuseport|hard-stop-after \w+|mworker-max-reloads \d+|mode tcp|timeout \w+ \w+|retries \d|option \w+|bind \S+|balance leastconn|default-server [a-z0-9 ,-]+|lua-load \S+\/hold\.lua|\.if version_atleast\(3\.1\)|    tune\.lua\.bool-sample-conversion normal|\.endif|tcp-request inspect-delay \d+ms|tcp-request content lua\.ambassador_hold service \d+)|    server [A-Za-z0-9_.:-]+ (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]|[a-z0-9.-]+):\d+( disabled)?|)$/;
   for (const line of config.split('\n')) assert.ok(allowed.test(line), `unexpected config line ${JSON.stringify(line.slice(0, 100))}`);
 }
 
@@ -444,7 +444,7 @@ test('a password given as a flag is warned about; files are private and links pl
   mkdirSync(runtimeDir, { mode: 0o700 });
   const victim = join(world.tempDir, 'victim');
   writeFileSync(victim, 'untouched\n');
-  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid']) symlinkSync(victim, join(runtimeDir, name));
+  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid', 'hold.lua']) symlinkSync(victim, join(runtimeDir, name));
   const ambassador = await startAmbassador(
     [`--etcd=${world.etcd.endpoint}`, `--etcd-prefix=${prefix}`, '--master-only', `--port=${await freePort()}`, '--bind=127.0.0.1', `--backend-port=${world.backendPort}`, '--etcd-user=nobody', '--etcd-password=flag-secret-8812'],
     { runtimeDir },
@@ -456,7 +456,7 @@ test('a password given as a flag is warned about; files are private and links pl
     await ambassador.cleanup();
   }
   // A plain start in the same dir, links still in place.
-  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid']) {
+  for (const name of ['haproxy.cfg.new', 'haproxy.cfg', 'haproxy.pid', 'hold.lua']) {
     rmSync(join(runtimeDir, name), { force: true });
     symlinkSync(victim, join(runtimeDir, name));
   }
@@ -466,13 +466,13 @@ test('a password given as a flag is warned about; files are private and links pl
   await world.routesTo(second.port, 'node-3');
   assert.is(readFileSync(victim, 'utf8'), 'untouched\n', 'no write through a planted link');
   assert.is(statSync(runtimeDir).mode & 0o777, 0o700);
-  for (const name of ['haproxy.cfg', 'haproxy.pid', 'ambassador.pid']) {
+  for (const name of ['haproxy.cfg', 'haproxy.pid', 'ambassador.pid', 'hold.lua']) {
     assert.not.ok(lstatSync(join(runtimeDir, name)).isSymbolicLink(), `${name} is a file of ours`);
     assert.is(statSync(join(runtimeDir, name)).mode & 0o777, 0o600, name);
   }
   assert.is(statSync(join(runtimeDir, 'admin.sock')).mode & 0o777, 0o600, 'admin socket');
   assert.is(statSync(join(runtimeDir, 'master.sock')).mode & 0o777, 0o600, 'master socket');
-  assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid', 'master.sock']);
+  assert.equal(readdirSync(runtimeDir).sort(), ['admin.sock', 'ambassador.pid', 'haproxy.cfg', 'haproxy.pid', 'hold.lua', 'master.sock']);
 });
 
 run();

@@ -40,9 +40,12 @@ test('the instances layout with a replica port: every instance but the master, m
   await world.servedBy(replicaPort, ['node-1', 'node-2']);
   await world.etcd.del(`${prefix}/instances/1/private_ip`);
   await world.etcd.del(`${prefix}/instances/2/private_ip`);
-  await world.routesTo(replicaPort, '');
-  assert.is(await whoAnswers(replicaPort), '', 'no replica: the replica port refuses, as the primary port does without a master');
+  await ambassador.waitForLog(/replicas [\w,]+ -> none/);
+  // No replica: a new connection to the replica port waits for one, as the primary port's do for a master.
+  const held = whoAnswers(replicaPort, '127.0.0.1', 20_000);
   assert.is(await whoAnswers(ambassador.port), 'node-3');
+  await world.etcd.put(`${prefix}/instances/1/private_ip`, '127.0.0.11');
+  assert.is(await held, 'node-1', 'the held connection goes to the replica that came');
 });
 
 test('Patroni: the primary port reaches the leader, the replica port the running replicas, noloadbalance left out', async ({ world }) => {
@@ -53,7 +56,8 @@ test('Patroni: the primary port reaches the leader, the replica port the running
   await world.etcd.put(`${prefix}/members/pg3`, member(world, 3, { tags: { noloadbalance: true, nofailover: true } }));
   await world.servedBy(ambassador.replicaPort, ['node-1']);
   await world.etcd.put(`${prefix}/members/pg1`, member(world, 1, { state: 'starting' }));
-  await world.routesTo(ambassador.replicaPort, '');
+  await ambassador.waitForLog(/replicas [\w,]+ -> none/);
+  assert.is(await whoAnswers(ambassador.replicaPort, '127.0.0.1', 1_000), '', 'no replica running: held, not answered');
   assert.is(await whoAnswers(ambassador.port), 'node-2');
 });
 
@@ -66,10 +70,12 @@ test('Patroni: a switchover as Patroni writes it fences the old primary at once 
   // The old primary demotes itself while the leader key still names it: fenced, its sessions cut.
   await world.etcd.put(`${prefix}/members/pg2`, member(world, 2, { role: 'demoted', state: 'stopping' }));
   await within(session.closed, 5000, 'the session to the old primary cut');
-  await world.routesTo(ambassador.port, '');
+  // A client that comes now, with no leader routable, waits, and never for the old primary.
+  const held = whoAnswers(ambassador.port, '127.0.0.1', 20_000);
   // Its lease goes, a new leader takes the key; its member key still says replica for a while.
   await world.etcd.del(`${prefix}/leader`);
   await world.etcd.put(`${prefix}/leader`, 'pg3');
+  assert.is(await held, 'node-3', 'the client held through the switchover reaches the new leader');
   await world.routesTo(ambassador.port, 'node-3');
   await world.servedBy(ambassador.replicaPort, ['node-1']);
   await world.etcd.put(`${prefix}/members/pg2`, member(world, 2, { state: 'running', role: 'replica' }));

@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { renderConfig, type RenderSettings } from '../../lib/render/render.ts';
 
-const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock' };
+const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock', holdMs: 0, holdScript: '/run/a/hold.lua' };
 const servers = [
   { name: '1', server: '1', address: '10.0.19.22', port: 5432, enabled: true },
   { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433, enabled: true },
@@ -52,3 +52,13 @@ test('with --master-only the primary port does not retry a refused connection: t
 });
 
 test.run();
+
+test('with a hold, loads its script and has each port wait in its frontend for a usable server of its own, up to the bound', () => {
+  const config = renderConfig({ ...settings, replicaPort: 5433, holdMs: 5000 }, { servers, replicas: servers });
+  assert.match(config, '\n    .if version_atleast(3.1)\n        tune.lua.bool-sample-conversion normal\n    .endif\n    lua-load /run/a/hold.lua\n');
+  assert.match(config, '\nlisten service\n    bind 0.0.0.0:5432\n    tcp-request inspect-delay 6000ms\n    tcp-request content lua.ambassador_hold service 5000\n');
+  assert.match(config, '\nlisten replicas\n    bind 0.0.0.0:5433\n    tcp-request inspect-delay 6000ms\n    tcp-request content lua.ambassador_hold replicas 5000\n');
+  const none = renderConfig(settings, { servers, replicas: undefined });
+  assert.not.match(none, 'lua');
+  assert.not.match(none, 'inspect-delay');
+});

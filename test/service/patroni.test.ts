@@ -124,7 +124,7 @@ test('hostile members are problems that keep them out, and never reach the confi
   assert.equal(read.members.map((m) => m.name), ['pg1', 'pg2', 'pg3']);
   assert.equal(read.problems.map((p) => p.key.slice(P.length + 1)).sort(), Object.keys(hostile).sort());
   const selection = selectPatroni(read, settings);
-  const config = renderConfig({ prefix: P, bind: '127.0.0.1', port: 5000, replicaPort: 5001, masterOnly: true, hardStopAfter: '5m', adminSocket: '/run/a.sock' }, selection);
+  const config = renderConfig({ prefix: P, bind: '127.0.0.1', port: 5000, replicaPort: 5001, masterOnly: true, hardStopAfter: '5m', adminSocket: '/run/a.sock', holdMs: 0, holdScript: '/run/a/hold.lua' }, selection);
   assert.not.match(config, 'evil');
   assert.not.match(config, '127.0.0.12');
   assert.is(config.split('\n').filter((line) => line.startsWith('    server ')).length, 6, 'three members on each port');

@@ -21,6 +21,7 @@ const wireSession = (backend: string, id: number, from: number, to: number): Soa
 // from the change; a quiet period at the end where everything reaches b; /healthz current.
 function clean(): SoakEvent[] {
   const events: SoakEvent[] = [
+    { type: 'ambassador-start', t: s(0), pid: 42 },
     { type: 'write', t: s(0), sent: s(0), master: 'a', revision: 5n },
     { type: 'write', t: s(10), sent: s(9.99), master: 'b', revision: 9n },
   ];
@@ -126,6 +127,26 @@ test('the run of seed 32739 that the checker once failed: a slow write\'s new ma
   const verdict = check(readHistory(join(dir, 'history.jsonl.gz')), DEFAULT_CHECK, scheduledKinds(schedule));
   assert.equal(verdict.violations.map((v) => v.message), []);
   assert.ok(verdict.counts.clientSessions! > 2000);
+});
+
+test('catches a new connection closed without an answer while a master was settled, and one answered by a master long replaced', () => {
+  const refused = clean();
+  refused.push({ type: 'probe', t: s(14), sent: s(13.5), answered: '' });
+  assert.equal(invariants(refused), ['hold']);
+  const misrouted = clean();
+  misrouted.push({ type: 'probe', t: s(15), sent: s(14.9), answered: 'a' });
+  assert.equal(invariants(misrouted), ['hold']);
+});
+
+test('a connection held through a failover and answered by the new master, or closed while ambassador was killed, is no violation', () => {
+  const held = clean();
+  held.push({ type: 'probe', t: s(10.3), sent: s(9.8), answered: 'b' });
+  held.push({ type: 'probe', t: s(9.5), sent: s(9.4), answered: 'a' });
+  assert.equal(invariants(held), []);
+  const killed = clean();
+  killed.push({ type: 'fault-start', t: s(14.2), id: 98, kind: 'kill-ambassador' }, { type: 'fault-end', t: s(15), id: 98 });
+  killed.push({ type: 'probe', t: s(14.1), sent: s(14.0), answered: '' });
+  assert.not.ok(invariants(killed).includes('hold'));
 });
 
 test('catches a stale "ok": /healthz current although a newer write is past --max-stale', () => {
