@@ -190,6 +190,9 @@ class Draw {
   pastBound = false;
   // The `count` instances the registry holds: each such round writes the same names from n0 on.
   counted = 0;
+  // The instances (by name, hex) whose address is a DNS name now. A server moved to or from a DNS name needs a
+  // reload too, so none is moved off one while past the bound.
+  readonly hostnamed = new Set<string>();
 
   readonly next: () => number;
   readonly backendPort: number;
@@ -219,6 +222,8 @@ class Draw {
 
   instance(name: Buffer, value: Buffer, port?: [string | Buffer | undefined, boolean]): Op[] {
     const ops: Op[] = [{ kind: 'put', key: instanceKey(name, 'private_ip'), value }];
+    if (HOSTNAMES.some(([hostname]) => value.equals(utf8(hostname)))) this.hostnamed.add(name.toString('hex'));
+    else this.hostnamed.delete(name.toString('hex'));
     if (port?.[0] !== undefined) {
       const portBytes = bytesOf(port[0]);
       this.ports.set(portBytes.toString('hex'), port[1]);
@@ -277,7 +282,10 @@ const ROUNDS: Record<RoundKind, (draw: Draw, n: number, add: Add) => void> = {
     add([masterWrite(draw.pick([`m${n}`, `missing${n}`, 'instances/a', '', 'a/b', Buffer.alloc(1_400_000, 0x6d), 'x'.repeat(300), `m${n}`]))]);
   },
   addresses: (draw, _n, add) => {
-    for (const name of ['a', 'b', 'c'] as const) if (draw.next() < 0.7) add(draw.instance(utf8(name), draw.next() < 0.3 ? draw.anyAddress() : draw.address(draw.pick(addressForms(name)))));
+    for (const name of ['a', 'b', 'c'] as const) {
+      if (draw.next() >= 0.7 || (draw.pastBound && draw.hostnamed.has(utf8(name).toString('hex')))) continue;
+      add(draw.instance(utf8(name), draw.next() < 0.3 ? draw.anyAddress() : draw.address(draw.pick(addressForms(name)))));
+    }
     add([masterWrite(draw.pick(['a', 'b', 'c']))]);
   },
   // Master changes back to back, among good instances and bad values.
@@ -290,6 +298,7 @@ const ROUNDS: Record<RoundKind, (draw: Draw, n: number, add: Add) => void> = {
   },
   wipe: (draw, _n, add) => {
     [draw.pastBound, draw.counted] = [false, 0];
+    draw.hostnamed.clear();
     add([{ kind: 'delete-prefix' }]);
     if (draw.next() < 0.7) add([...draw.base(), masterWrite(draw.pick(['a', 'b', 'c']))]);
   },

@@ -3,7 +3,7 @@
 // `haproxy -c` → rename → reload confirmed by the master CLI. A failover never waits on a reload: the master's
 // part of a change is made at run time first, whatever becomes of the rest. The apply queue keeps one change in
 // flight and decides about failures; an exit of the haproxy master is reported once, for ambassador to stop. A
-// runtime dir lost while running is made again, and haproxy reached through its master until it restarts.
+// runtime dir lost while running is made again, and haproxy reloaded to listen in it (reached through its master meanwhile).
 
 import { hostPort } from '../common/address.ts';
 import type { Logger } from '../common/log.ts';
@@ -108,7 +108,12 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
     await writeHoldScript(settings.holdScript, holdScriptWritten);
     holdScriptWritten = true;
   };
-  const keeper = createDirKeeper({ runtimeDir, configPath, log, child: () => child, busy: () => queue.stats().busy, configLost: () => file.lost(), filesLost: writeHold });
+  const filesLost = async () => {
+    await writeHold();
+    file.lost();
+    await file.write();
+  };
+  const keeper = createDirKeeper({ runtimeDir, log, child: () => child, busy: () => queue.stats().busy, filesLost });
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
     const behind = file.behind();

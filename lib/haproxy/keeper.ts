@@ -1,9 +1,9 @@
 // The runtime dir kept usable while haproxy runs: one deleted, or whose mode was changed, is made right again
-// (lib/host/rundir.ts), and haproxy's master made to listen on its socket again: a master re-creates its socket
-// on every reload, even one that fails (the config may be gone with the dir; the worker serving keeps serving).
+// (lib/host/rundir.ts), with the files haproxy reads, and haproxy's master made to listen on its socket again
+// by a reload: a master re-creates its socket on every reload, even one that fails.
 // Done before the next change needs it, and every RUNTIME_DIR_CHECK_MS while all is quiet; never during a start
-// or a reload. Its worker's own admin socket cannot come back without a restart: it is reached through the
-// master from then on (lib/haproxy/admin.ts).
+// or a reload. The reload's new worker listens on its admin socket again; until it does (or if the reload
+// fails), the worker is reached through the master (lib/haproxy/admin.ts).
 
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,19 +18,17 @@ const MASTER_SOCKET_BACK_MS = 5_000;
 
 interface KeeperParts {
   runtimeDir: string;
-  configPath: string;
   log: Logger;
   // The haproxy master now, and whether a change is being made.
   child(): HaproxyProcess | undefined;
   busy(): boolean;
-  // The config file is gone (with its dir): it is written again.
-  configLost(): void;
-  // The files the config reads are written again (before the master reloads to listen again).
+  // Writes again the files haproxy reads on a reload (the config, the hold's script), lost with the dir: from
+  // haproxy 3.2 a master whose reload finds no config file exits.
   filesLost(): Promise<void>;
 }
 
 export function createDirKeeper(parts: KeeperParts) {
-  const { runtimeDir, configPath, log } = parts;
+  const { runtimeDir, log } = parts;
   const { masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
   let restored = 0;
   let restoring: Promise<void> | undefined;
@@ -43,8 +41,7 @@ export function createDirKeeper(parts: KeeperParts) {
       if (child.pid !== undefined) await writePrivate(haproxyPid, `${child.pid}\n`);
     }
     if (!child.running() || existsSync(masterSocket)) return;
-    log.warn('haproxy: its sockets are gone; the master reloads to listen on its socket again, and haproxy is reached through its master from now on');
-    if (!existsSync(configPath)) parts.configLost();
+    log.warn('haproxy: its sockets are gone; it reloads, its config written again, to listen on them again');
     await parts.filesLost();
     child.signal('SIGHUP');
     for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {

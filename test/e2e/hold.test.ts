@@ -30,8 +30,8 @@ interface HoldState {
 
 // The primary port's hold as /state says it, once it says `accept` of it.
 async function holdOnceItSays(statusPort: number, accept: (hold: HoldState) => boolean, what: string): Promise<HoldState> {
-  const state = await eventually(async () => JSON.parse(await get(statusPort, '/state')) as { hold: Record<string, HoldState> | null }, (s) => s.hold?.service !== undefined && accept(s.hold.service), 15_000, what);
-  return state.hold!.service!;
+  const hold = await eventually(async () => (JSON.parse(await get(statusPort, '/state')) as { hold: Record<string, HoldState> | null }).hold, (h) => h?.service !== undefined && accept(h.service), 15_000, what);
+  return hold!.service!;
 }
 
 // New connections opened now, each resolving to who greeted it ('' for closed without a greeting) and how long it took.
@@ -81,6 +81,7 @@ test('a master that names an instance that cannot be routed holds too, until the
   const { prefix, statusPort, ambassador } = await startHolding(world);
   await world.etcd.put(`${prefix}/master`, '9');
   await ambassador.waitForLog(/names no routable instance/);
+  await ambassador.waitForLog(/master 2 -> none/);
   const held = clients(ambassador.port, 5);
   await holdOnceItSays(statusPort, (hold) => hold.now === 5, '5 connections held');
   await world.etcd.put(`${prefix}/instances/9/private_ip`, '127.0.0.11');
