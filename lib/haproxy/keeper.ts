@@ -9,12 +9,12 @@ import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../common/log.ts';
 import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
-import { request } from './admin.ts';
+import { answeringWorker } from './admin.ts';
 import type { HaproxyProcess } from './process.ts';
 
 const RUNTIME_DIR_CHECK_MS = 5_000;
-// How long the master has to answer on its socket again after a SIGHUP.
-const MASTER_SOCKET_BACK_MS = 5_000;
+// How long the reload has to bring a new worker that answers, through the master's socket made again.
+const RELOAD_DONE_MS = 10_000;
 
 interface KeeperParts {
   runtimeDir: string;
@@ -29,7 +29,8 @@ interface KeeperParts {
 
 export function createDirKeeper(parts: KeeperParts) {
   const { runtimeDir, log } = parts;
-  const { masterSocket, haproxyPid } = runtimeFiles(runtimeDir);
+  const { masterSocket, adminSocket, haproxyPid } = runtimeFiles(runtimeDir);
+  const control = { masterSocket, adminSocket };
   let restored = 0;
   let restoring: Promise<void> | undefined;
 
@@ -43,11 +44,16 @@ export function createDirKeeper(parts: KeeperParts) {
     if (!child.running() || existsSync(masterSocket)) return;
     log.warn('haproxy: its sockets are gone; it reloads, its config written again, to listen on them again');
     await parts.filesLost();
+    // Done once a worker the reload started answers: a runtime change sent before would miss it, and it would
+    // serve the config file's state (a fence half applied: the old master still in, the new one added).
+    const before = new Set(child.workers());
     child.signal('SIGHUP');
-    for (const deadline = performance.now() + MASTER_SOCKET_BACK_MS; performance.now() < deadline; await sleep(10)) {
-      if (await request(masterSocket, 'show proc', 500).then(() => true, () => false)) return;
+    for (const deadline = performance.now() + RELOAD_DONE_MS; performance.now() < deadline; await sleep(10)) {
+      if (!child.running()) return;
+      const worker = existsSync(masterSocket) ? await answeringWorker(control, 500) : undefined;
+      if (worker !== undefined && !before.has(worker)) return;
     }
-    log.error(`haproxy: the master did not listen on ${masterSocket} again within ${MASTER_SOCKET_BACK_MS / 1000} s`);
+    log.error(`haproxy: no new worker answered on ${masterSocket} within ${RELOAD_DONE_MS / 1000} s of the reload`);
   };
 
   // The dir made right again, one restore at a time.

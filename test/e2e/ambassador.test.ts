@@ -92,6 +92,8 @@ for (const [field, value] of [
     await world.etcd.del(`${prefix}/instances/3/private_ip`);
     await world.etcd.put(`${prefix}/instances/2/${field}`, value.replaceAll('PORT', String(world.backendPort)));
     await ambassador.waitForLog(new RegExp(`rejected ${prefix}/instances/2/${field}=`));
+    // The config file is written once the change is live, before it is said applied.
+    await ambassador.waitForLog(/applied revision \d+: [^(]*removed [^(]*\b2\b/);
     await world.servedBy(ambassador.port, ['node-1']);
     const config = readFileSync(ambassador.configPath, 'utf8');
     assert.not.match(config, 'evil');
