@@ -1,10 +1,13 @@
-// The Patroni workload of npm run bench: one real Patroni cluster (3 members, PostgreSQL 15) with two things in
-// front of it at once: ambassador (--layout=patroni) and an haproxy configured as Patroni's documentation and
-// its confd template recommend (the anchor: REST health checks every 3 s, fall 3, rise 2). A client makes a
-// new connection and an insert every ~10 ms through each, and directly on the nodes (Patroni's own floor),
-// across planned switchovers and crashes of the primary.
+// The Patroni workload of npm run bench: one real Patroni cluster (3 members, PostgreSQL 15) with three things
+// in front of it at once: ambassador (--layout=patroni) with its hold (the default) and with --hold=0, and an
+// haproxy configured as Patroni's documentation and its confd template recommend (the anchor: REST health
+// checks every 3 s, fall 3, rise 2). A client makes a new connection and an insert every ~10 ms through each,
+// and directly on the nodes (Patroni's own floor), across planned switchovers and crashes of the primary; and
+// pgbench -C (a new connection per transaction, libpq's own defaults: no connect timeout) does the same
+// through ambassador, hold on and off, and directly with libpq's multi-host read-write choice.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,7 +15,7 @@ import pg from 'pg';
 import { startAmbassador } from '../harness/ambassador.ts';
 import type { TestEtcd } from '../harness/etcd.ts';
 import { freePort } from '../harness/net.ts';
-import { startPatroni, type PatroniCluster } from '../harness/patroni.ts';
+import { POSTGRES_BIN, startPatroni, type PatroniCluster } from '../harness/patroni.ts';
 import { startProcess, stopPid } from '../harness/processes.ts';
 
 type Record = (metric: string, value: number, unit: string, target?: string) => void;
@@ -63,6 +66,46 @@ function writer(target: () => { host: string; port: number }[]) {
       running = false;
       await loop;
     },
+  };
+}
+
+// pgbench -C with an insert script, in runs of 5 s (it writes its log whole only when a run ends), each run
+// started again when it ends (a client that cannot connect aborts, and a run whose clients all did ends)
+// until stopped: the transactions it logged (their end, as epoch ms) and how many
+// of its clients aborted on a connection that failed.
+function pgbenchLoop(dir: string, name: string, conninfo: { [name: string]: string }) {
+  const script = join(dir, 'insert.sql');
+  writeFileSync(script, 'insert into bench_writes (at) values (now());\n');
+  const logs = join(dir, `pgbench-${name}`);
+  let running = true;
+  let aborted = 0;
+  const loop = (async () => {
+    for (let run = 0; running; run++) {
+      const child = spawn(`${POSTGRES_BIN}/pgbench`, ['-n', '-C', '-c', '4', '-j', '1', '-T', '5', '-f', script, '-l', `--log-prefix=${logs}-${run}`, 'postgres'], {
+        env: { ...process.env, PGUSER: 'postgres', PGPASSWORD: 'postgres', ...conninfo },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr!.on('data', (data) => (stderr += data));
+      await new Promise((resolve) => child.on('exit', resolve));
+      aborted += (stderr.match(/client \d+ aborted/g) ?? []).length;
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+    },
+    aborted: () => aborted,
+    // Transactions' end times, epoch ms, in order.
+    done: () =>
+      readdirSync(dir)
+        .filter((file) => file.startsWith(`pgbench-${name}-`))
+        .flatMap((file) => readFileSync(join(dir, file), 'utf8').split('\n'))
+        .map((line) => line.split(' '))
+        .filter((fields) => fields.length >= 6)
+        .map((fields) => Number(fields[4]) * 1000 + Number(fields[5]) / 1000)
+        .sort((a, b) => a - b),
   };
 }
 
@@ -120,12 +163,14 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
   try {
     let leader = await cluster.healthy();
     await cluster.sql(cluster.members.find((member) => member.name === leader)!.host, 5432, 'create table if not exists bench_writes (at timestamptz)');
-    const [ambassadorPort, ambassadorReplicas, anchorPort, anchorReplicas] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-    const ambassador = await startAmbassador(
-      ['--layout=patroni', `--etcd=${etcd.endpoint}`, `--etcd-prefix=${cluster.prefix}`, '--master-only', `--port=${ambassadorPort}`, `--replica-port=${ambassadorReplicas}`, '--bind=127.0.0.1'],
-      { binary: 'dist' },
-    );
-    stops.push(() => ambassador.cleanup());
+    const [ambassadorPort, ambassadorReplicas, unheldPort, unheldReplicas, anchorPort, anchorReplicas] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+    for (const [port, replicas, flags] of [[ambassadorPort, ambassadorReplicas, []], [unheldPort, unheldReplicas, ['--hold=0']]] as const) {
+      const ambassador = await startAmbassador(
+        ['--layout=patroni', `--etcd=${etcd.endpoint}`, `--etcd-prefix=${cluster.prefix}`, '--master-only', `--port=${port}`, `--replica-port=${replicas}`, '--bind=127.0.0.1', ...flags],
+        { binary: 'dist' },
+      );
+      stops.push(() => ambassador.cleanup());
+    }
     writeFileSync(join(dir, 'anchor.cfg'), anchorConfig(cluster, anchorPort, anchorReplicas));
     const anchor = startProcess('haproxy', ['-db', '-f', join(dir, 'anchor.cfg')]);
     anchor.stdout!.resume();
@@ -139,14 +184,21 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
       }
       throw new Error(`no write through port ${port}`);
     };
-    await Promise.all([healthy(ambassadorPort), healthy(anchorPort)]);
+    await Promise.all([healthy(ambassadorPort), healthy(unheldPort), healthy(anchorPort)]);
 
     const paths = {
       nodes: writer(() => cluster.members.map((member) => ({ host: member.host, port: 5432 }))),
       ambassador: writer(() => [{ host: '127.0.0.1', port: ambassadorPort }]),
+      unheld: writer(() => [{ host: '127.0.0.1', port: unheldPort }]),
       anchor: writer(() => [{ host: '127.0.0.1', port: anchorPort }]),
     };
-    stops.push(...Object.values(paths).map((path) => path.stop));
+    const benches = {
+      nodes: pgbenchLoop(dir, 'nodes', { PGHOST: cluster.members.map((member) => member.host).join(','), PGPORT: '5432', PGTARGETSESSIONATTRS: 'read-write' }),
+      ambassador: pgbenchLoop(dir, 'ambassador', { PGHOST: '127.0.0.1', PGPORT: String(ambassadorPort) }),
+      unheld: pgbenchLoop(dir, 'unheld', { PGHOST: '127.0.0.1', PGPORT: String(unheldPort) }),
+    };
+    stops.push(...Object.values(paths).map((path) => path.stop), ...Object.values(benches).map((bench) => bench.stop));
+    const windows: { kind: 'switchover' | 'crash'; from: number; to: number }[] = [];
     const gaps: { [kind: string]: { [path: string]: number[] } } = { switchover: {}, crash: {} };
     const stale: { [kind: string]: { [path: string]: number } } = { switchover: {}, crash: {} };
     const readOnly: { [kind: string]: { [path: string]: number } } = { switchover: {}, crash: {} };
@@ -155,6 +207,7 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
       // A session held to the primary through each front, to see whether it outlives the demotion.
       const held = { ambassador: await holdSession(ambassadorPort), anchor: await holdSession(anchorPort) };
       const from = performance.now();
+      const fromEpoch = Date.now();
       const before = leader;
       await run();
       // The demotion, as etcd says it: the leader key no longer names the old primary.
@@ -172,6 +225,7 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
       // Past the anchor's rise of 2 checks 3 s apart, so each event starts from a settled state.
       await sleep(7000);
       const to = performance.now();
+      windows.push({ kind, from: fromEpoch, to: fromEpoch + (to - from) });
       for (const [path, writes] of Object.entries(paths)) {
         (gaps[kind]![path] ??= []).push(writeGap(writes.outcomes, from, to));
         readOnly[kind]![path] = (readOnly[kind]![path] ?? 0) + writes.outcomes.filter((o) => o.readOnly && o.at >= from && o.at <= to).length;
@@ -194,20 +248,33 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
         await cluster.restart(victim);
       });
     }
-    for (const stop of stops.splice(2)) await stop();
+    for (const stop of stops.splice(3)) await stop();
 
     const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+    const labels: { [path: string]: string } = { nodes: 'on the nodes (the floor)', ambassador: 'through ambassador (hold on)', unheld: 'through ambassador (--hold=0)', anchor: "through Patroni's haproxy" };
+    for (const [path, bench] of Object.entries(benches)) {
+      const done = bench.done();
+      for (const kind of ['switchover', 'crash'] as const) {
+        const inKind = windows.filter((w) => w.kind === kind);
+        const gapsOf = inKind.map(({ from, to }) => {
+          const ends = done.filter((t) => t >= from - 1000 && t <= to);
+          return ends.reduce((gap, t, i) => (i === 0 ? 0 : Math.max(gap, t - ends[i - 1]!)), 0);
+        });
+        record(`patroni ${kind}, pgbench -C ${labels[path]}: write gap, median (of ${inKind.length})`, median(gapsOf), 'ms', path === 'ambassador' ? '≤ floor + 100' : '');
+      }
+      record(`patroni, pgbench -C ${labels[path]}: clients aborted on a failed connection (${switchovers} switchovers, ${crashes} crashes)`, bench.aborted(), '', path === 'ambassador' ? '0 (switchovers)' : '');
+    }
     for (const kind of ['switchover', 'crash'] as const) {
       const count = kind === 'switchover' ? switchovers : crashes;
-      for (const path of ['nodes', 'ambassador', 'anchor']) {
+      for (const path of ['nodes', 'ambassador', 'unheld', 'anchor']) {
         const values = gaps[kind]![path] ?? [];
-        const label = path === 'nodes' ? 'on the nodes (the floor)' : path === 'ambassador' ? 'through ambassador' : "through Patroni's haproxy";
+        const label = labels[path]!;
         record(`patroni ${kind} write gap ${label}, median (of ${count})`, median(values), 'ms');
         record(`patroni ${kind} write gap ${label}, max (of ${count})`, Math.max(...values), 'ms');
         record(`patroni ${kind}: writes refused as read-only ${label}`, readOnly[kind]![path] ?? 0, '');
       }
       for (const path of ['ambassador', 'anchor']) {
-        record(`patroni ${kind}: sessions to the old primary open 1 s after its demotion, ${path === 'ambassador' ? 'through ambassador' : "through Patroni's haproxy"}`, stale[kind]![path] ?? 0, `of ${count}`);
+        record(`patroni ${kind}: sessions to the old primary open 1 s after its demotion, ${labels[path]}`, stale[kind]![path] ?? 0, `of ${count}`);
       }
     }
   } finally {

@@ -17,7 +17,7 @@ import { createRenderer } from '../lib/render/render.ts';
 const [instances, changes, what] = [Number(process.argv[2]), Number(process.argv[3]), process.argv[4]];
 const prefix = '/services/db';
 const settings = { prefix, public: false, backendPort: 5432, masterOnly: true, replicas: false };
-const render = createRenderer({ prefix, bind: '127.0.0.1', port: 5432, replicaPort: undefined, masterOnly: true, hardStopAfter: '1h', adminSocket: '/run/admin.sock', holdMs: 5000, holdScript: '/run/ambassador/hold.lua' });
+const render = createRenderer({ prefix, bind: '127.0.0.1', port: 5432, replicaPort: undefined, masterOnly: true, hardStopAfter: '1h', adminSocket: '/run/admin.sock', holdMs: 5000, holdScript: '/run/ambassador/hold.lua', replicaSessions: 'cut' });
 const mirror = new Map<string, string>([[`${prefix}/master`, 'i0']]);
 for (let i = 0; i < instances; i++) mirror.set(`${prefix}/instances/i${i}/private_ip`, `10.1.${i >> 8}.${i & 255}`);
 

@@ -38,6 +38,10 @@ export interface PatroniCluster {
   switchover(from: string, to: string): Promise<void>;
   // SIGKILL of a member's Patroni and postmaster, as a crash would; its shared memory is removed.
   crash(name: string): Promise<void>;
+  // Holds back (or lets go on) a replica's replay: it goes on receiving WAL and replays none past the next commit.
+  replay(name: string, on: boolean): Promise<void>;
+  // What the member's Patroni REST API answers to GET `path` (200, 503…), or 0 if it does not answer.
+  rest(name: string, path: string): Promise<number>;
   // Starts a crashed member's Patroni again: it comes back as a replica.
   restart(name: string): Promise<void>;
   stop(): Promise<void>;
@@ -45,7 +49,9 @@ export interface PatroniCluster {
 
 export interface PatroniOptions {
   // Tags per member name, e.g. { pg3: { noloadbalance: true } }.
-  tags?: Record<string, Record<string, boolean>>;
+  tags?: Record<string, Record<string, boolean | string>>;
+  // Patroni's synchronous_mode: on (true), or quorum (Patroni 4).
+  synchronousMode?: 'on' | 'quorum';
 }
 
 interface Running {
@@ -54,6 +60,8 @@ interface Running {
   patroni: ReturnType<typeof startProcess> | undefined;
 }
 
+let clusters = 0;
+
 export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) => Promise<string | undefined>, options: PatroniOptions = {}): Promise<PatroniCluster> {
   requireCommand('patroni', 'apt-get install -y patroni postgresql-15 postgresql-client');
   if (!existsSync(`${POSTGRES_BIN}/postgres`)) throw new Error(`PostgreSQL is not installed (${POSTGRES_BIN}): apt-get install -y postgresql-15`);
@@ -61,7 +69,8 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
   const postgres = { uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' })) };
   const root = mkdtempSync('/dev/shm/ambassador-patroni-');
   chownSync(root, postgres.uid, postgres.gid);
-  const scope = `t${process.pid}`;
+  // A scope of its own for each cluster: one a test left behind in the suite's etcd is never joined.
+  const scope = `t${process.pid}-${++clusters}`;
   const prefix = `/service/${scope}`;
   const running: Running[] = [1, 2, 3].map((i) => {
     const name = `pg${i}`;
@@ -78,7 +87,7 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
       `restapi: {listen: '${host}:8008', connect_address: '${host}:8008'}`,
       `etcd3: {hosts: '${etcdEndpoint}'}`,
       'bootstrap:',
-      '  dcs: {ttl: 10, loop_wait: 2, retry_timeout: 4, maximum_lag_on_failover: 1048576, postgresql: {use_pg_rewind: true, use_slots: true}}',
+      `  dcs: {ttl: 10, loop_wait: 2, retry_timeout: 4, maximum_lag_on_failover: 1048576, ${options.synchronousMode === undefined ? '' : `synchronous_mode: ${options.synchronousMode === 'on' ? 'true' : 'quorum'}, `}postgresql: {use_pg_rewind: true, use_slots: true}}`,
       '  initdb: [{encoding: UTF8}]',
       '  pg_hba: [local all all trust, host all all 127.0.0.0/8 trust, host replication all 127.0.0.0/8 trust]',
       'postgresql:',
@@ -193,6 +202,30 @@ export async function startPatroni(etcdEndpoint: string, etcdGet: (key: string) 
         }
       }
       for (const file of shmFiles) if (existsSync(file)) unlinkSync(file);
+    },
+    // recovery_min_apply_delay holds replay at the next commit record while WAL still arrives, and the member
+    // still takes connections (a stopped startup process would also stall every new session's start). Set in
+    // the member's Patroni config, as a user delays a replica: Patroni takes it out of postgresql.auto.conf.
+    replay: async (name, on) => {
+      const entry = running.find((e) => e.member.name === name)!;
+      // Set back to 0, not removed: Patroni leaves alone a recovery parameter its config stops naming.
+      const config = readFileSync(entry.member.config, 'utf8').replace(/\n {2}recovery_conf: .*\n/, '\n');
+      const delay = `  recovery_conf: {recovery_min_apply_delay: ${on ? '0' : '1h'}}\n`;
+      writeFileSync(entry.member.config, config.replace('\npostgresql:\n', `\npostgresql:\n${delay}`));
+      if (entry.patroni?.pid !== undefined) signal(entry.patroni.pid, 'SIGHUP');
+      const want = on ? '0' : '1h';
+      for (let waited = 0; ; waited += 250) {
+        if ((await cluster.sql(entry.member.host, 5432, "select current_setting('recovery_min_apply_delay')").catch(() => '')) === want) return;
+        if (waited > 30_000) throw new Error(`${name}'s recovery_min_apply_delay did not become ${want} within 30 s of Patroni's reload`);
+        await sleep(250);
+      }
+    },
+    rest: async (name, path) => {
+      const host = running.find((e) => e.member.name === name)!.member.host;
+      return fetch(`http://${host}:8008${path}`, { signal: AbortSignal.timeout(2000) }).then(
+        (response) => response.status,
+        () => 0,
+      );
     },
     restart: async (name) => {
       const entry = running.find((e) => e.member.name === name)!;

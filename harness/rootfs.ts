@@ -3,7 +3,7 @@
 // again when missing or when what they should hold changed. They carry what users install:
 //   bookworm-haproxy  minimal Debian 12 with its haproxy (2.6): what the official 2.6 image had
 //   trixie            Debian 13: haproxy 3.0, etcd 3.5.16, Patroni 4, PostgreSQL 17
-//   sid               Debian sid: haproxy 3.2, etcd 3.5.30
+//   sid               Debian sid: haproxy 3.2, etcd 3.5.30, Patroni 4.1, PostgreSQL 18
 //   trixie-haproxy-3.4  Debian 13 with haproxy 3.4 (Debian experimental's, with the newer pcre2 it needs) and
 //                     sid's etcd 3.5.30: what the official haproxy:3.4 image is (the image's stand-in base),
 //                     beside the etcd a new deployment installs
@@ -59,7 +59,12 @@ export const ROOTS = {
     // Patroni's etcd client is one of several alternatives apt would not choose by itself.
     after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni python3-etcd postgresql-17`],
   },
-  sid: { suite: 'sid', include: ['haproxy', ...SUITE_TOOLS] },
+  sid: {
+    suite: 'sid',
+    include: ['haproxy', ...SUITE_TOOLS],
+    // Patroni 4.1, the first to write each member's replay position.
+    after: [`DEBIAN_FRONTEND=noninteractive ${APT} install --no-install-recommends patroni python3-etcd postgresql-18`],
+  },
   'trixie-haproxy-3.4': { suite: 'trixie', include: SUITE_TOOLS, after: HAPROXY_34 },
   'trixie-haproxy-3.4-arm64': { suite: 'trixie', arch: 'arm64', include: SUITE_TOOLS, after: HAPROXY_34 },
 } satisfies Record<string, RootSpec>;
@@ -93,7 +98,8 @@ export function debianRoot(name: RootName): string {
   } catch (err) {
     if (spec.after === undefined) throw err;
   }
-  for (const step of spec.after ?? []) run('chroot', [building, 'sh', '-c', step]);
+  // With /proc, in a mount namespace that takes it away again: postgresql-common's postinst needs it.
+  for (const step of spec.after ?? []) run('unshare', ['--mount', '--pid', '--fork', `--mount-proc=${building}/proc`, 'chroot', building, 'sh', '-c', step]);
   run('chroot', [building, 'sh', '-c', 'apt-get clean']);
   writeFileSync(join(building, '.complete'), `${stamp} ${new Date().toISOString()} ${MIRROR}\n`);
   rmSync(root, { recursive: true, force: true });

@@ -69,7 +69,8 @@ const arm64 = { ...netns, AMBASSADOR_TEST_DIST: 'dist/ambassador-linux-arm64', A
 // by the time each took (docs/development.md). `nice`: it burns CPU without waiting on time (building
 // images, emulating arm64), so it yields to the phases whose tests wait on events with time limits.
 const phases: (Phase & { lane: number; nice?: boolean })[] = [
-  { lane: 1, name: 'host', command: () => suites('test', '\\.test\\.ts$', '-i', '(cluster/|soak/soak\\.test|e2e/docker\\.test)') },
+  // Patroni in synchronous mode (quorum from 4.0, replay lag in its keys from 4.1): the Debian 13 and sid roots'.
+  { lane: 1, name: 'host', command: () => suites('test', '\\.test\\.ts$', '-i', '(cluster/|soak/soak\\.test|e2e/docker\\.test|e2e/patroni-sync\\.test)') },
   { lane: 1, name: 'sid: cluster against etcd 3.5.30', command: () => inRoot('sid', root, suites('test/cluster', '\\.test\\.ts$'), true), env: netns, roots: ['sid'] },
   {
     lane: 1,
@@ -93,9 +94,9 @@ const phases: (Phase & { lane: number; nice?: boolean })[] = [
   },
   { lane: 4, name: 'haproxy-3.4: Debian 13 with haproxy 3.4 and etcd 3.5.30', command: () => inRoot('trixie-haproxy-3.4', root, suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), true), env: netns, roots: ['trixie-haproxy-3.4'] },
   { lane: 5, name: 'cluster (etcd 3.4, Debian 12)', command: () => inPrivateNamespace(suites('test/cluster', '\\.test\\.ts$')), env: netns },
-  { lane: 5, name: 'trixie: haproxy 3.0, Patroni 4 (Debian 13)', command: () => inRoot('trixie', root, suites('test', only([...HAPROXY_SUITES, 'patroni-cluster']), '-i', 'cluster/'), true), env: netns, roots: ['trixie'] },
+  { lane: 5, name: 'trixie: haproxy 3.0, Patroni 4 (Debian 13)', command: () => inRoot('trixie', root, suites('test', only([...HAPROXY_SUITES, 'patroni-cluster', 'patroni-sync']), '-i', 'cluster/'), true), env: netns, roots: ['trixie'] },
   { lane: 5, name: 'trixie: cluster against etcd 3.5.16', command: () => inRoot('trixie', root, suites('test/cluster', '\\.test\\.ts$'), true), env: netns, roots: ['trixie'] },
-  { lane: 5, name: 'sid: haproxy 3.2', command: () => inRoot('sid', root, suites('test', only(HAPROXY_SUITES), '-i', 'cluster/'), true), env: netns, roots: ['sid'] },
+  { lane: 5, name: 'sid: haproxy 3.2, Patroni 4.1', command: () => inRoot('sid', root, suites('test', only([...HAPROXY_SUITES, 'patroni-cluster', 'patroni-sync']), '-i', 'cluster/'), true), env: netns, roots: ['sid'] },
 ];
 
 const wanted = process.argv.slice(2);

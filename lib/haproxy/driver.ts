@@ -47,6 +47,8 @@ interface HaproxySettings {
   maxServers: number;
   // The hold's script, which the config loads, when new connections are held (lib/render/hold.ts).
   holdScript: string | undefined;
+  // Patroni's replica port: a replica that stops qualifying has its sessions cut (--replica-sessions).
+  cutReplicas: boolean;
   // util-linux's setpriv (essential on Debian), to have the kernel SIGTERM haproxy when ambassador dies,
   // even by SIGKILL: an haproxy that outlived it would go on routing to a master etcd may since have
   // replaced. Without it, the next ambassador stops the one left behind (rundir.ts).
@@ -126,6 +128,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
     fence,
     log,
     fencing: settings.fence,
+    cutReplicas: settings.cutReplicas,
     holding: settings.holdScript !== undefined,
     sweepSoon: () => queue.sweepSoon(),
     reloadTo: async (config) => {

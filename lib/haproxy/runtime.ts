@@ -24,6 +24,8 @@ interface RuntimeParts {
   log: Logger;
   // Master-only: a server that stops being the master is fenced first.
   fencing: boolean;
+  // A replica that leaves the replica port has its sessions shut down.
+  cutReplicas: boolean;
   // A reload to this config (checked and installed first): true once haproxy runs it.
   reloadTo(config: string): Promise<boolean>;
   // Deletes drained servers soon.
@@ -93,7 +95,7 @@ export function createRuntimePath(live: Live, parts: RuntimeParts) {
   };
 
   const applyAtRuntime = async (target: ServerTable, configOf: Wanted['configOf']): Promise<boolean> => {
-    const plan = planChange(live.servers, target, { fence: parts.fencing });
+    const plan = planChange(live.servers, target, { fence: parts.fencing, cutReplicas: parts.cutReplicas });
     if (plan.kind === 'none') return true;
     const gated = parts.holding ? [...new Set(plan.fenced.map(({ id }) => id.slice(0, id.indexOf('/'))))] : [];
     await gate(gated, 'close');

@@ -57,7 +57,17 @@ const ROWS = [
   withDefault({ name: 'layout', field: 'layout', value: 'instances|patroni', default: 'instances', kind: kinds.oneOf(['instances', 'patroni']), help: "the keys under PREFIX: ambassador's instances/<name>/... layout, or Patroni's own (PREFIX=/service/<scope>)" }),
   required({ name: 'port', field: 'port', value: 'PORT', kind: kinds.port, help: 'port haproxy listens on (required): the master with --master-only, else every instance' }),
   optional({ name: 'replica-port', field: 'replicaPort', value: 'PORT', kind: kinds.port, help: 'a second port, routed to every routable instance but the master (Patroni: running replicas)' }),
-  optional({ name: 'max-replica-lag', field: 'maxReplicaLag', value: 'SIZE', kind: kinds.size, help: "with --layout=patroni: leave out replicas whose WAL trails the leader's by more, e.g. 16MB" }),
+  withDefault({
+    name: 'replicas',
+    field: 'replicaSelection',
+    value: 'ENDPOINT',
+    default: '/replica',
+    kind: kinds.replicaSelection,
+    help: "with --layout=patroni: the members --replica-port routes to, as Patroni's REST check answers 200: /replica, /async, /sync, /quorum, /read-only or /read-only-sync, with lag=, replication_state=, tag_<key>= (e.g. /replica?lag=16MB&replication_state=streaming)",
+  }),
+  optional({ name: 'max-replica-lag', field: 'maxReplicaLag', value: 'SIZE', kind: kinds.size, help: "with --layout=patroni: leave out replicas whose replay trails the leader's WAL by more, e.g. 16MB (the same as --replicas=/replica?lag=16MB)" }),
+  switched({ name: 'replica-fallback', field: 'replicaFallback', help: 'with --layout=patroni: while no replica qualifies, the replica port routes to the primary, and leaves it as soon as one does' }),
+  withDefault({ name: 'replica-sessions', field: 'replicaSessions', value: 'cut|keep', default: 'cut', kind: kinds.oneOf(['cut', 'keep']), help: "with --layout=patroni: sessions on a replica that stops qualifying (lag, the sync standby moved): cut, as Patroni's haproxy recipe does, or kept until they end" }),
   withDefault({
     name: 'hold',
     field: 'holdMs',
@@ -127,8 +137,13 @@ export function envName(flag: string): string {
 export const RULES: ((options: Options, given: ReadonlySet<string>) => string | undefined)[] = [
   (o) => (o.dryRun && o.once ? '--dry-run and --once exclude each other: pick one' : undefined),
   (o) => (o.replicaPort !== undefined && o.replicaPort === o.port ? `--replica-port and --port are both ${o.port}: give the replicas a port of their own` : undefined),
-  (o) => (o.maxReplicaLag !== undefined && o.layout !== 'patroni' ? "--max-replica-lag needs --layout=patroni (replication lag is read from Patroni's keys)" : undefined),
-  (o) => (o.maxReplicaLag !== undefined && o.replicaPort === undefined ? '--max-replica-lag needs --replica-port: it chooses the replicas that port routes to' : undefined),
+  (o, given) => {
+    const patroniOnly = ['replicas', 'max-replica-lag', 'replica-fallback', 'replica-sessions'].find((flag) => given.has(flag));
+    if (patroniOnly === undefined) return undefined;
+    if (o.layout !== 'patroni') return `--${patroniOnly} needs --layout=patroni (it reads Patroni's keys)`;
+    return o.replicaPort === undefined ? `--${patroniOnly} needs --replica-port: it chooses what that port routes to` : undefined;
+  },
+  (o) => (o.maxReplicaLag !== undefined && o.replicaSelection.lag !== undefined ? 'give the lag once: --max-replica-lag or lag= in --replicas' : undefined),
   (o, given) => {
     const meaningless = o.layout === 'patroni' ? ['public', 'backend-port'].find((flag) => given.has(flag)) : undefined;
     return meaningless && `--${meaningless} means nothing with --layout=patroni: each member's address and port come from its conn_url`;

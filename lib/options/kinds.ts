@@ -42,6 +42,51 @@ export const size: Kind<number> = {
   },
 };
 
+// What --replicas selects, in the words of Patroni's REST health checks (its haproxy recipe asks the same):
+// the endpoint, and the query parameters Patroni takes with it.
+export const REPLICA_ENDPOINTS = ['replica', 'async', 'sync', 'quorum', 'read-only', 'read-only-sync'] as const;
+export type ReplicaEndpoint = (typeof REPLICA_ENDPOINTS)[number];
+export interface ReplicaSelection {
+  endpoint: ReplicaEndpoint;
+  // Replay lag allowed, bytes (lag=).
+  lag: number | undefined;
+  // replication_state= (streaming, in archive recovery).
+  replicationState: string | undefined;
+  // tag_<key>=<value>, each required.
+  tags: readonly (readonly [string, string])[];
+}
+
+export const replicaSelection: Kind<ReplicaSelection> = {
+  read: (value) => {
+    const match = /^\/([a-z-]+)(?:\?(.*))?$/.exec(value);
+    const endpoint = match?.[1] === 'synchronous' ? 'sync' : match?.[1];
+    if (!match || !REPLICA_ENDPOINTS.includes(endpoint as ReplicaEndpoint)) return new Refusal(`is not one of Patroni's endpoints ${REPLICA_ENDPOINTS.map((e) => `/${e}`).join(', ')}, with its query (e.g. /replica?lag=16MB&replication_state=streaming&tag_zone=a)`);
+    const selection: ReplicaSelection = { endpoint: endpoint as ReplicaEndpoint, lag: undefined, replicationState: undefined, tags: [] };
+    const tags: [string, string][] = [];
+    for (const part of (match[2] ?? '').split('&').filter(Boolean)) {
+      const [name, raw = ''] = part.split('=', 2) as [string, string?];
+      let text: string;
+      try {
+        text = decodeURIComponent(raw.replaceAll('+', ' '));
+      } catch {
+        return new Refusal(`has a value that is not URL-encoded text: ${part}`);
+      }
+      if (name === 'lag') {
+        const lag = size.read(text);
+        if (lag instanceof Refusal) return new Refusal(`lag=${text} ${lag.message}`);
+        selection.lag = lag;
+      } else if (name === 'replication_state' && text !== '') {
+        selection.replicationState = text;
+      } else if (/^tag_[A-Za-z0-9_.-]+$/.test(name) && text !== '') {
+        tags.push([name.slice(4), text]);
+      } else {
+        return new Refusal(`has ${part}: Patroni's parameters are lag=, replication_state= and tag_<key>=`);
+      }
+    }
+    return { ...selection, tags };
+  },
+};
+
 // haproxy's time format: a number with an optional unit (milliseconds by default).
 export function durationMs(text: string): number | undefined {
   const match = /^(\d{1,9})(ms|s|m|h|d)?$/.exec(text);

@@ -45,7 +45,12 @@ interface PlanSettings {
   // Master-only: a server of the primary port that stops being the master is fenced (no new connection,
   // sessions cut) first. The replica port's servers never are.
   fence: boolean;
+  // The sessions of a replica that leaves the replica port are shut down (Patroni's, --replica-sessions=cut).
+  cutReplicas?: boolean;
 }
+
+const sameCheck = (a: Server['restCheck'], b: Server['restCheck']) =>
+  a === b || (typeof a === 'object' && typeof b === 'object' && a.address === b.address && a.port === b.port && a.path === b.path);
 
 // Beyond this many commands one reload is quicker, and atomic.
 export const MAX_RUNTIME_COMMANDS = 1000;
@@ -78,6 +83,7 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
 
   for (const proxy of new Set([...live.proxies.keys(), ...wanted.proxies.keys()])) {
     const fencing = settings.fence && proxy === PROXY_NAME;
+    const cutReplica = settings.cutReplicas && proxy === REPLICA_PROXY_NAME;
     const fence = (id: string, was: DrainingServer) => {
       fences.push(`set server ${id} state maint`, `shutdown sessions server ${id}`);
       fenced.push({ id, address: was.address, port: was.port });
@@ -93,10 +99,13 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
       else if (was.enabled) changes.push(`set server ${id} state drain`);
     };
 
-    const update = (id: string, was: DrainingServer & { state: State }, want: Server) => {
+    const update = (id: string, was: DrainingServer & { state: State; restCheck?: Server['restCheck'] }, want: Server) => {
       const changed = was.address !== want.address || was.port !== want.port;
-      if (!changed && was.state === stateOf(want)) return;
+      const checkChanged = !sameCheck(was.restCheck, want.restCheck);
+      if (!changed && !checkChanged && was.state === stateOf(want)) return;
       differs = true;
+      // haproxy has no runtime command for where a check goes, nor for a proxy's check method.
+      if (checkChanged) reload ??= `server ${id} is checked elsewhere (Patroni's REST API, or not)`;
       if (changed && (isIP(want.address) === 0 || isIP(was.address) === 0)) reload ??= `server ${id} moves to or from a DNS name (${was.address} -> ${want.address})`;
       const cut = fencing && was.state === 'ready' && (!want.enabled || changed);
       if (cut) fence(id, was);
@@ -105,7 +114,7 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
         moved.push({ id, address: want.address, port: want.port });
       }
       if (want.enabled && (was.state !== 'ready' || cut)) enables.push(`set server ${id} state ready`);
-      if (!want.enabled && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`);
+      if (!want.enabled && was.state !== 'maint' && !cut) changes.push(`set server ${id} state maint`, ...(cutReplica && was.state === 'ready' ? [`shutdown sessions server ${id}`] : []));
     };
 
     // A server haproxy does not have is added; one still draining is taken back.
@@ -117,8 +126,9 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
         return update(id, { ...drained, state: 'drain' }, want);
       }
       differs = true;
-      // Names resolve only when haproxy loads its config.
+      // Names resolve only when haproxy loads its config; a check's address is set only by it.
       if (isIP(want.address) === 0) reload ??= `server ${id} has a DNS name (${want.address})`;
+      if (want.restCheck !== undefined) reload ??= `server ${id} is checked through Patroni's REST API`;
       changes.push(`add server ${id} ${hostPort(want.address, want.port)} ${SERVER_CHECKS}`, `enable health ${id}`);
       if (want.enabled) enables.push(`set server ${id} state ready`);
     };
@@ -138,7 +148,7 @@ export function planChange(live: ServerTable, wanted: ServerTable, settings: Pla
         add(b);
         j++;
       } else {
-        update(`${proxy}/${b.server}`, { address: a.address, port: a.port, state: stateOf(a) }, b);
+        update(`${proxy}/${b.server}`, { address: a.address, port: a.port, state: stateOf(a), restCheck: a.restCheck }, b);
         i++;
         j++;
       }

@@ -18,6 +18,8 @@ export interface RenderSettings {
   // How long a new connection waits for a usable server (0: not at all), and the script that makes it wait.
   holdMs: number;
   holdScript: string;
+  // Sessions on a replica that leaves the replica port (its check fails): cut, or kept until they end.
+  replicaSessions: 'cut' | 'keep';
 }
 
 // The names haproxy knows the proxies by, e.g. in `set server service/<name> ...`: --port's and --replica-port's.
@@ -35,6 +37,9 @@ export function proxyNames(settings: Pick<RenderSettings, 'replicaPort'>): strin
 export const SERVER_CHECKS = 'check inter 2s fall 2 rise 2 on-marked-down shutdown-sessions';
 // A DNS name that does not resolve leaves its server down instead of failing the whole config.
 const SERVER_DEFAULTS = `${SERVER_CHECKS} init-addr libc,none`;
+// A replica whose check asks Patroni's REST API (lib/service/replicas.ts) leaves after 3 failures and comes
+// back after 3 passes: a replica near a lag bound does not flap with each check.
+const REST_CHECKS = 'check inter 2s fall 3 rise 3';
 
 // Servers not enabled (master-only standbys) are written `disabled`, so a failover is a state change at run time.
 export function renderConfig(settings: RenderSettings, selection: PortServers): string {
@@ -48,7 +53,8 @@ export function createRenderer(settings: RenderSettings): (selection: PortServer
   const serverLine = (server: Server) => {
     let line = serverLines.get(server);
     if (line === undefined) {
-      line = `    server ${server.server} ${hostPort(server.address, server.port)}${server.enabled ? '' : ' disabled'}`;
+      const check = server.restCheck === 'off' ? ' no-check' : server.restCheck ? ` check addr ${server.restCheck.address} port ${server.restCheck.port}` : '';
+      line = `    server ${server.server} ${hostPort(server.address, server.port)}${check}${server.enabled ? '' : ' disabled'}`;
       serverLines.set(server, line);
     }
     return line;
@@ -61,7 +67,12 @@ export function createRenderer(settings: RenderSettings): (selection: PortServer
     if (singleServer) lines.push('    retries 0');
     lines.push(...holdLines(name, settings.holdMs));
     // Long-lived database sessions spread better by count than by turn.
-    lines.push('    balance leastconn', `    default-server ${SERVER_DEFAULTS}`);
+    lines.push('    balance leastconn');
+    const rest = servers.find((server) => typeof server.restCheck === 'object')?.restCheck;
+    if (typeof rest === 'object') lines.push(`    option httpchk GET ${rest.path}`, '    http-check expect status 200');
+    const kept = name === REPLICA_PROXY_NAME && settings.replicaSessions === 'keep';
+    const defaults = typeof rest === 'object' ? `${REST_CHECKS} on-marked-down shutdown-sessions init-addr libc,none` : SERVER_DEFAULTS;
+    lines.push(`    default-server ${kept ? defaults.replace(' on-marked-down shutdown-sessions', '') : defaults}`);
     for (const server of servers) lines.push(serverLine(server));
   };
   const head = [

@@ -76,7 +76,12 @@ export function createFollower(settings: FollowSettings): Follower {
     const problems = problemChanges(knownProblems, selection.problems);
     knownProblems = problems.current;
     for (const text of problems.appeared) {
-      if (!problems.current.get(text)?.brief) {
+      const problem = problems.current.get(text);
+      if (problem?.notice) {
+        log.info(text);
+        continue;
+      }
+      if (!problem?.brief) {
         log.warn(text);
         continue;
       }
@@ -89,7 +94,8 @@ export function createFollower(settings: FollowSettings): Follower {
       clearTimeout(timer);
       briefTimers.delete(text);
     }
-    if (problems.appeared.length > 0) settings.problemsFound?.(problems.appeared.length);
+    const found = problems.appeared.filter((text) => !problems.current.get(text)?.notice).length;
+    if (found > 0) settings.problemsFound?.(found);
     const wanted = { config: settings.render(selection), servers: serverTable(selection), configOf: (table: ServerTable) => settings.render(selectionOf(table)) };
     void settings.apply(wanted).then(({ outcome, path, ms }) => {
       if (outcome !== 'applied' || path === undefined) return;

@@ -32,7 +32,7 @@ export async function run(settings: Settings, haproxySettings: HaproxySettings, 
   const haproxy = createHaproxy(haproxySettings, log);
   const statusSnapshot = (): StatusSnapshot => {
     const { selection, revision } = follower.newest();
-    const rejected = new Set(selection.problems.flatMap((problem) => problem.instance ?? []));
+    const rejected = new Set(selection.problems.flatMap((problem) => (problem.notice ? [] : (problem.instance ?? []))));
     return {
       version,
       prefix: settings.layout.prefix,

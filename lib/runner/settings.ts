@@ -19,7 +19,8 @@ export function settingsOf(options: Options) {
     replicas: options.replicaPort !== undefined,
     public: options.public,
     backendPort: options.backendPort,
-    maxReplicaLag: options.maxReplicaLag,
+    replicaSelection: { ...options.replicaSelection, lag: options.replicaSelection.lag ?? options.maxReplicaLag },
+    replicaFallback: options.replicaFallback,
   };
   const etcd = {
     endpoints: options.etcd,
@@ -43,6 +44,7 @@ export function settingsOf(options: Options) {
     adminSocket: runtimeFiles(options.runtimeDir).adminSocket,
     holdMs: options.holdMs,
     holdScript: runtimeFiles(options.runtimeDir).holdScript,
+    replicaSessions: options.replicaSessions,
   };
   const status = options.status === undefined ? undefined : { ...options.status, maxStaleMs: options.maxStaleMs };
   const ports = [options.port, ...(options.replicaPort === undefined ? [] : [options.replicaPort])];
@@ -65,6 +67,7 @@ export function haproxySettingsOf(options: Options, facts: HostFacts) {
     maxServers: maxServers(facts.fileLimit, facts.threads),
     setpriv: facts.setpriv,
     holdScript: options.holdMs > 0 ? runtimeFiles(options.runtimeDir).holdScript : undefined,
+    cutReplicas: options.layout === 'patroni' && options.replicaSessions === 'cut',
   });
 }
 

@@ -1,9 +1,12 @@
 // The layout, chosen once: how the keys under the prefix become the service (ambassador's instances layout, or
 // Patroni's own), which of them route (read on every check of the watch), and how large a value may be.
-// Pure: it makes functions of the mirror, and holds nothing but the instances layout's cache of what did not change.
+// Pure: it makes functions of the mirror, and holds nothing but the instances layout's cache of what did not
+// change and, under Patroni's, the replicas' lag readings (lib/service/replicas.ts).
 
 import { createServiceSelector, MAX_VALUE_BYTES, routingKeys } from './instances.ts';
+import type { ReplicaSelection } from '../options/kinds.ts';
 import { MAX_PATRONI_VALUE_BYTES, patroniRoutingKeys, readCluster, selectPatroni } from './patroni.ts';
+import type { ReplicaMemory } from './replicas.ts';
 import type { Selection } from './service.ts';
 
 export interface LayoutSettings {
@@ -14,7 +17,10 @@ export interface LayoutSettings {
   replicas: boolean;
   public: boolean;
   backendPort: number;
-  maxReplicaLag: number | undefined;
+  // Patroni's: what the replica port routes to (--replicas, its lag from --max-replica-lag if that is given),
+  // and whether the primary serves it while no replica qualifies.
+  replicaSelection: ReplicaSelection;
+  replicaFallback: boolean;
 }
 
 export interface Layout {
@@ -28,10 +34,16 @@ export interface Layout {
 
 export function chooseLayout(settings: LayoutSettings): Layout {
   if (settings.kind === 'patroni') {
+    const patroni = { prefix: settings.prefix, masterOnly: settings.masterOnly, replicas: settings.replicas, selection: settings.replicaSelection, fallback: settings.replicaFallback };
+    let memory: ReplicaMemory = new Map();
     return {
       maxValueBytes: MAX_PATRONI_VALUE_BYTES,
       routingKeys: (mirror) => patroniRoutingKeys(mirror, settings.prefix),
-      select: (mirror) => selectPatroni(readCluster(mirror, settings.prefix), settings),
+      select: (mirror) => {
+        const chosen = selectPatroni(readCluster(mirror, settings.prefix), patroni, memory);
+        memory = chosen.memory;
+        return chosen.selection;
+      },
     };
   }
   const selector = createServiceSelector(settings);

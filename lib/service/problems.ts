@@ -46,6 +46,8 @@ export function describeChange(before: Selection | undefined, after: Selection, 
 // each cut short if long.
 export function describeProblem(problem: Problem): string {
   const key = shownKey(problem.key);
+  // A notice refuses no value: it says why a member is left out (or let in) for a while.
+  if (problem.notice) return `${key}: ${problem.reason}`;
   if (problem.value === undefined) return `rejected ${key}: ${problem.reason}`;
   return `rejected ${key}=${JSON.stringify(shortText(problem.value))}: ${problem.reason}`;
 }

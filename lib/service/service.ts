@@ -27,11 +27,16 @@ export interface Problem {
   // A normal state that passes in a moment when all is well (Patroni's leader key, between a switchover's
   // delete and put): said at info, and at warn only if it lasts.
   brief?: boolean;
+  // Not a bad value but the cluster's state (a replica left out for its lag, say): said at info.
+  notice?: boolean;
 }
 
 // An instance as haproxy gets it: with --master-only every instance is there, only the master enabled.
 export interface Server extends Instance {
   enabled: boolean;
+  // Its health check asks Patroni's REST API there (`check addr … port …` with the proxy's `option httpchk GET
+  // <path>`), or it has none ('off'); else it is checked on its own port (lib/service/replicas.ts).
+  restCheck?: { address: string; port: number; path: string } | 'off';
 }
 
 // The servers of each port, as haproxy gets them: `servers` for --port, `replicas` for --replica-port

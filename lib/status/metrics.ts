@@ -78,7 +78,7 @@ const SNAPSHOT_METRICS: SnapshotMetric[] = [
   { type: 'gauge', name: 'ambassador_instances_routed', help: 'instances haproxy sends connections to on --port', read: (s) => s.servers.filter((server) => server.enabled).length },
   { type: 'gauge', name: 'ambassador_replicas_routed', help: 'instances haproxy sends connections to on --replica-port (0 without one)', read: (s) => (s.replicas ?? []).filter((server) => server.enabled).length },
   { type: 'gauge', name: 'ambassador_instances_rejected', help: 'instances not routed because a value failed validation', read: (s) => s.instancesRejected },
-  { type: 'gauge', name: 'ambassador_problems', help: 'problems in the registry now (bad values, missing or unknown master)', read: (s) => s.problems.length },
+  { type: 'gauge', name: 'ambassador_problems', help: 'problems in the registry now (bad values, missing or unknown master)', read: (s) => s.problems.filter((problem) => !problem.notice).length },
   {
     type: 'gauge',
     name: 'ambassador_master',

@@ -232,3 +232,19 @@ test('the routing part of a change that needs a reload: only the master moves, a
 });
 
 test.run();
+
+test('a replica that leaves Patroni\'s replica port has its sessions shut down when asked; a check that moves is a reload', () => {
+  const live = table({ a: ready('10.0.0.1'), 'replicas/b': ready('10.0.0.2'), 'replicas/c': ready('10.0.0.3') });
+  const wanted = table({ a: ready('10.0.0.1'), 'replicas/b': maint('10.0.0.2'), 'replicas/c': ready('10.0.0.3') });
+  const cut = planChange(live, wanted, { fence: true, cutReplicas: true });
+  assert.equal(cut.kind === 'runtime' && cut.changes, ['set server replicas/b state maint', 'shutdown sessions server replicas/b']);
+  const kept = planChange(live, wanted, { fence: true });
+  assert.equal(kept.kind === 'runtime' && kept.changes, ['set server replicas/b state maint']);
+  const checked = (address: string) => {
+    const next = table({ a: ready('10.0.0.1'), 'replicas/b': ready('10.0.0.2') });
+    return { ...next, proxies: new Map([...next.proxies].map(([proxy, servers]) => [proxy, proxy === 'replicas' ? servers.map((server) => ({ ...server, restCheck: { address, port: 8008, path: '/replica?lag=1' } })) : servers])) };
+  };
+  const moved = planChange(checked('10.0.0.2'), checked('10.0.0.9'), { fence: true });
+  assert.is(moved.kind, 'reload');
+  assert.is(planChange(checked('10.0.0.2'), checked('10.0.0.2'), { fence: true }).kind, 'none');
+});

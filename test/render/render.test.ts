@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { renderConfig, type RenderSettings } from '../../lib/render/render.ts';
 
-const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock', holdMs: 0, holdScript: '/run/a/hold.lua' };
+const settings: RenderSettings = { prefix: '/services/mysql', bind: '0.0.0.0', port: 5432, replicaPort: undefined, masterOnly: false, hardStopAfter: '5m', adminSocket: '/run/a/admin.sock', holdMs: 0, holdScript: '/run/a/hold.lua', replicaSessions: 'cut' };
 const servers = [
   { name: '1', server: '1', address: '10.0.19.22', port: 5432, enabled: true },
   { name: 'db 2', server: 'db_2:0123456789abcdef', address: 'fd00::2', port: 5433, enabled: true },
@@ -61,4 +61,18 @@ test('with a hold, loads its script and has each port wait in its frontend for a
   const none = renderConfig(settings, { servers, replicas: undefined });
   assert.not.match(none, 'lua');
   assert.not.match(none, 'inspect-delay');
+});
+
+test('a replica port whose replay lag Patroni\'s REST API says: each replica checked there, the primary not at all; sessions kept if asked', () => {
+  const rest = (address: string) => ({ address, port: 8008, path: '/replica?lag=16777216' });
+  const replicas = [
+    { name: 'pg1', server: 'pg1', address: '10.0.0.1', port: 5432, enabled: false, restCheck: 'off' as const },
+    { name: 'pg2', server: 'pg2', address: '10.0.0.2', port: 5432, enabled: true, restCheck: rest('10.0.0.2') },
+  ];
+  const config = renderConfig({ ...settings, replicaPort: 5433 }, { servers, replicas });
+  assert.match(config, '\nlisten replicas\n    bind 0.0.0.0:5433\n    balance leastconn\n    option httpchk GET /replica?lag=16777216\n    http-check expect status 200\n    default-server check inter 2s fall 3 rise 3 on-marked-down shutdown-sessions init-addr libc,none\n');
+  assert.match(config, '\n    server pg1 10.0.0.1:5432 no-check disabled\n    server pg2 10.0.0.2:5432 check addr 10.0.0.2 port 8008\n');
+  assert.not.match(config.slice(0, config.indexOf('listen replicas')), 'httpchk', 'the primary port checks its servers itself');
+  const kept = renderConfig({ ...settings, replicaPort: 5433, replicaSessions: 'keep' }, { servers, replicas });
+  assert.match(kept, '\n    default-server check inter 2s fall 3 rise 3 init-addr libc,none\n');
 });

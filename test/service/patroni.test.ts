@@ -8,7 +8,9 @@ import { patroniMember } from '../../harness/patroni-keys.ts';
 import { readService, selectServers } from '../../lib/service/instances.ts';
 
 const P = '/service/demo';
-const settings: PatroniSettings = { prefix: P, masterOnly: true, replicas: true, maxReplicaLag: undefined };
+const settings: PatroniSettings = { prefix: P, masterOnly: true, replicas: true, selection: { endpoint: 'replica', lag: undefined, replicationState: undefined, tags: [] }, fallback: false };
+// One selection, with no memory of earlier readings.
+const selectOnce = (read: ReturnType<typeof readCluster>, with_: PatroniSettings) => selectPatroni(read, with_).selection;
 
 const member = (name: string, over: Record<string, unknown> = {}) => patroniMember(`127.0.0.3${name.slice(-1)}`, 5432, over);
 
@@ -36,7 +38,7 @@ test('reads the member JSON Patroni 4 writes, verbatim: role primary, replicatio
   });
   const read = readCluster(mirror, P);
   assert.equal(read.problems, []);
-  const selection = selectPatroni(read, settings);
+  const selection = selectOnce(read, settings);
   assert.equal(routed(selection.servers), ['pg1']);
   assert.equal(routed(selection.replicas), ['pg2']);
 });
@@ -53,13 +55,13 @@ test('reads the member JSON Patroni writes, verbatim', () => {
     ['pg1', '127.0.0.31', 5432, 'replica', true],
     ['pg3', '127.0.0.33', 5432, 'master', false],
   ]);
-  const selection = selectPatroni(read, settings);
+  const selection = selectOnce(read, settings);
   assert.equal(routed(selection.servers), ['pg3']);
   assert.equal(routed(selection.replicas), [], 'the only replica is tagged noloadbalance');
 });
 
 test('the primary port follows the leader key; the replica port every running replica but the leader', () => {
-  const selection = selectPatroni(readCluster(healthy(), P), settings);
+  const selection = selectOnce(readCluster(healthy(), P), settings);
   assert.equal(routed(selection.servers), ['pg1']);
   assert.equal(routed(selection.replicas), ['pg2', 'pg3']);
   assert.is(selection.master, 'pg1');
@@ -69,7 +71,7 @@ test('a new leader is routed as soon as the leader key names it, though its memb
   const mirror = healthy();
   mirror.set(`${P}/leader`, 'pg2');
   mirror.set(`${P}/members/pg1`, member('pg1', { role: 'demoted', state: 'stopping' }));
-  const selection = selectPatroni(readCluster(mirror, P), settings);
+  const selection = selectOnce(readCluster(mirror, P), settings);
   assert.equal(routed(selection.servers), ['pg2']);
   assert.equal(routed(selection.replicas), ['pg3']);
 });
@@ -78,31 +80,40 @@ test('the primary is fenced when its member says demoted or not running, or the 
   for (const over of [{ role: 'demoted' }, { state: 'stopping' }, { state: 'stopped' }, { state: 'crashed' }, { state: 'restarting' }]) {
     const mirror = healthy();
     mirror.set(`${P}/members/pg1`, member('pg1', { role: 'master', ...over }));
-    assert.equal(routed(selectPatroni(readCluster(mirror, P), settings).servers), [], JSON.stringify(over));
+    assert.equal(routed(selectOnce(readCluster(mirror, P), settings).servers), [], JSON.stringify(over));
   }
   const noLeader = healthy();
   noLeader.delete(`${P}/leader`);
-  const selection = selectPatroni(readCluster(noLeader, P), settings);
+  const selection = selectOnce(readCluster(noLeader, P), settings);
   assert.equal(routed(selection.servers), []);
   assert.match(selection.problems.map((p) => p.reason).join(), 'no leader');
   const unknown = healthy();
   unknown.set(`${P}/leader`, 'pg9');
-  assert.equal(routed(selectPatroni(readCluster(unknown, P), settings).servers), []);
+  assert.equal(routed(selectOnce(readCluster(unknown, P), settings).servers), []);
 });
 
 test('without --master-only the primary port routes every running member', () => {
   const mirror = healthy();
   mirror.set(`${P}/members/pg3`, member('pg3', { state: 'starting' }));
-  assert.equal(routed(selectPatroni(readCluster(mirror, P), { ...settings, masterOnly: false }).servers), ['pg1', 'pg2']);
+  assert.equal(routed(selectOnce(readCluster(mirror, P), { ...settings, masterOnly: false }).servers), ['pg1', 'pg2']);
 });
 
-test('--max-replica-lag leaves out a replica that trails the leader by more', () => {
-  const mirror = healthy();
-  mirror.set(`${P}/status`, '{"optime":100000000}');
-  mirror.set(`${P}/members/pg2`, member('pg2', { xlog_location: 100000000 - (16 << 20) }));
-  mirror.set(`${P}/members/pg3`, member('pg3', { xlog_location: 100000000 - (16 << 20) - 1 }));
-  assert.equal(routed(selectPatroni(readCluster(mirror, P), { ...settings, maxReplicaLag: 16 << 20 }).replicas), ['pg2']);
-  assert.equal(routed(selectPatroni(readCluster(mirror, P), settings).replicas), ['pg2', 'pg3']);
+test('a lag bound is replay lag: from replay_lsn where every member writes it (4.1), else asked of Patroni\'s REST API by haproxy', () => {
+  const lagged = (replayLsn: boolean) => {
+    const mirror = healthy();
+    mirror.set(`${P}/status`, '{"optime":100000000}');
+    mirror.set(`${P}/members/pg1`, member('pg1', { role: 'master', ...(replayLsn ? { replay_lsn: 100000000 } : {}) }));
+    mirror.set(`${P}/members/pg2`, member('pg2', { xlog_location: 100000000, ...(replayLsn ? { replay_lsn: 100000000 - (16 << 20) } : {}) }));
+    mirror.set(`${P}/members/pg3`, member('pg3', { xlog_location: 100000000, ...(replayLsn ? { replay_lsn: 100000000 - (16 << 20) - 1 } : {}) }));
+    return readCluster(mirror, P);
+  };
+  const bounded = { ...settings, selection: { ...settings.selection, lag: 16 << 20 } };
+  assert.equal(routed(selectOnce(lagged(true), bounded).replicas), ['pg2'], 'received everything, replayed less: out by replay_lsn');
+  assert.equal(routed(selectOnce(lagged(true), settings).replicas), ['pg2', 'pg3']);
+  const asked = selectOnce(lagged(false), bounded);
+  assert.equal(routed(asked.replicas), ['pg2', 'pg3'], 'xlog_location is the received position: it says nothing of replay');
+  assert.equal(asked.replicas!.map((server) => server.restCheck), ['off', { address: '127.0.0.32', port: 8008, path: '/replica?lag=16777216' }, { address: '127.0.0.33', port: 8008, path: '/replica?lag=16777216' }]);
+  assert.ok(asked.problems.some((problem) => problem.notice && problem.reason.includes('Patroni before 4.1')), 'said');
 });
 
 test('hostile members are problems that keep them out, and never reach the config', () => {
@@ -123,8 +134,8 @@ test('hostile members are problems that keep them out, and never reach the confi
   const read = readCluster(mirror, P);
   assert.equal(read.members.map((m) => m.name), ['pg1', 'pg2', 'pg3']);
   assert.equal(read.problems.map((p) => p.key.slice(P.length + 1)).sort(), Object.keys(hostile).sort());
-  const selection = selectPatroni(read, settings);
-  const config = renderConfig({ prefix: P, bind: '127.0.0.1', port: 5000, replicaPort: 5001, masterOnly: true, hardStopAfter: '5m', adminSocket: '/run/a.sock', holdMs: 0, holdScript: '/run/a/hold.lua' }, selection);
+  const selection = selectOnce(read, settings);
+  const config = renderConfig({ prefix: P, bind: '127.0.0.1', port: 5000, replicaPort: 5001, masterOnly: true, hardStopAfter: '5m', adminSocket: '/run/a.sock', holdMs: 0, holdScript: '/run/a/hold.lua', replicaSessions: 'cut' }, selection);
   assert.not.match(config, 'evil');
   assert.not.match(config, '127.0.0.12');
   assert.is(config.split('\n').filter((line) => line.startsWith('    server ')).length, 6, 'three members on each port');
