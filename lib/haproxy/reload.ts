@@ -29,9 +29,11 @@ const MASTER_READY_MS = 5_000;
 const RESEND_AFTER_MS = 1_000;
 // 10,000 servers load in ~0.7 s here.
 const LOAD_TIMEOUT_MS = 60_000;
-// For a few ms after the new worker is up, the one it replaces can still accept connections on the old state.
-// Counted from the moment the load succeeded; a worker that never says so is not waited on longer.
-const OLD_WORKER_STOP_MS = 2_000;
+// For a few ms after the new worker is up, the one it replaces can still accept connections on the old state,
+// until the master soft-stops it. Under heavy load the master has been seen not to within 2 s (the fuzzer: the
+// old worker went on routing to a master fenced after the reload, until the next one): past this, ambassador
+// soft-stops it itself (SIGUSR1, as the master does), and waits as long again for its proxies to stop.
+const OLD_WORKER_STOP_MS = 500;
 const POLL_MS = 5;
 
 const PROXY_STOPPED = /\((\d+)\) : Proxy (\S+) stopped/;
@@ -55,8 +57,16 @@ export async function reload(target: ReloadTarget, proxies: readonly string[], l
     if (loaded.kind === 'failed') return loaded;
     if (replaced !== undefined && target.onLine) {
       const gone = () => proxies.every((proxy) => stopped.get(replaced)?.has(proxy)) || !isAlive(replaced);
-      const bound = performance.now() + OLD_WORKER_STOP_MS;
-      while (!gone() && performance.now() < bound) await sleep(POLL_MS);
+      const stops = async () => {
+        const bound = performance.now() + OLD_WORKER_STOP_MS;
+        while (!gone() && performance.now() < bound) await sleep(POLL_MS);
+        return gone();
+      };
+      if (!(await stops())) {
+        log.warn(`haproxy: the worker ${replaced} the reload replaced still listens ${OLD_WORKER_STOP_MS} ms after the new one answered; soft-stopping it (SIGUSR1)`);
+        signalWorker(replaced, 'SIGUSR1');
+        if (!(await stops())) log.error(`haproxy: the replaced worker ${replaced} did not stop listening after SIGUSR1: it may serve the state before the reload`);
+      }
     }
     return loaded;
   } finally {
@@ -102,6 +112,15 @@ async function load(target: ReloadTarget, before: ProcessList, known: Set<number
     await sleep(POLL_MS);
   }
   return { kind: 'failed', reason: `haproxy did not finish loading within ${LOAD_TIMEOUT_MS / 1000} s` };
+}
+
+// A worker that has exited in the meantime needs no signal.
+function signalWorker(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
 }
 
 async function masterAnswer(target: ReloadTarget, withinMs: number): Promise<ProcessList | undefined> {
