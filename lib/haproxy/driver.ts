@@ -115,7 +115,7 @@ export function createHaproxy(settings: HaproxySettings, log: Logger): Haproxy {
     file.lost();
     await file.write();
   };
-  const keeper = createDirKeeper({ runtimeDir, log, child: () => child, busy: () => queue.stats().busy, filesLost });
+  const keeper = createDirKeeper({ runtimeDir, log, child: () => child, busy: () => queue.stats().busy, filesLost, proxies: settings.proxies });
 
   const reloadChild = async (proc: HaproxyProcess): Promise<Attempt> => {
     const behind = file.behind();

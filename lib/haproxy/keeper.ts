@@ -9,8 +9,9 @@ import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../common/log.ts';
 import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
-import { answeringWorker } from './admin.ts';
+import { answeringWorker, showProc } from './admin.ts';
 import type { HaproxyProcess } from './process.ts';
+import { noteStopped, retireReplaced } from './reload.ts';
 
 const RUNTIME_DIR_CHECK_MS = 5_000;
 // How long the reload has to bring a new worker that answers, through the master's socket made again.
@@ -25,6 +26,8 @@ interface KeeperParts {
   // Writes again the files haproxy reads on a reload (the config, the hold's script), lost with the dir: from
   // haproxy 3.2 a master whose reload finds no config file exits.
   filesLost(): Promise<void>;
+  // The proxies a worker says stopped once it no longer accepts.
+  proxies: readonly string[];
 }
 
 export function createDirKeeper(parts: KeeperParts) {
@@ -44,16 +47,27 @@ export function createDirKeeper(parts: KeeperParts) {
     if (!child.running() || existsSync(masterSocket)) return;
     log.warn('haproxy: its sockets are gone; it reloads, its config written again, to listen on them again');
     await parts.filesLost();
-    // Done once a worker the reload started answers: a runtime change sent before would miss it, and it would
-    // serve the config file's state (a fence half applied: the old master still in, the new one added).
+    // Done once a worker the reload started answers (a runtime change sent before would miss it, and it would
+    // serve the config file's state: a fence half applied, the old master still in, the new one added), and
+    // the worker it replaced no longer accepts (a change the new one takes would not reach it).
     const before = new Set(child.workers());
-    child.signal('SIGHUP');
-    for (const deadline = performance.now() + RELOAD_DONE_MS; performance.now() < deadline; await sleep(10)) {
-      if (!child.running()) return;
-      const worker = existsSync(masterSocket) ? await answeringWorker(control, 500) : undefined;
-      if (worker !== undefined && !before.has(worker)) return;
+    const stopped = new Map<number, Set<string>>();
+    const unsubscribe = child.onLine((line) => noteStopped(line, stopped));
+    try {
+      child.signal('SIGHUP');
+      for (const deadline = performance.now() + RELOAD_DONE_MS; performance.now() < deadline; await sleep(10)) {
+        if (!child.running()) return;
+        const worker = existsSync(masterSocket) ? await answeringWorker(control, 500) : undefined;
+        if (worker === undefined || before.has(worker)) continue;
+        // The worker it replaced: of those before, the one that has outlived the fewest reloads.
+        const replaced = (await showProc(masterSocket))?.workers.filter((w) => before.has(w.pid)).sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+        if (replaced !== undefined) await retireReplaced(replaced, parts.proxies, stopped, log);
+        return;
+      }
+      log.error(`haproxy: no new worker answered on ${masterSocket} within ${RELOAD_DONE_MS / 1000} s of the reload`);
+    } finally {
+      unsubscribe();
     }
-    log.error(`haproxy: no new worker answered on ${masterSocket} within ${RELOAD_DONE_MS / 1000} s of the reload`);
   };
 
   // The dir made right again, one restore at a time.

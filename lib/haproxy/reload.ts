@@ -48,26 +48,13 @@ export async function reload(target: ReloadTarget, proxies: readonly string[], l
   const alerts: string[] = [];
   const unsubscribe = target.onLine?.((line) => {
     if (line.startsWith('[ALERT]')) alerts.push(line);
-    const match = PROXY_STOPPED.exec(line);
-    if (match) stopped.set(Number(match[1]), (stopped.get(Number(match[1])) ?? new Set()).add(match[2]!));
+    noteStopped(line, stopped);
   });
   try {
     const loaded = await load(target, before, known, log);
     if (loaded.kind === 'refused') return { kind: 'refused', reason: alerts.slice(-5).join(' | ') || loaded.reason };
     if (loaded.kind === 'failed') return loaded;
-    if (replaced !== undefined && target.onLine) {
-      const gone = () => proxies.every((proxy) => stopped.get(replaced)?.has(proxy)) || !isAlive(replaced);
-      const stops = async () => {
-        const bound = performance.now() + OLD_WORKER_STOP_MS;
-        while (!gone() && performance.now() < bound) await sleep(POLL_MS);
-        return gone();
-      };
-      if (!(await stops())) {
-        log.warn(`haproxy: the worker ${replaced} the reload replaced still listens ${OLD_WORKER_STOP_MS} ms after the new one answered; soft-stopping it (SIGUSR1)`);
-        signalWorker(replaced, 'SIGUSR1');
-        if (!(await stops())) log.error(`haproxy: the replaced worker ${replaced} did not stop listening after SIGUSR1: it may serve the state before the reload`);
-      }
-    }
+    if (replaced !== undefined && target.onLine) await retireReplaced(replaced, proxies, stopped, log);
     return loaded;
   } finally {
     unsubscribe?.();
@@ -112,6 +99,27 @@ async function load(target: ReloadTarget, before: ProcessList, known: Set<number
     await sleep(POLL_MS);
   }
   return { kind: 'failed', reason: `haproxy did not finish loading within ${LOAD_TIMEOUT_MS / 1000} s` };
+}
+
+// A worker's line saying one of its proxies stopped, noted in `stopped` (pid → proxies).
+export function noteStopped(line: string, stopped: Map<number, Set<string>>): void {
+  const match = PROXY_STOPPED.exec(line);
+  if (match) stopped.set(Number(match[1]), (stopped.get(Number(match[1])) ?? new Set()).add(match[2]!));
+}
+
+// Done once the worker a reload replaced has stopped its proxies (no longer accepts), or exited; soft-stopped
+// by ambassador if the master has not done it within OLD_WORKER_STOP_MS.
+export async function retireReplaced(replaced: number, proxies: readonly string[], stopped: ReadonlyMap<number, Set<string>>, log: Logger): Promise<void> {
+  const gone = () => proxies.every((proxy) => stopped.get(replaced)?.has(proxy)) || !isAlive(replaced);
+  const stops = async () => {
+    const bound = performance.now() + OLD_WORKER_STOP_MS;
+    while (!gone() && performance.now() < bound) await sleep(POLL_MS);
+    return gone();
+  };
+  if (await stops()) return;
+  log.warn(`haproxy: the worker ${replaced} the reload replaced still listens ${OLD_WORKER_STOP_MS} ms after the new one answered; soft-stopping it (SIGUSR1)`);
+  signalWorker(replaced, 'SIGUSR1');
+  if (!(await stops())) log.error(`haproxy: the replaced worker ${replaced} did not stop listening after SIGUSR1: it may serve the state before the reload`);
 }
 
 // A worker that has exited in the meantime needs no signal.
