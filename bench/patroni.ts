@@ -71,8 +71,8 @@ function writer(target: () => { host: string; port: number }[]) {
 
 // pgbench -C with an insert script, in runs of 5 s (it writes its log whole only when a run ends), each run
 // started again when it ends (a client that cannot connect aborts, and a run whose clients all did ends)
-// until stopped: the transactions it logged (their end, as epoch ms) and when each of its clients that aborted
-// on a failed connection said so (pgbench says it at once, on stderr).
+// until stopped: the transactions it logged (their end, as epoch ms) and when each of its clients aborted
+// (pgbench aborts a client on any error, a failed connection or a statement refused, and says so at once).
 function pgbenchLoop(dir: string, name: string, conninfo: { [name: string]: string }) {
   const script = join(dir, 'insert.sql');
   writeFileSync(script, 'insert into bench_writes (at) values (now());\n');
@@ -262,7 +262,7 @@ export async function patroniWorkload(etcd: TestEtcd, record: Record, switchover
         });
         record(`patroni ${kind}, pgbench -C ${labels[path]}: write gap, median (of ${inKind.length})`, median(gapsOf), 'ms', path === 'ambassador' && kind === 'switchover' ? '≤ floor + 100' : '');
         const aborted = bench.aborts().filter((at) => inKind.some(({ from, to }) => at >= from && at <= to)).length;
-        record(`patroni ${kind}, pgbench -C ${labels[path]}: clients aborted on a failed connection (in ${inKind.length})`, aborted, '', path === 'ambassador' && kind === 'switchover' ? '0' : '');
+        record(`patroni ${kind}, pgbench -C ${labels[path]}: clients aborted (on any error: a failed connection, a write refused read-only; in ${inKind.length})`, aborted, '', path === 'ambassador' && kind === 'switchover' ? '0' : '');
       }
     }
     for (const kind of ['switchover', 'crash'] as const) {
