@@ -16,7 +16,7 @@ import { createDirKeeper } from './keeper.ts';
 import { createRuntimePath, type Live } from './runtime.ts';
 import { createFence } from './fence.ts';
 import { createLiveConfigFile, installChecked, writeHoldScript } from './config.ts';
-import { startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
+import { logOutput, startProcess, type HaproxyExit, type HaproxyProcess } from './process.ts';
 import { createApplyQueue, type ApplyResult, type Attempt, type QueueStats, type Wanted } from './queue.ts';
 import { firstLoad, reload } from './reload.ts';
 
@@ -281,25 +281,4 @@ async function sweepDrained(live: Live, control: WorkerControl, log: Logger, chi
   }
   live.servers = { proxies: live.servers.proxies, draining };
   return draining.size > 0;
-}
-
-// haproxy's own output, at the level it deserves.
-function logOutput(line: string, log: Logger, fenceEchoUntil: number): void {
-  if (NO_SERVER.test(line) && performance.now() < fenceEchoUntil) log.debug(`haproxy: ${line} (for the instant between fencing the old master and enabling the new one)`);
-  else log[outputLevel(line)](`haproxy: ${line}`);
-}
-
-// haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
-const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
-
-// What our own runtime commands did (maintenance in and out); ambassador logs those changes itself.
-const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|enters drain state|leaving forced drain/;
-// Real news when no fence of ours explains it: a master that is down, say.
-const NO_SERVER = /has no server available/;
-
-function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
-  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || OURS.test(line)) return 'debug';
-  if (line.startsWith('[WARNING]') || NO_SERVER.test(line)) return 'warn';
-  if (line.startsWith('[ALERT]')) return 'error';
-  return 'info';
 }

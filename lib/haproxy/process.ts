@@ -1,9 +1,11 @@
 // The haproxy master process, and nothing else: starts it (master-worker, foreground, master CLI on a private
-// socket), hands its output on line by line, signals it, and stops it in order. A spawn that fails is an exit.
+// socket), hands its output on line by line (and says at what level each deserves), signals it, and stops it
+// in order. A spawn that fails is an exit.
 
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import type { Logger } from '../common/log.ts';
 import { stopInSteps } from '../host/stop.ts';
 import { haproxyEnvironment } from './config.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -117,4 +119,25 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+// haproxy's own output, at the level it deserves.
+export function logOutput(line: string, log: Logger, fenceEchoUntil: number): void {
+  if (NO_SERVER.test(line) && performance.now() < fenceEchoUntil) log.debug(`haproxy: ${line} (for the instant between fencing the old master and enabling the new one)`);
+  else log[outputLevel(line)](`haproxy: ${line}`);
+}
+
+// haproxy says WARNING for every step of a normal reload or stop; those are routine, the rest is not.
+const ROUTINE = /Proxy \S+ stopped|(Former|Current) worker \(\d+\) exited with code 0|Exiting Master process|All workers exited|Reexecuting Master/;
+
+// What our own runtime commands did (maintenance in and out); ambassador logs those changes itself.
+const OURS = /\) : CLI : |going DOWN for maintenance|leaving forced maintenance|is going DOWN for drain|enters drain state|leaving forced drain/;
+// Real news when no fence of ours explains it: a master that is down, say.
+const NO_SERVER = /has no server available/;
+
+function outputLevel(line: string): 'debug' | 'info' | 'warn' | 'error' {
+  if (line.startsWith('[NOTICE]') || ROUTINE.test(line) || OURS.test(line)) return 'debug';
+  if (line.startsWith('[WARNING]') || NO_SERVER.test(line)) return 'warn';
+  if (line.startsWith('[ALERT]')) return 'error';
+  return 'info';
 }

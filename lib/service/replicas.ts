@@ -62,7 +62,6 @@ export function chooseReplicas(cluster: Cluster, settings: ReplicaSettings, memo
         return primary(member) || (replica(member) && cluster.syncMode === 'on' && isSync(member));
     }
   };
-  const tagsMatch = (member: Member) => selection.tags.every(([key, value]) => key in member.tags && String(member.tags[key]).toLowerCase() === value.toLowerCase());
 
   // Replay lag from the keys where every member writes replay_lsn (4.1); else haproxy asks Patroni's REST API.
   const candidates = cluster.members.filter((member) => !primary(member));
@@ -77,19 +76,7 @@ export function chooseReplicas(cluster: Cluster, settings: ReplicaSettings, memo
       if (restLag) checked.set(member.name, { restCheck: 'off' });
       continue;
     }
-    if (!tagsMatch(member)) continue;
-    if (selection.replicationState !== undefined) {
-      if (member.replicationState === undefined) {
-        notice(member, `writes no replication_state (Patroni before 3.0.4): left out, as --replicas asks for replication_state=${selection.replicationState}`);
-        continue;
-      }
-      if (member.replicationState !== selection.replicationState) continue;
-    }
-    const leaderTimeline = leaderMember?.timeline;
-    if (member.timeline !== undefined && leaderTimeline !== undefined && member.timeline !== leaderTimeline) {
-      notice(member, `is on timeline ${member.timeline}, the leader on ${leaderTimeline}: left out`);
-      continue;
-    }
+    if (!qualifies(member, selection, leaderMember?.timeline, (reason) => notice(member, reason))) continue;
     if (selection.lag !== undefined && restLag) {
       if (member.api === undefined) {
         notice(member, 'writes no api_url: its replay lag cannot be asked of Patroni, so it is left out');
@@ -121,6 +108,24 @@ export function chooseReplicas(cluster: Cluster, settings: ReplicaSettings, memo
     notice(leaderMember, 'no replica qualifies: the replica port falls back to the primary (--replica-fallback)');
   }
   return { routed, checked, notices, memory: next };
+}
+
+// Whether a replica has what --replicas asks of it besides lag (its tags, its replication state) and is on the
+// leader's timeline; a field it does not write, or another timeline, is said.
+function qualifies(member: Member, selection: ReplicaSelection, leaderTimeline: number | undefined, say: (reason: string) => void): boolean {
+  if (!selection.tags.every(([key, value]) => key in member.tags && String(member.tags[key]).toLowerCase() === value.toLowerCase())) return false;
+  if (selection.replicationState !== undefined) {
+    if (member.replicationState === undefined) {
+      say(`writes no replication_state (Patroni before 3.0.4): left out, as --replicas asks for replication_state=${selection.replicationState}`);
+      return false;
+    }
+    if (member.replicationState !== selection.replicationState) return false;
+  }
+  if (member.timeline !== undefined && leaderTimeline !== undefined && member.timeline !== leaderTimeline) {
+    say(`is on timeline ${member.timeline}, the leader on ${leaderTimeline}: left out`);
+    return false;
+  }
+  return true;
 }
 
 // A member's replay lag judged over readings (a new replay, receive or optime position each): out after READINGS
