@@ -113,7 +113,11 @@ local function wait(txn, proxy, deadline)
     core.msleep(math.max(0, math.ceil(deadline - now_ms())))
     waker:push(false)
   end)
-  while not open(txn, proxy) and now_ms() < deadline do waker:pop_wait() end
+  -- The bound is the timer's false, not a clock read here: each thread's clock is its own, and one a little
+  -- behind the timer's would wait on for a wake that never comes.
+  while not open(txn, proxy) do
+    if waker:pop_wait() == false then break end
+  end
   wakers[waker] = nil
 end
 
