@@ -105,7 +105,7 @@ test('a replica whose replay is held back (recovery_min_apply_delay) leaves the 
     while (sampling) {
       const served = await servedBy(cluster, replicaPort);
       if (!served.includes('nobody')) samples.push({ at: performance.now(), in: served.includes(lagging) });
-      else await sleep(50);
+      else await sleep(50); // a moment where a connection failed: paced, not waited on; the next sample decides
     }
   })();
   const from = ambassador.logs.length;
