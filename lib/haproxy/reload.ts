@@ -30,13 +30,15 @@ const RESEND_AFTER_MS = 1_000;
 // 10,000 servers load in ~0.7 s here.
 const LOAD_TIMEOUT_MS = 60_000;
 // For a few ms after the new worker is up, the one it replaces can still accept connections on the old state,
-// until the master soft-stops it. Under heavy load the master has been seen not to within 2 s (the fuzzer: the
-// old worker went on routing to a master fenced after the reload, until the next one): past this, ambassador
-// soft-stops it itself (SIGUSR1, as the master does), and waits as long again for its proxies to stop.
-const OLD_WORKER_STOP_MS = 500;
+// until the master's soft-stop reaches it (in the same ms here, under load too). A change made on the new
+// worker meanwhile would not reach it, so a reload is done only once it says its proxies stopped; one that
+// never says so is not waited on longer than this.
+const OLD_WORKER_STOP_MS = 2_000;
 const POLL_MS = 5;
 
-const PROXY_STOPPED = /\((\d+)\) : Proxy (\S+) stopped/;
+// haproxy may put the context of the last thing its thread did between the pid and the message
+// ("(4242) : CLI : Proxy service stopped", after a runtime command on that thread).
+const PROXY_STOPPED = /^\[WARNING\]\s+\((\d+)\) : (?:.* : )?Proxy (\S+) stopped \(/;
 
 export async function reload(target: ReloadTarget, proxies: readonly string[], log: Logger): Promise<Load> {
   const before = await masterAnswer(target, MASTER_READY_MS);
@@ -107,28 +109,12 @@ export function noteStopped(line: string, stopped: Map<number, Set<string>>): vo
   if (match) stopped.set(Number(match[1]), (stopped.get(Number(match[1])) ?? new Set()).add(match[2]!));
 }
 
-// Done once the worker a reload replaced has stopped its proxies (no longer accepts), or exited; soft-stopped
-// by ambassador if the master has not done it within OLD_WORKER_STOP_MS.
+// Done once the worker a reload replaced has stopped its proxies (no longer accepts), or exited.
 export async function retireReplaced(replaced: number, proxies: readonly string[], stopped: ReadonlyMap<number, Set<string>>, log: Logger): Promise<void> {
   const gone = () => proxies.every((proxy) => stopped.get(replaced)?.has(proxy)) || !isAlive(replaced);
-  const stops = async () => {
-    const bound = performance.now() + OLD_WORKER_STOP_MS;
-    while (!gone() && performance.now() < bound) await sleep(POLL_MS);
-    return gone();
-  };
-  if (await stops()) return;
-  log.warn(`haproxy: the worker ${replaced} the reload replaced still listens ${OLD_WORKER_STOP_MS} ms after the new one answered; soft-stopping it (SIGUSR1)`);
-  signalWorker(replaced, 'SIGUSR1');
-  if (!(await stops())) log.error(`haproxy: the replaced worker ${replaced} did not stop listening after SIGUSR1: it may serve the state before the reload`);
-}
-
-// A worker that has exited in the meantime needs no signal.
-function signalWorker(pid: number, name: NodeJS.Signals): void {
-  try {
-    process.kill(pid, name);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
+  const bound = performance.now() + OLD_WORKER_STOP_MS;
+  while (!gone() && performance.now() < bound) await sleep(POLL_MS);
+  if (!gone()) log.warn(`haproxy: the worker ${replaced} the reload replaced has not said its proxies stopped ${OLD_WORKER_STOP_MS / 1000} s after the new one answered; a change made now may not reach what it still accepts`);
 }
 
 async function masterAnswer(target: ReloadTarget, withinMs: number): Promise<ProcessList | undefined> {

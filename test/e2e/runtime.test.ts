@@ -133,6 +133,37 @@ test('an instance by DNS name is resolved by haproxy through a checked reload', 
   }
 });
 
+test('a reload ends once the worker it replaced, still holding a session, says its proxies stopped, however haproxy words it', async ({ world }) => {
+  const prefix = world.prefix();
+  await world.writeSeed(prefix);
+  const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', '--log-level=debug']);
+  await world.routesTo(ambassador.port, 'node-2');
+  // haproxy 2.6 leaves a runtime command's context ("CLI") on the worker's thread, and a stop that thread says
+  // later carries it ("(pid) : CLI : Proxy service stopped"); later releases do not.
+  const contextKept = /using HAProxy version 2\.6\./.test(ambassador.logs.join('\n'));
+  const inContext = () => ambassador.logs.filter((line) => /\(\d+\) : \S.* : Proxy service stopped/.test(line)).length;
+  let rounds = 0;
+  for (; rounds < 8 && inContext() === 0; rounds++) {
+    const from = ambassador.logs.length;
+    // Two changes, two runtime connections: one of them on the thread that says the stop, as often as not.
+    for (const added of [`a${rounds}`, `b${rounds}`]) {
+      await world.etcd.put(`${prefix}/instances/${added}/private_ip`, '127.0.0.11');
+      await ambassador.waitForLog(new RegExp(`added ${added} \\(runtime, `), 10_000, from);
+    }
+    // A worker with no session exits at once; one with a session lives on, stopped, as in production.
+    const session = await openSession(ambassador.port);
+    try {
+      // A DNS name is a change only a reload makes.
+      await world.etcd.put(`${prefix}/instances/named${rounds}/private_ip`, 'localhost');
+      await ambassador.waitForLog(new RegExp(`added named${rounds} \\(reload, `), 10_000, from);
+    } finally {
+      session.close();
+    }
+  }
+  if (contextKept) assert.ok(inContext() > 0, `a worker said its proxies stopped with a context, in ${rounds} reloads`);
+  assert.not.ok(ambassador.logs.some((line) => line.includes('has not said its proxies stopped')), `each of ${rounds} reloads saw the worker it replaced stop`);
+});
+
 // More servers with health checks than haproxy's file limit allows: `haproxy -c` passes, the load fails.
 async function tooManyServers(world: World, prefix: string) {
   const writes: Promise<void>[] = [];
