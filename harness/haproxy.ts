@@ -5,8 +5,18 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 
 export function adminCommand(runtimeDir: string, command: string): Promise<string> {
+  return ask(join(runtimeDir, 'admin.sock'), command);
+}
+
+// haproxy's master answers on its CLI only once it runs in wait mode (it re-executes itself into it after its
+// first load), and takes a SIGHUP only from then.
+export function masterCommand(runtimeDir: string, command: string): Promise<string> {
+  return ask(join(runtimeDir, 'master.sock'), command);
+}
+
+function ask(path: string, command: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = connect(join(runtimeDir, 'admin.sock'));
+    const socket = connect(path);
     let answer = '';
     socket.on('data', (data) => (answer += data));
     socket.on('end', () => resolve(answer));

@@ -11,7 +11,7 @@ import type { Logger } from '../common/log.ts';
 import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
 import { answeringWorker, showProc } from './admin.ts';
 import type { HaproxyProcess } from './process.ts';
-import { noteStopped, retireReplaced } from './reload.ts';
+import { noteStopped, RESEND_AFTER_MS, retireReplaced } from './reload.ts';
 
 const RUNTIME_DIR_CHECK_MS = 5_000;
 // How long the reload has to bring a new worker that answers, through the master's socket made again.
@@ -55,8 +55,17 @@ export function createDirKeeper(parts: KeeperParts) {
     const unsubscribe = child.onLine((line) => noteStopped(line, stopped));
     try {
       child.signal('SIGHUP');
+      let sentAt = performance.now();
       for (const deadline = performance.now() + RELOAD_DONE_MS; performance.now() < deadline; await sleep(10)) {
         if (!child.running()) return;
+        // A master that has forked no new worker within RESEND_AFTER_MS lost the SIGHUP: it came while the
+        // master re-executed itself, as it does once its first worker runs (its socket is no sign: that
+        // re-execution makes it again too).
+        if (!child.workers().some((pid) => !before.has(pid)) && performance.now() - sentAt >= RESEND_AFTER_MS) {
+          log.warn(`haproxy: the master did not reload within ${RESEND_AFTER_MS / 1000} s of a SIGHUP; sending it again`);
+          child.signal('SIGHUP');
+          sentAt = performance.now();
+        }
         const worker = existsSync(masterSocket) ? await answeringWorker(control, 500) : undefined;
         if (worker === undefined || before.has(worker)) continue;
         // The worker it replaced: of those before, the one that has outlived the fewest reloads.

@@ -26,7 +26,7 @@ interface ReloadTarget {
 // "reloads back to back lose no SIGHUP" in test/e2e/runtime.test.ts): a SIGHUP waits until the master CLI answers.
 const MASTER_READY_MS = 5_000;
 // A master that answers with an unmoved counter this long after a SIGHUP did not get it: send it again.
-const RESEND_AFTER_MS = 1_000;
+export const RESEND_AFTER_MS = 1_000;
 // 10,000 servers load in ~0.7 s here.
 const LOAD_TIMEOUT_MS = 60_000;
 // For a few ms after the new worker is up, the one it replaces can still accept connections on the old state,

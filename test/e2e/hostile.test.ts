@@ -4,12 +4,13 @@
 // kept clients on the wrong master, before the fix its test names.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as assert from 'uvu/assert';
 import { startEtcd } from '../../harness/etcd.ts';
+import { masterCommand } from '../../harness/haproxy.ts';
 import { within } from '../../harness/limits.ts';
 import { answers, eventually, freePort, openSession, startBackend, whoAnswers } from '../../harness/net.ts';
 import { worldSuite, type World } from '../../harness/world.ts';
@@ -150,12 +151,11 @@ test('the runtime dir deleted while running: made again, and a failover moves ev
   const statusPort = await freePort();
   const ambassador = await world.start([`--etcd-prefix=${prefix}`, '--master-only', `--status=127.0.0.1:${statusPort}`]);
   await world.routesTo(ambassador.port, 'node-2');
-  // A change applied first: haproxy's master re-executes itself once its first worker runs, and one whose
-  // socket's dir is gone at that instant exits (ambassador then exits 1, for its supervisor); that instant
-  // is not this test's.
-  await world.etcd.put(`${prefix}/instances/4/private_ip`, '127.0.0.11');
-  await ambassador.waitForLog(/applied revision \d+: added 4 \(runtime, /);
+  // haproxy's master re-executes itself once its first worker runs, and one whose socket's dir is gone at that
+  // instant exits (ambassador then exits 1, for its supervisor): that instant is not this test's.
+  await eventually(() => masterCommand(ambassador.runtimeDir, 'show proc').catch(() => ''), (answer) => answer.includes('master'), 10_000, "haproxy's master in wait mode");
   rmSync(ambassador.runtimeDir, { recursive: true, force: true });
+  assert.not.ok(existsSync(ambassador.runtimeDir), 'the runtime dir is gone');
   await world.etcd.put(`${prefix}/master`, '3');
   await world.routesTo(ambassador.port, 'node-3', 5_000);
   assert.equal(await answers(ambassador.port, 20), Array(20).fill('node-3'));
