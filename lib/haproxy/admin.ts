@@ -238,6 +238,11 @@ export function parseShowProc(text: string): ProcessList | undefined {
   return { ...master, workers };
 }
 
+// The newest of these workers: the one that has outlived the fewest reloads.
+export function newestWorker(workers: ProcessList['workers']): number | undefined {
+  return [...workers].sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+}
+
 // The pid of the worker that answers on the admin socket: a worker answers there only once it has loaded its
 // config. Undefined when none answers within timeoutMs.
 export async function answeringWorker(control: WorkerControl, timeoutMs = REQUEST_TIMEOUT_MS): Promise<number | undefined> {

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../common/log.ts';
 import { restoreRuntimeDir, runtimeFiles, writePrivate } from '../host/rundir.ts';
-import { answeringWorker, showProc } from './admin.ts';
+import { answeringWorker, newestWorker, showProc } from './admin.ts';
 import type { HaproxyProcess } from './process.ts';
 import { noteStopped, RESEND_AFTER_MS, retireReplaced } from './reload.ts';
 
@@ -68,8 +68,8 @@ export function createDirKeeper(parts: KeeperParts) {
         }
         const worker = existsSync(masterSocket) ? await answeringWorker(control, 500) : undefined;
         if (worker === undefined || before.has(worker)) continue;
-        // The worker it replaced: of those before, the one that has outlived the fewest reloads.
-        const replaced = (await showProc(masterSocket))?.workers.filter((w) => before.has(w.pid)).sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+        // The worker it replaced: the newest of those before.
+        const replaced = newestWorker((await showProc(masterSocket))?.workers.filter((w) => before.has(w.pid)) ?? []);
         if (replaced !== undefined) await retireReplaced(replaced, parts.proxies, stopped, log);
         return;
       }

@@ -7,7 +7,7 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../common/log.ts';
-import { answeringWorker, showProc, type ProcessList, type WorkerControl } from './admin.ts';
+import { answeringWorker, newestWorker, showProc, type ProcessList, type WorkerControl } from './admin.ts';
 import { isAlive } from './process.ts';
 
 export type Load = { kind: 'loaded' } | { kind: 'refused'; reason: string } | { kind: 'failed'; reason: string };
@@ -44,8 +44,7 @@ export async function reload(target: ReloadTarget, proxies: readonly string[], l
   const before = await masterAnswer(target, MASTER_READY_MS);
   if (before === undefined) return { kind: 'failed', reason: `the haproxy master CLI did not answer within ${MASTER_READY_MS / 1000} s` };
   const known = new Set(before.workers.map((worker) => worker.pid));
-  // The current worker is the one that has outlived the fewest reloads.
-  const replaced = before.workers.filter((worker) => !worker.leaving).sort((a, b) => a.reloads - b.reloads)[0]?.pid;
+  const replaced = newestWorker(before.workers.filter((worker) => !worker.leaving));
   const stopped = new Map<number, Set<string>>();
   const alerts: string[] = [];
   const unsubscribe = target.onLine?.((line) => {

@@ -3,7 +3,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { dryRunReport } from '../../lib/runner/dryrun.ts';
-import { parseShowProc } from '../../lib/haproxy/admin.ts';
+import { newestWorker, parseShowProc } from '../../lib/haproxy/admin.ts';
 
 // `show proc` from Debian's haproxy 2.6.12, after a reload that worked and one that failed, an old worker
 // still finishing its sessions.
@@ -42,6 +42,14 @@ test('show proc (3.x): the worker being loaded and the one it replaces', () => {
     { pid: 12310, reloads: 0, leaving: false },
     { pid: 10692, reloads: 1, leaving: true },
   ]);
+});
+
+test('the newest worker is the one that has outlived the fewest reloads', () => {
+  const workers = parseShowProc(SHOW_PROC)!.workers;
+  assert.is(newestWorker(workers), 10311);
+  assert.is(newestWorker([...workers].reverse()), 10311);
+  assert.is(newestWorker(workers.filter((worker) => worker.leaving)), 10217);
+  assert.is(newestWorker([]), undefined);
 });
 
 test('show proc: anything else (an error, a half answer) is no answer', () => {
