@@ -8,6 +8,7 @@ import * as assert from 'uvu/assert';
 import { DIST_BINARY, ambassadorCommand } from '../../harness/ambassador.ts';
 import { processOf } from '../../harness/processes.ts';
 import { answeredBy, answers, freePort, whoAnswers } from '../../harness/net.ts';
+import { TIME_SCALE } from '../../harness/limits.ts';
 import { makeCertificates } from '../../harness/tls.ts';
 import { worldSuite } from '../../harness/world.ts';
 import packageJson from '../../package.json' with { type: 'json' };
@@ -58,7 +59,9 @@ test('a bad file flag exits 2 by itself in a line or two, with no stack trace, a
     ];
     for (const [flags, message] of cases) {
       const runtimeDir = join(dir, 'run');
-      const result = spawnSync(DIST_BINARY, ['--etcd-prefix=/services/mysql', '--port=5432', `--runtime-dir=${runtimeDir}`, ...flags], { encoding: 'utf8', env: {}, timeout: 10_000 });
+      // The bound only catches a process that never exits: each run takes 0.3-0.8 s here, and went past 10 s
+      // under CI's full load (the image builds, arm64 emulation and four suites beside it).
+      const result = spawnSync(DIST_BINARY, ['--etcd-prefix=/services/mysql', '--port=5432', `--runtime-dir=${runtimeDir}`, ...flags], { encoding: 'utf8', env: {}, timeout: 30_000 * TIME_SCALE });
       const lines = result.stderr.split('\n').filter(Boolean);
       assert.is(result.status, 2, `${flags.join(' ')}: ${result.stderr}`);
       assert.ok(lines.length <= 2, result.stderr);
